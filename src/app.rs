@@ -1,0 +1,128 @@
+//! The commands: load the config, connect the adapters the config names, run, and say which exit
+//! code the outcome deserves.
+
+use crate::bucket::Bucket;
+use crate::bucket::s3::S3Bucket;
+use crate::catalog::Catalog;
+use crate::catalog::postgres::PgCatalog;
+use crate::cli::{Cli, Command, SweepArgs};
+use crate::config::{Config, Overrides, redact_url};
+use crate::error::{Error, Result};
+use crate::report::{self, Format};
+use crate::sweep::{Options, Progress, Quiet, Sweep};
+use crate::{explain, progress};
+use chrono::Utc;
+use std::io::{BufWriter, IsTerminal, Write};
+
+/// Exit codes of a command that ran to its end (errors carry their own).
+pub const OK: i32 = 0;
+pub const DRIFT: i32 = 3;
+
+pub async fn run(cli: Cli) -> Result<i32> {
+    let overrides = Overrides {
+        config_file: cli.global.config.clone(),
+        database_url: cli.global.database_url.clone(),
+        bucket: cli.global.bucket.clone(),
+        prefix: cli.global.prefix.clone(),
+    };
+    let config = Config::load(&overrides)?;
+    match cli.command.unwrap_or(Command::Sweep(cli.sweep)) {
+        Command::Sweep(args) => sweep(&config, &args).await,
+        Command::Explain { id_or_key, format } => {
+            let (catalog, bucket) = connect(&config).await?;
+            let explanation = explain::explain(
+                catalog.as_ref(),
+                bucket.as_ref(),
+                &config.storage.prefix,
+                &config.sweep,
+                &id_or_key,
+                Utc::now(),
+            )
+            .await?;
+            explain::print(
+                &explanation,
+                default_format(format),
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(OK)
+        }
+        Command::Migrate => {
+            let catalog = connect_catalog(&config).await?;
+            catalog.migrate().await?;
+            println!("schema reconciler is up to date");
+            Ok(OK)
+        }
+        Command::CheckConfig => {
+            let (_catalog, bucket) = connect(&config).await?;
+            bucket.ping().await?;
+            println!(
+                "ok: database {} (table {}), bucket {} (prefix {:?})",
+                redact_url(config.database.url.as_deref().unwrap_or_default()),
+                config.database.table.quoted(),
+                bucket.url(),
+                config.storage.prefix
+            );
+            Ok(OK)
+        }
+    }
+}
+
+async fn sweep(config: &Config, args: &SweepArgs) -> Result<i32> {
+    let (catalog, bucket) = connect(config).await?;
+    let sweep = Sweep {
+        catalog: catalog.as_ref(),
+        bucket: bucket.as_ref(),
+        prefix: &config.storage.prefix,
+        settings: &config.sweep,
+    };
+    let options = Options {
+        dry_run: args.dry_run,
+        force: args.force,
+    };
+    let mut progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
+        Box::new(progress::Terminal::new())
+    } else {
+        Box::new(Quiet)
+    };
+    let out: Box<dyn Write> = Box::new(BufWriter::new(std::io::stdout().lock()));
+    let mut sink = report::sink(default_format(args.format), out);
+    let summary = sweep
+        .run(options, Utc::now(), progress.as_mut(), sink.as_mut())
+        .await?;
+    if summary.footer.actions.failed > 0 {
+        return Err(Error::storage(
+            "applying",
+            format!(
+                "{} of the sweep's actions failed (see the report and the log); nothing of them was committed",
+                summary.footer.actions.failed
+            ),
+        ));
+    }
+    if args.fail_on_drift && summary.header.counts.drift() > 0 {
+        return Ok(DRIFT);
+    }
+    Ok(OK)
+}
+
+fn default_format(format: Option<Format>) -> Format {
+    format.unwrap_or(if std::io::stdout().is_terminal() {
+        Format::Table
+    } else {
+        Format::Json
+    })
+}
+
+/// The one place that picks adapters from the config.
+async fn connect(config: &Config) -> Result<(Box<dyn Catalog>, Box<dyn Bucket>)> {
+    let catalog = connect_catalog(config).await?;
+    let bucket = connect_bucket(config).await?;
+    Ok((catalog, bucket))
+}
+
+async fn connect_catalog(config: &Config) -> Result<Box<dyn Catalog>> {
+    Ok(Box::new(PgCatalog::connect(&config.database).await?))
+}
+
+async fn connect_bucket(config: &Config) -> Result<Box<dyn Bucket>> {
+    Ok(Box::new(S3Bucket::connect(&config.storage).await?))
+}

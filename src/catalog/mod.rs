@@ -1,0 +1,87 @@
+//! The catalog: the app table, read through the configured mapping, and the reconciler's own
+//! tables. The engine sees only the [`Catalog`] and [`Transaction`] traits, so another database
+//! fits without touching it.
+
+pub mod postgres;
+
+use crate::error::Result;
+use crate::model::{ObjectMeta, Record, Status};
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use serde::Serialize;
+use uuid::Uuid;
+
+#[async_trait::async_trait]
+pub trait Catalog: Send + Sync {
+    /// Every record, ordered by id in byte order (UTF-8 bytes, as S3 orders keys). The stream
+    /// ends with an error, never early, when the query fails.
+    fn records(&self) -> BoxStream<'_, Result<Record>>;
+
+    /// One record by id.
+    async fn record(&self, id: &str) -> Result<Option<Record>>;
+
+    /// A write transaction; dropping it without `commit` rolls it back.
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>>;
+
+    /// Create or upgrade the reconciler's own tables.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Record that an applying sweep started.
+    async fn sweep_started(&self, sweep: &SweepRecord) -> Result<()>;
+
+    /// Record how an applying sweep ended.
+    async fn sweep_finished(&self, sweep: &SweepRecord) -> Result<()>;
+
+    /// The audit trail of one doc, oldest first; `None` when the reconciler's tables do not exist
+    /// yet (nothing was ever applied).
+    async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>>;
+}
+
+/// The writes of one action, committed together or not at all.
+#[async_trait::async_trait]
+pub trait Transaction: Send {
+    /// Lock the record (`FOR UPDATE`) and return it as it is now.
+    async fn lock_record(&mut self, id: &str) -> Result<Option<Record>>;
+
+    /// Set the status of a record locked by `lock_record`.
+    async fn set_status(&mut self, id: &str, status: Status) -> Result<()>;
+
+    /// Create a record; `false` when one with that id exists already.
+    async fn create_record(&mut self, id: &str, status: Status) -> Result<bool>;
+
+    /// Remember what the object looked like when it was adopted.
+    async fn note_object(&mut self, object: &ObjectMeta) -> Result<()>;
+
+    async fn audit(&mut self, entry: &AuditEntry) -> Result<()>;
+
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub sweep_id: Option<Uuid>,
+    pub finding: String,
+    pub action: String,
+    pub doc_id: String,
+    pub key: String,
+    pub old_status: Option<String>,
+    pub new_status: Option<String>,
+    pub detail: String,
+}
+
+/// A row of the sweep history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepRecord {
+    pub id: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub bucket: String,
+    pub prefix: String,
+    pub objects_listed: u64,
+    pub records_scanned: u64,
+    pub counts: serde_json::Value,
+    pub outcome: &'static str,
+    pub error: Option<String>,
+}

@@ -1,0 +1,355 @@
+//! The catalog on PostgreSQL. All SQL of the app table is built once, here, from identifiers that
+//! config validated and this module quotes.
+
+use super::{AuditEntry, Catalog, SweepRecord, Transaction};
+use crate::config::{DatabaseConfig, StatusWords, redact_url};
+use crate::error::{Error, Result};
+use crate::model::{ObjectMeta, Record, Status};
+use chrono::{DateTime, Utc};
+use futures::stream::{BoxStream, StreamExt};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Postgres, Row};
+use std::time::Duration;
+
+pub struct PgCatalog {
+    pool: PgPool,
+    table: String,
+    statuses: StatusWords,
+    sql: Statements,
+}
+
+/// The app-table statements, built once from quoted identifiers and the columns' real types.
+struct Statements {
+    select_all: String,
+    select_one: String,
+    lock_one: String,
+    update_status: String,
+    insert: String,
+}
+
+impl PgCatalog {
+    /// Connect and check that the table and its columns exist, so a typo in the mapping is an
+    /// error naming the key now, not a failed query in the middle of a sweep.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self> {
+        let url = config.url.as_deref().unwrap_or_default();
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| Error::database(format!("connecting to {}", redact_url(url)), e))?;
+        let table = config.table.quoted();
+        let types = column_types(&pool, config, &table).await?;
+        let sql = Statements::build(config, &table, &types);
+        Ok(PgCatalog {
+            pool,
+            table,
+            statuses: config.statuses.clone(),
+            sql,
+        })
+    }
+
+    fn record_from(&self, row: &PgRow) -> std::result::Result<Record, sqlx::Error> {
+        let raw_status: Option<String> = row.try_get("status")?;
+        let raw_status = raw_status.unwrap_or_default();
+        let created_at: Option<DateTime<Utc>> = row.try_get("created_at")?;
+        Ok(Record {
+            id: row.try_get("id")?,
+            status: self.statuses.status(&raw_status),
+            raw_status,
+            // A row without a creation time cannot be judged old: it stays in grace.
+            created_at: created_at.unwrap_or(DateTime::<Utc>::MAX_UTC),
+        })
+    }
+}
+
+/// The SQL types of the mapped columns, by the names config gave.
+struct ColumnTypes {
+    id: String,
+    status: String,
+}
+
+async fn column_types(pool: &PgPool, config: &DatabaseConfig, table: &str) -> Result<ColumnTypes> {
+    let rows = sqlx::query(
+        "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type \
+         FROM pg_attribute a \
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| Error::database(format!("reading the columns of table {table}"), e))?;
+    if rows.is_empty() {
+        return Err(Error::config(
+            "database.table",
+            format!("table {table} does not exist (or this role cannot see it)"),
+        ));
+    }
+    let mut columns = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let name: String = row
+            .try_get("name")
+            .map_err(|e| Error::database("reading pg_attribute", e))?;
+        let ty: String = row
+            .try_get("type")
+            .map_err(|e| Error::database("reading pg_attribute", e))?;
+        columns.push((name, ty));
+    }
+    let find = |key: &str, column: &str| -> Result<String> {
+        columns
+            .iter()
+            .find(|(name, _)| name == column)
+            .map(|(_, ty)| ty.clone())
+            .ok_or_else(|| Error::config(key, format!("table {table} has no column {column:?}")))
+    };
+    let id = find("database.id_column", config.id_column.as_str())?;
+    let status = find("database.status_column", config.status_column.as_str())?;
+    find(
+        "database.created_at_column",
+        config.created_at_column.as_str(),
+    )?;
+    if let Some(updated_at) = &config.updated_at_column {
+        find("database.updated_at_column", updated_at.as_str())?;
+    }
+    Ok(ColumnTypes { id, status })
+}
+
+impl Statements {
+    fn build(config: &DatabaseConfig, table: &str, types: &ColumnTypes) -> Self {
+        let id = config.id_column.quoted();
+        let status = config.status_column.quoted();
+        let created_at = config.created_at_column.quoted();
+        // Casts make any id type (text, uuid, bigint) and any status type (text, enum) work; the
+        // byte-order collation makes the order match S3's listing whatever the column's collation.
+        let columns = format!(
+            "CAST({id} AS text) AS id, CAST({status} AS text) AS status, \
+             CAST({created_at} AS timestamptz) AS created_at"
+        );
+        let by_id = format!("CAST({id} AS text) = $1");
+        let touch = config
+            .updated_at_column
+            .as_ref()
+            .map(|c| format!(", {} = now()", c.quoted()))
+            .unwrap_or_default();
+        Statements {
+            select_all: format!(
+                "SELECT {columns} FROM {table} ORDER BY CAST({id} AS text) COLLATE \"C\""
+            ),
+            select_one: format!("SELECT {columns} FROM {table} WHERE {by_id}"),
+            lock_one: format!("SELECT {columns} FROM {table} WHERE {by_id} FOR UPDATE"),
+            update_status: format!(
+                "UPDATE {table} SET {status} = CAST($2 AS {}){touch} WHERE {by_id}",
+                types.status
+            ),
+            // Only id and status: every other column keeps the app's default.
+            insert: format!(
+                "INSERT INTO {table} ({id}, {status}) VALUES (CAST($1 AS {}), CAST($2 AS {})) \
+                 ON CONFLICT DO NOTHING",
+                types.id, types.status
+            ),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for PgCatalog {
+    fn records(&self) -> BoxStream<'_, Result<Record>> {
+        let context = format!("reading table {}", self.table);
+        sqlx::query(AssertSqlSafe(self.sql.select_all.as_str()))
+            .fetch(&self.pool)
+            .map(move |row| {
+                row.and_then(|row| self.record_from(&row))
+                    .map_err(|e| Error::database(context.clone(), e))
+            })
+            .boxed()
+    }
+
+    async fn record(&self, id: &str) -> Result<Option<Record>> {
+        let row = sqlx::query(AssertSqlSafe(self.sql.select_one.as_str()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| Error::database(format!("reading {id:?} from {}", self.table), e))?;
+        row.map(|row| self.record_from(&row))
+            .transpose()
+            .map_err(|e| Error::database(format!("reading {id:?} from {}", self.table), e))
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction + '_>> {
+        let tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| Error::database("starting a transaction", e))?;
+        Ok(Box::new(PgTransaction { catalog: self, tx }))
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut migrator = sqlx::migrate!("./migrations");
+        // Keep sqlx's bookkeeping table in our schema too: nothing of ours in the app's schemas.
+        migrator.create_schema("reconciler");
+        migrator.dangerous_set_table_name("reconciler._sqlx_migrations");
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn sweep_started(&self, sweep: &SweepRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO reconciler.sweeps (id, started_at, bucket, prefix) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(sweep.id)
+        .bind(sweep.started_at)
+        .bind(&sweep.bucket)
+        .bind(&sweep.prefix)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::database("recording the sweep in reconciler.sweeps", e))?;
+        Ok(())
+    }
+
+    async fn sweep_finished(&self, sweep: &SweepRecord) -> Result<()> {
+        sqlx::query(
+            "UPDATE reconciler.sweeps SET finished_at = $2, objects_listed = $3, \
+             records_scanned = $4, counts = $5, outcome = $6, error = $7 WHERE id = $1",
+        )
+        .bind(sweep.id)
+        .bind(sweep.finished_at)
+        .bind(i64::try_from(sweep.objects_listed).unwrap_or(i64::MAX))
+        .bind(i64::try_from(sweep.records_scanned).unwrap_or(i64::MAX))
+        .bind(&sweep.counts)
+        .bind(sweep.outcome)
+        .bind(&sweep.error)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::database("recording the sweep in reconciler.sweeps", e))?;
+        Ok(())
+    }
+
+    async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>> {
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('reconciler.audit_log')::text")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| Error::database("looking for reconciler.audit_log", e))?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT at, sweep_id, finding, action, doc_id, key, old_status, new_status, detail \
+             FROM reconciler.audit_log WHERE doc_id = $1 OR key = $2 ORDER BY seq",
+        )
+        .bind(id)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::database("reading reconciler.audit_log", e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    at: row.try_get("at")?,
+                    sweep_id: row.try_get("sweep_id")?,
+                    finding: row.try_get("finding")?,
+                    action: row.try_get("action")?,
+                    doc_id: row.try_get("doc_id")?,
+                    key: row.try_get("key")?,
+                    old_status: row.try_get("old_status")?,
+                    new_status: row.try_get("new_status")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map(Some)
+            .map_err(|e| Error::database("reading reconciler.audit_log", e))
+    }
+}
+
+struct PgTransaction<'c> {
+    catalog: &'c PgCatalog,
+    tx: sqlx::Transaction<'static, Postgres>,
+}
+
+#[async_trait::async_trait]
+impl Transaction for PgTransaction<'_> {
+    async fn lock_record(&mut self, id: &str) -> Result<Option<Record>> {
+        let context = || format!("locking {id:?} in {}", self.catalog.table);
+        let row = sqlx::query(AssertSqlSafe(self.catalog.sql.lock_one.as_str()))
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(|e| Error::database(context(), e))?;
+        row.map(|row| self.catalog.record_from(&row))
+            .transpose()
+            .map_err(|e| Error::database(context(), e))
+    }
+
+    async fn set_status(&mut self, id: &str, status: Status) -> Result<()> {
+        sqlx::query(AssertSqlSafe(self.catalog.sql.update_status.as_str()))
+            .bind(id)
+            .bind(self.catalog.statuses.word(status))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| {
+                Error::database(
+                    format!("setting {id:?} to {status} in {}", self.catalog.table),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn create_record(&mut self, id: &str, status: Status) -> Result<bool> {
+        let done = sqlx::query(AssertSqlSafe(self.catalog.sql.insert.as_str()))
+            .bind(id)
+            .bind(self.catalog.statuses.word(status))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| {
+                Error::database(format!("creating {id:?} in {}", self.catalog.table), e)
+            })?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn note_object(&mut self, object: &ObjectMeta) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO reconciler.objects (key, size, etag, last_modified, noted_at) \
+             VALUES ($1, $2, $3, $4, now()) ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, \
+             etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified, noted_at = now()",
+        )
+        .bind(&object.key)
+        .bind(object.size)
+        .bind(&object.etag)
+        .bind(object.last_modified)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| Error::database("writing reconciler.objects", e))?;
+        Ok(())
+    }
+
+    async fn audit(&mut self, entry: &AuditEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO reconciler.audit_log \
+             (at, sweep_id, finding, action, doc_id, key, old_status, new_status, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(entry.at)
+        .bind(entry.sweep_id)
+        .bind(&entry.finding)
+        .bind(&entry.action)
+        .bind(&entry.doc_id)
+        .bind(&entry.key)
+        .bind(&entry.old_status)
+        .bind(&entry.new_status)
+        .bind(&entry.detail)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| Error::database("writing reconciler.audit_log", e))?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| Error::database("committing", e))
+    }
+}

@@ -1,0 +1,603 @@
+//! Configuration: defaults, then the TOML file, then `DATABASE_URL`, then `RECONCILE_<SECTION>__<KEY>`
+//! variables, then command-line flags. Every error names the key at fault and where its value came
+//! from. `config/reconcile.toml` documents every key.
+
+use crate::decide::Policy;
+use crate::error::{Error, Result};
+use crate::model::{OrphanAction, Status};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Deserializer};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub sweep: SweepConfig,
+}
+
+/// `[database]`: where the app table is and how it is spelled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user@host/db`. Also read from `DATABASE_URL`.
+    pub url: Option<String>,
+    /// The app table, optionally schema-qualified (`app.docs`).
+    pub table: TableName,
+    pub id_column: Ident,
+    pub status_column: Ident,
+    pub created_at_column: Ident,
+    /// Touched on every status change when set; `""` when the table has no such column.
+    #[serde(deserialize_with = "optional_ident")]
+    pub updated_at_column: Option<Ident>,
+    /// The app's word for each of the six statuses.
+    pub statuses: StatusWords,
+    /// Connections the reconciler may hold.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            table: TableName {
+                schema: None,
+                name: Ident("docs".into()),
+            },
+            id_column: Ident("id".into()),
+            status_column: Ident("status".into()),
+            created_at_column: Ident("created_at".into()),
+            updated_at_column: Some(Ident("updated_at".into())),
+            statuses: StatusWords::default(),
+            max_connections: 4,
+        }
+    }
+}
+
+/// `[database.statuses]`: the app's own word for each status.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusWords {
+    pub pending: String,
+    pub uploaded: String,
+    pub processed: String,
+    pub failed: String,
+    pub expired: String,
+    pub missing: String,
+}
+
+impl Default for StatusWords {
+    fn default() -> Self {
+        StatusWords {
+            pending: "pending".into(),
+            uploaded: "uploaded".into(),
+            processed: "processed".into(),
+            failed: "failed".into(),
+            expired: "expired".into(),
+            missing: "missing".into(),
+        }
+    }
+}
+
+impl StatusWords {
+    /// The app's word for `status`.
+    pub fn word(&self, status: Status) -> &str {
+        match status {
+            Status::Pending => &self.pending,
+            Status::Uploaded => &self.uploaded,
+            Status::Processed => &self.processed,
+            Status::Failed => &self.failed,
+            Status::Expired => &self.expired,
+            Status::Missing => &self.missing,
+        }
+    }
+
+    /// The status an app word stands for; `None` for words the mapping does not know.
+    pub fn status(&self, word: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| self.word(*s) == word)
+    }
+}
+
+/// `[storage]`: the bucket and the part of it that holds the docs.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// An S3 bucket name.
+    pub bucket: String,
+    /// Keys of docs are `prefix + id`.
+    pub prefix: String,
+    pub region: Option<String>,
+    /// For S3-compatible servers; `AWS_ENDPOINT_URL` works too.
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    /// Keys per ListObjectsV2 page (1 to 1000).
+    pub list_page_size: Option<i32>,
+}
+
+/// `[sweep]`: grace periods, what to do about orphans, and the safety limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SweepConfig {
+    #[serde(deserialize_with = "duration")]
+    pub pending_ttl: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub orphan_grace: Duration,
+    pub orphan_action: OrphanAction,
+    pub quarantine_prefix: String,
+    pub allow_bucket_root: bool,
+    pub max_action_ratio: f64,
+    pub max_action_floor: u64,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        SweepConfig {
+            pending_ttl: Duration::from_secs(3600),
+            orphan_grace: Duration::from_secs(24 * 3600),
+            orphan_action: OrphanAction::Report,
+            quarantine_prefix: "quarantine/".into(),
+            allow_bucket_root: false,
+            max_action_ratio: 0.2,
+            max_action_floor: 100,
+        }
+    }
+}
+
+impl SweepConfig {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            pending_ttl: self.pending_ttl,
+            orphan_grace: self.orphan_grace,
+            orphan_action: self.orphan_action,
+        }
+    }
+}
+
+/// A SQL identifier from the config. Any text but NUL, at most 63 bytes (Postgres' limit); it is
+/// always quoted when it goes into SQL, so it can never be read as SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ident(String);
+
+impl Ident {
+    pub fn new(raw: &str) -> std::result::Result<Self, String> {
+        if raw.is_empty() {
+            return Err("an identifier cannot be empty".into());
+        }
+        if raw.contains('\0') {
+            return Err(format!("{raw:?} holds a NUL character"));
+        }
+        if raw.len() > 63 {
+            return Err(format!("{raw:?} is longer than 63 bytes"));
+        }
+        Ok(Ident(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The identifier quoted for SQL: `"my ""odd"" column"`.
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0.replace('"', "\"\""))
+    }
+}
+
+impl<'de> Deserialize<'de> for Ident {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Ident::new(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+fn optional_ident<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Ident>, D::Error> {
+    let raw = String::deserialize(d)?;
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    Ident::new(&raw).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// `table` or `schema.table`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: Option<Ident>,
+    pub name: Ident,
+}
+
+impl TableName {
+    pub fn quoted(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", schema.quoted(), self.name.quoted()),
+            None => self.name.quoted(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TableName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        let parsed = match raw.split_once('.') {
+            Some((schema, name)) => Ident::new(schema).and_then(|schema| {
+                Ident::new(name).map(|name| TableName {
+                    schema: Some(schema),
+                    name,
+                })
+            }),
+            None => Ident::new(&raw).map(|name| TableName { schema: None, name }),
+        };
+        parsed.map_err(serde::de::Error::custom)
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let raw = String::deserialize(d)?;
+    humantime::parse_duration(raw.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{raw:?} is not a duration like 90s, 15m or 24h ({e})"
+        ))
+    })
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+}
+
+impl Config {
+    /// Read the layers in order and validate the result.
+    pub fn load(overrides: &Overrides) -> Result<Config> {
+        let mut figment = Figment::new();
+        if let Some(path) = &overrides.config_file {
+            check_readable(path)?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            figment = figment.merge(("database.url", url));
+        }
+        // Only `RECONCILE_<SECTION>__<KEY>`: `RECONCILE_CONFIG` and friends are not settings.
+        figment = figment.merge(
+            Env::prefixed("RECONCILE_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
+        if let Some(url) = &overrides.database_url {
+            figment = figment.merge(("database.url", url));
+        }
+        if let Some(bucket) = &overrides.bucket {
+            figment = figment.merge(("storage.bucket", bucket));
+        }
+        if let Some(prefix) = &overrides.prefix {
+            figment = figment.merge(("storage.prefix", prefix));
+        }
+        let config: Config = figment.extract().map_err(from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse a TOML document alone (no environment, no flags): for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let config: Config = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that span keys, or that serde cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let db = &self.database;
+        match db.url.as_deref() {
+            None | Some("") => {
+                return Err(Error::config(
+                    "database.url",
+                    "not set (set it in the config file, DATABASE_URL or --database-url)",
+                ));
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {}
+            Some(url) => {
+                return Err(Error::config(
+                    "database.url",
+                    format!(
+                        "{} is not a postgres:// URL (the only database supported so far)",
+                        redact_url(url)
+                    ),
+                ));
+            }
+        }
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for status in Status::ALL {
+            let word = db.statuses.word(status);
+            let key = format!("database.statuses.{status}");
+            if word.is_empty() {
+                return Err(Error::config(key, "cannot be empty"));
+            }
+            if let Some((other, _)) = seen.iter().find(|(_, w)| *w == word) {
+                return Err(Error::config(
+                    key,
+                    format!("{word:?} is already the word for {other}; each status needs its own"),
+                ));
+            }
+            seen.push((status.as_str(), word));
+        }
+        if db.max_connections < 2 {
+            return Err(Error::config(
+                "database.max_connections",
+                "must be at least 2 (one streams the table while another writes)",
+            ));
+        }
+
+        let storage = &self.storage;
+        if storage.bucket.is_empty() {
+            return Err(Error::config(
+                "storage.bucket",
+                "not set (set it in the config file or with --bucket)",
+            ));
+        }
+        if storage.bucket.starts_with("file://") {
+            return Err(Error::config(
+                "storage.bucket",
+                "local-folder buckets (file://) are not supported yet; give an S3 bucket name",
+            ));
+        }
+        if let Some(size) = storage.list_page_size
+            && !(1..=1000).contains(&size)
+        {
+            return Err(Error::config(
+                "storage.list_page_size",
+                format!("{size} is outside 1..=1000"),
+            ));
+        }
+
+        let sweep = &self.sweep;
+        if !(0.0..=1.0).contains(&sweep.max_action_ratio) {
+            return Err(Error::config(
+                "sweep.max_action_ratio",
+                format!("{} is outside 0.0..=1.0", sweep.max_action_ratio),
+            ));
+        }
+        let destructive = matches!(
+            sweep.orphan_action,
+            OrphanAction::Quarantine | OrphanAction::Delete
+        );
+        if destructive && storage.prefix.is_empty() && !sweep.allow_bucket_root {
+            return Err(Error::config(
+                "sweep.orphan_action",
+                "quarantine and delete refuse to run over a whole bucket (storage.prefix is empty); \
+                 set storage.prefix, or sweep.allow_bucket_root = true if every object in the \
+                 bucket belongs to the app table",
+            ));
+        }
+        if sweep.orphan_action == OrphanAction::Quarantine {
+            if sweep.quarantine_prefix.is_empty() {
+                return Err(Error::config(
+                    "sweep.quarantine_prefix",
+                    "cannot be empty when orphan_action = \"quarantine\"",
+                ));
+            }
+            if storage.prefix.starts_with(&sweep.quarantine_prefix) {
+                return Err(Error::config(
+                    "sweep.quarantine_prefix",
+                    format!(
+                        "{:?} contains storage.prefix {:?}: quarantined objects would be swept again",
+                        sweep.quarantine_prefix, storage.prefix
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_readable(path: &Path) -> Result<()> {
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|e| Error::config("--config", format!("cannot read {}: {e}", path.display())))
+}
+
+/// Turn figment's errors into ours: the key in dotted form, then where the value came from, all
+/// on one line (TOML parse errors come with a multi-line snippet; it is folded).
+fn from_figment(error: figment::Error) -> Error {
+    use figment::error::Kind;
+    let mut messages = Vec::new();
+    let mut first_key = None;
+    for e in error {
+        let mut path = e.path.clone();
+        if let Kind::MissingField(field) = &e.kind
+            && path.last().map(String::as_str) != Some(field.as_ref())
+        {
+            path.push(field.to_string());
+        }
+        let file = e.metadata.as_ref().and_then(|m| match &m.source {
+            Some(figment::Source::File(file)) => Some(file.display().to_string()),
+            _ => None,
+        });
+        let origin = match (&file, &e.metadata) {
+            (Some(file), _) => format!(" (in {file})"),
+            (None, Some(m)) if !path.is_empty() => {
+                let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+                let profile = e.profile.clone().unwrap_or_default();
+                format!(" (from {})", m.interpolate(&profile, &keys))
+            }
+            (None, Some(m)) => format!(" (from {})", m.name),
+            (None, None) => String::new(),
+        };
+        let kind = match &e.kind {
+            Kind::UnknownField(field, expected) => format!(
+                "unknown key `{field}`; expected one of: {}",
+                expected.join(", ")
+            ),
+            other => other.to_string(),
+        };
+        messages.push(one_line(&format!("{kind}{origin}")));
+        let key = match (path.is_empty(), file) {
+            (false, _) => path.join("."),
+            (true, Some(file)) => file,
+            (true, None) => "config".to_owned(),
+        };
+        first_key.get_or_insert(key);
+    }
+    Error::config(
+        first_key.unwrap_or_else(|| "config".into()),
+        messages.join("; "),
+    )
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A URL fit for logs and errors: the password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [database]
+        url = "postgres://postgres@127.0.0.1/test"
+        [storage]
+        bucket = "uploads"
+    "#;
+
+    fn with(extra: &str) -> Result<Config> {
+        Config::from_toml(&format!("{MINIMAL}\n{extra}"))
+    }
+
+    fn key_of(result: Result<Config>) -> String {
+        match result {
+            Err(Error::Config { key, .. }) => key,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_reference_schema() {
+        let c = Config::from_toml(MINIMAL).expect("minimal config is valid");
+        assert_eq!(c.database.table.quoted(), "\"docs\"");
+        assert_eq!(c.database.id_column.as_str(), "id");
+        assert_eq!(c.sweep.pending_ttl, Duration::from_secs(3600));
+        assert_eq!(c.sweep.orphan_grace, Duration::from_secs(86_400));
+        assert_eq!(c.sweep.orphan_action, OrphanAction::Report);
+        assert_eq!(c.storage.prefix, "");
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        let c = with("[sweep]\npending_ttl = \"90s\"\norphan_grace = \"15m\"").expect("valid");
+        assert_eq!(c.sweep.pending_ttl, Duration::from_secs(90));
+        assert_eq!(c.sweep.orphan_grace, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn errors_name_the_key_at_fault() {
+        assert_eq!(
+            key_of(with("[sweep]\npending_ttl = \"soon\"")),
+            "sweep.pending_ttl"
+        );
+        assert_eq!(
+            key_of(with("[sweep]\nmax_action_ratio = 2.0")),
+            "sweep.max_action_ratio"
+        );
+        assert_eq!(
+            key_of(with("[sweep]\norphan_action = \"burn\"")),
+            "sweep.orphan_action"
+        );
+        assert_eq!(
+            key_of(with("[sweep]\npendng_ttl = \"1h\"")),
+            "sweep.pendng_ttl"
+        );
+        assert_eq!(key_of(with("[storage.x]\ny = 1")), "storage.x");
+        assert_eq!(
+            key_of(with("[database.statuses]\nexpired = \"pending\"")),
+            "database.statuses.expired"
+        );
+        assert_eq!(
+            key_of(Config::from_toml(
+                "[database]\nurl = \"postgres://x/y\"\nid_column = \"\"\n[storage]\nbucket = \"b\""
+            )),
+            "database.id_column"
+        );
+        assert_eq!(
+            key_of(Config::from_toml("[storage]\nbucket = \"b\"")),
+            "database.url"
+        );
+        assert_eq!(
+            key_of(Config::from_toml("[database]\nurl = \"postgres://x/y\"")),
+            "storage.bucket"
+        );
+    }
+
+    #[test]
+    fn destructive_orphan_actions_need_a_prefix_or_explicit_consent() {
+        assert_eq!(
+            key_of(with("[sweep]\norphan_action = \"delete\"")),
+            "sweep.orphan_action"
+        );
+        assert_eq!(
+            key_of(with("[sweep]\norphan_action = \"quarantine\"")),
+            "sweep.orphan_action"
+        );
+        with("[sweep]\norphan_action = \"delete\"\nallow_bucket_root = true").expect("consented");
+        let scoped = Config::from_toml(
+            "[database]\nurl = \"postgres://x/y\"\n[storage]\nbucket = \"b\"\nprefix = \"docs/\"\n\
+             [sweep]\norphan_action = \"quarantine\"",
+        );
+        scoped.expect("a prefix makes quarantine safe");
+    }
+
+    #[test]
+    fn identifiers_are_quoted_never_pasted() {
+        let c = Config::from_toml(
+            "[database]\nurl = \"postgres://x/y\"\ntable = 'app.my \"docs\"'\n\
+             status_column = \"st; drop table x\"\n[storage]\nbucket = \"b\"",
+        )
+        .expect("odd but legal identifiers");
+        assert_eq!(c.database.table.quoted(), "\"app\".\"my \"\"docs\"\"\"");
+        assert_eq!(c.database.status_column.quoted(), "\"st; drop table x\"");
+    }
+
+    #[test]
+    fn status_words_map_both_ways() {
+        let c =
+            with("[database.statuses]\npending = \"new\"\nprocessed = \"ready\"").expect("valid");
+        assert_eq!(c.database.statuses.status("new"), Some(Status::Pending));
+        assert_eq!(c.database.statuses.status("pending"), None);
+        assert_eq!(c.database.statuses.word(Status::Processed), "ready");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/app"),
+            "postgres://app:***@db:5432/app"
+        );
+        assert_eq!(redact_url("postgres://app@db/app"), "postgres://app@db/app");
+    }
+}

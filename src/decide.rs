@@ -1,0 +1,341 @@
+//! The decision core: given what the table and the bucket say about one key, and the time, what is
+//! wrong and what should be done. Pure: no I/O, no clock of its own, so every case is a table row
+//! in the tests below. The sweep and (later) the event path both ask this one function.
+
+use crate::model::{Action, FindingKind, ObjectMeta, OrphanAction, Record, Status};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// The settings a decision depends on (from `[sweep]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub pending_ttl: Duration,
+    pub orphan_grace: Duration,
+    pub orphan_action: OrphanAction,
+}
+
+/// The verdict on one key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Record and object agree (or the record's status is not one we manage).
+    Consistent,
+    /// Looks wrong but is younger than its grace: counted, never touched.
+    InGrace,
+    /// An inconsistency and what to do about it.
+    Drift {
+        kind: FindingKind,
+        action: Action,
+        detail: String,
+    },
+}
+
+/// Decide one key. `record` and `object` are what the table and the listing hold for it.
+pub fn decide(
+    record: Option<&Record>,
+    object: Option<&ObjectMeta>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Decision {
+    match (record, object) {
+        (None, None) => Decision::Consistent,
+        (None, Some(object)) => {
+            let age = age(object.last_modified, now);
+            if age <= policy.orphan_grace {
+                return Decision::InGrace;
+            }
+            let action = match policy.orphan_action {
+                OrphanAction::Report => Action::Report,
+                OrphanAction::Adopt => Action::CreateRecord,
+                OrphanAction::Quarantine => Action::Quarantine,
+                OrphanAction::Delete => Action::Delete,
+            };
+            drift(
+                FindingKind::OrphanObject,
+                action,
+                format!("object {}, {} bytes, no record", ago(age), object.size),
+            )
+        }
+        (Some(record), object) => {
+            let Some(status) = record.status else {
+                // A status word the mapping does not know belongs to the app, not to us.
+                return Decision::Consistent;
+            };
+            decide_record(record, status, object, now, policy)
+        }
+    }
+}
+
+fn decide_record(
+    record: &Record,
+    status: Status,
+    object: Option<&ObjectMeta>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Decision {
+    let age = age(record.created_at, now);
+    match (status, object) {
+        (Status::Pending, Some(object)) => drift(
+            FindingKind::LostNotification,
+            Action::Adopt,
+            format!(
+                "pending {}, object present ({} bytes)",
+                span(age),
+                object.size
+            ),
+        ),
+        (Status::Pending, None) if age <= policy.pending_ttl => Decision::InGrace,
+        (Status::Pending, None) => drift(
+            FindingKind::StalePending,
+            Action::Expire,
+            format!("pending {}, no object", span(age)),
+        ),
+        (Status::Expired, Some(object)) => drift(
+            FindingKind::LateUpload,
+            Action::Adopt,
+            format!(
+                "expired, object arrived later ({} bytes, {})",
+                object.size,
+                ago(self::age(object.last_modified, now))
+            ),
+        ),
+        (Status::Uploaded | Status::Processed, None) => drift(
+            FindingKind::MissingObject,
+            Action::MarkMissing,
+            format!("{status}, no object"),
+        ),
+        // Everything else agrees: an uploaded/processed record with its object, an expired or
+        // missing record without one, a failed record either way (processing gave up; the object
+        // is the app's to keep or delete). A `missing` record whose object came back is left for
+        // an operator: restoring it is a decision, not a repair.
+        (
+            Status::Uploaded
+            | Status::Processed
+            | Status::Failed
+            | Status::Expired
+            | Status::Missing,
+            _,
+        ) => Decision::Consistent,
+    }
+}
+
+fn drift(kind: FindingKind, action: Action, detail: String) -> Decision {
+    Decision::Drift {
+        kind,
+        action,
+        detail,
+    }
+}
+
+/// How long ago `then` was; a time in the future (clock skew) counts as zero.
+fn age(then: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    (now - then).to_std().unwrap_or(Duration::ZERO)
+}
+
+fn ago(age: Duration) -> String {
+    format!("{} old", span(age))
+}
+
+/// A compact duration for humans: `2h10m`, `3d4h`, `45s`.
+pub fn span(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    const TTL: Duration = Duration::from_secs(3600);
+    const GRACE: Duration = Duration::from_secs(86_400);
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0)
+            .single()
+            .expect("valid date")
+    }
+
+    fn policy(orphan_action: OrphanAction) -> Policy {
+        Policy {
+            pending_ttl: TTL,
+            orphan_grace: GRACE,
+            orphan_action,
+        }
+    }
+
+    fn record(status: Status, age: Duration) -> Record {
+        Record {
+            id: "doc".into(),
+            raw_status: status.as_str().into(),
+            status: Some(status),
+            created_at: now() - age,
+        }
+    }
+
+    fn object(age: Duration) -> ObjectMeta {
+        ObjectMeta {
+            key: "doc".into(),
+            size: 3,
+            etag: Some("\"e\"".into()),
+            last_modified: now() - age,
+        }
+    }
+
+    /// status, object present, age, expected verdict.
+    type Row = (Status, bool, Duration, Option<(FindingKind, Action)>);
+
+    /// What a decision boils down to, for table rows.
+    fn verdict(d: &Decision) -> Option<(FindingKind, Action)> {
+        match d {
+            Decision::Consistent => None,
+            Decision::InGrace => Some((FindingKind::InGrace, Action::Report)),
+            Decision::Drift { kind, action, .. } => Some((*kind, *action)),
+        }
+    }
+
+    #[test]
+    fn every_status_with_and_without_object_inside_and_outside_grace() {
+        use Action::*;
+        use FindingKind::*;
+        let young = Duration::from_secs(60);
+        let old = GRACE * 2; // past both pending_ttl and orphan_grace
+        let grace = Some((InGrace, Report));
+        #[rustfmt::skip]
+        let table: Vec<Row> = vec![
+            // status             object  age    expected
+            (Status::Pending,   false, young, grace),
+            (Status::Pending,   false, old,   Some((StalePending, Expire))),
+            (Status::Pending,   true,  young, Some((LostNotification, Adopt))),
+            (Status::Pending,   true,  old,   Some((LostNotification, Adopt))),
+            (Status::Uploaded,  false, young, Some((MissingObject, MarkMissing))),
+            (Status::Uploaded,  false, old,   Some((MissingObject, MarkMissing))),
+            (Status::Uploaded,  true,  young, None),
+            (Status::Uploaded,  true,  old,   None),
+            (Status::Processed, false, young, Some((MissingObject, MarkMissing))),
+            (Status::Processed, false, old,   Some((MissingObject, MarkMissing))),
+            (Status::Processed, true,  young, None),
+            (Status::Processed, true,  old,   None),
+            (Status::Failed,    false, young, None),
+            (Status::Failed,    false, old,   None),
+            (Status::Failed,    true,  young, None),
+            (Status::Failed,    true,  old,   None),
+            (Status::Expired,   false, young, None),
+            (Status::Expired,   false, old,   None),
+            (Status::Expired,   true,  young, Some((LateUpload, Adopt))),
+            (Status::Expired,   true,  old,   Some((LateUpload, Adopt))),
+            (Status::Missing,   false, young, None),
+            (Status::Missing,   false, old,   None),
+            (Status::Missing,   true,  young, None),
+            (Status::Missing,   true,  old,   None),
+        ];
+        for (status, has_object, age, expected) in table {
+            let rec = record(status, age);
+            let obj = has_object.then(|| object(age));
+            let got = decide(
+                Some(&rec),
+                obj.as_ref(),
+                now(),
+                &policy(OrphanAction::Report),
+            );
+            assert_eq!(
+                verdict(&got),
+                expected,
+                "{status} object={has_object} age={}",
+                span(age)
+            );
+        }
+    }
+
+    #[test]
+    fn orphans_follow_orphan_action_once_past_their_grace() {
+        let old = object(GRACE + Duration::from_secs(1));
+        let young = object(GRACE - Duration::from_secs(1));
+        for (orphan_action, expected) in [
+            (OrphanAction::Report, Action::Report),
+            (OrphanAction::Adopt, Action::CreateRecord),
+            (OrphanAction::Quarantine, Action::Quarantine),
+            (OrphanAction::Delete, Action::Delete),
+        ] {
+            let p = policy(orphan_action);
+            assert_eq!(
+                verdict(&decide(None, Some(&old), now(), &p)),
+                Some((FindingKind::OrphanObject, expected))
+            );
+            assert_eq!(decide(None, Some(&young), now(), &p), Decision::InGrace);
+        }
+    }
+
+    #[test]
+    fn grace_boundaries_are_inclusive() {
+        let p = policy(OrphanAction::Delete);
+        let at_ttl = record(Status::Pending, TTL);
+        assert_eq!(decide(Some(&at_ttl), None, now(), &p), Decision::InGrace);
+        let past_ttl = record(Status::Pending, TTL + Duration::from_secs(1));
+        assert!(matches!(
+            decide(Some(&past_ttl), None, now(), &p),
+            Decision::Drift {
+                kind: FindingKind::StalePending,
+                ..
+            }
+        ));
+        assert_eq!(
+            decide(None, Some(&object(GRACE)), now(), &p),
+            Decision::InGrace
+        );
+    }
+
+    #[test]
+    fn a_record_from_the_future_is_in_grace_not_stale() {
+        let skewed = record(Status::Pending, Duration::ZERO);
+        let skewed = Record {
+            created_at: now() + chrono::Duration::hours(3),
+            ..skewed
+        };
+        let p = policy(OrphanAction::Report);
+        assert_eq!(decide(Some(&skewed), None, now(), &p), Decision::InGrace);
+    }
+
+    #[test]
+    fn unknown_status_words_are_never_touched() {
+        let mut rec = record(Status::Pending, GRACE * 2);
+        rec.status = None;
+        rec.raw_status = "archived".into();
+        let p = policy(OrphanAction::Delete);
+        assert_eq!(decide(Some(&rec), None, now(), &p), Decision::Consistent);
+        assert_eq!(
+            decide(Some(&rec), Some(&object(GRACE * 2)), now(), &p),
+            Decision::Consistent
+        );
+    }
+
+    #[test]
+    fn nothing_at_all_is_consistent() {
+        assert_eq!(
+            decide(None, None, now(), &policy(OrphanAction::Delete)),
+            Decision::Consistent
+        );
+    }
+
+    #[test]
+    fn details_say_how_old_and_what_is_missing() {
+        let rec = record(Status::Pending, Duration::from_secs(2 * 3600 + 600));
+        match decide(Some(&rec), None, now(), &policy(OrphanAction::Report)) {
+            Decision::Drift { detail, .. } => assert_eq!(detail, "pending 2h10m, no object"),
+            other => panic!("expected drift, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn spans_are_compact() {
+        assert_eq!(span(Duration::from_secs(45)), "45s");
+        assert_eq!(span(Duration::from_secs(125)), "2m5s");
+        assert_eq!(span(Duration::from_secs(7800)), "2h10m");
+        assert_eq!(span(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3d4h");
+    }
+}

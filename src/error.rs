@@ -1,0 +1,120 @@
+//! The crate's one error type. Each variant says what failed and names the thing at fault, in one
+//! line, and maps to the exit code the contract promises.
+
+use std::fmt;
+
+/// Everything that can stop a command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is missing or has a bad value; `key` names it (`sweep.pending_ttl`).
+    #[error("configuration: {key}: {message}")]
+    Config { key: String, message: String },
+
+    /// The command line was wrong in a way clap cannot see (an id that names nothing, ...).
+    #[error("{0}")]
+    Usage(String),
+
+    /// A query or connection to the database failed.
+    #[error("database: {context}: {source}")]
+    Database {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The reconciler's migrations could not be applied.
+    #[error("database: migrating schema reconciler: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A call to the bucket failed (listing, HEAD, copy, delete).
+    #[error("storage: {context}: {message}")]
+    Storage { context: String, message: String },
+
+    /// A stream that the merge needs in byte order was not; reading it as-is would invent findings.
+    #[error(
+        "{source_name} is not in byte order: {previous:?} came before {next:?}; refusing to sweep"
+    )]
+    Unordered {
+        source_name: &'static str,
+        previous: String,
+        next: String,
+    },
+
+    /// The breaker: too many state-changing actions for one sweep.
+    #[error("{0}")]
+    SafetyStop(SafetyStop),
+
+    /// Local I/O: the spool file, stdout.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why the breaker stopped a sweep before its first write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SafetyStop {
+    pub actions: u64,
+    pub records_scanned: u64,
+    pub max_action_ratio: f64,
+    pub max_action_floor: u64,
+}
+
+impl fmt::Display for SafetyStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "safety stop: {} state-changing actions for {} records scanned exceed \
+             sweep.max_action_ratio = {} (and sweep.max_action_floor = {}); nothing was written; \
+             check the findings with --dry-run, then rerun with --force if they are right",
+            self.actions, self.records_scanned, self.max_action_ratio, self.max_action_floor
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn database(context: impl Into<String>, source: sqlx::Error) -> Self {
+        Error::Database {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn storage(context: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Storage {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The process exit code for this error, as the contract lists them.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. } | Error::Usage(_) => 2,
+            Error::SafetyStop(_) => 4,
+            Error::Database { .. }
+            | Error::Migrate(_)
+            | Error::Storage { .. }
+            | Error::Unordered { .. }
+            | Error::Io { .. } => 1,
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The executor: applies a finding, or in a dry run only says it would. Every write re-reads its
+//! row under a lock and takes a fresh look at the object first; if either changed since the sweep
+//! read it, the action is skipped (the next sweep decides again), never forced through.
+
+use crate::bucket::Bucket;
+use crate::catalog::{AuditEntry, Catalog, Transaction};
+use crate::error::Result;
+use crate::model::{Action, Finding, ObjectMeta, Outcome, Record, Status};
+use chrono::Utc;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    DryRun,
+    Apply,
+}
+
+pub struct Executor<'a> {
+    pub mode: Mode,
+    pub catalog: &'a dyn Catalog,
+    pub bucket: &'a dyn Bucket,
+    /// Where quarantined objects go: `quarantine_prefix + key`.
+    pub quarantine_prefix: &'a str,
+    pub sweep_id: Option<Uuid>,
+}
+
+/// Why an action did not go through; becomes `Outcome::Skipped`.
+struct Changed(String);
+
+impl From<&str> for Changed {
+    fn from(reason: &str) -> Self {
+        Changed(reason.to_owned())
+    }
+}
+
+impl Executor<'_> {
+    pub async fn execute(&self, finding: &Finding) -> Outcome {
+        if !finding.action.changes_state() {
+            return Outcome::Reported;
+        }
+        if self.mode == Mode::DryRun {
+            return Outcome::DryRun;
+        }
+        let outcome = match self.apply(finding).await {
+            Ok(Ok(())) => Outcome::Applied,
+            Ok(Err(Changed(reason))) => Outcome::Skipped(reason),
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        match &outcome {
+            Outcome::Applied => tracing::info!(
+                kind = finding.kind.as_str(), action = finding.action.as_str(),
+                key = %finding.key, "applied"
+            ),
+            Outcome::Skipped(reason) => tracing::warn!(
+                kind = finding.kind.as_str(), action = finding.action.as_str(),
+                key = %finding.key, reason = %reason, "skipped: changed since the sweep read it"
+            ),
+            Outcome::Failed(error) => tracing::error!(
+                kind = finding.kind.as_str(), action = finding.action.as_str(),
+                key = %finding.key, error = %error, "action failed"
+            ),
+            Outcome::DryRun | Outcome::Reported => {}
+        }
+        outcome
+    }
+
+    async fn apply(&self, finding: &Finding) -> Result<Result<(), Changed>> {
+        let mut tx = self.catalog.begin().await?;
+        let now = tx.lock_record(&finding.id).await?;
+        let object = self.bucket.head(&finding.key).await?;
+        let change = match finding.action {
+            Action::Report => return Ok(Ok(())),
+            Action::Expire => {
+                let old = match unchanged(&finding.record, &now) {
+                    Ok(old) => old,
+                    Err(changed) => return Ok(Err(changed)),
+                };
+                if object.is_some() {
+                    return Ok(Err("the object arrived after the listing".into()));
+                }
+                tx.set_status(&finding.id, Status::Expired).await?;
+                (Some(old), Some(Status::Expired), None)
+            }
+            Action::Adopt => {
+                let old = match unchanged(&finding.record, &now) {
+                    Ok(old) => old,
+                    Err(changed) => return Ok(Err(changed)),
+                };
+                let Some(object) = object else {
+                    return Ok(Err("the object is gone since the listing".into()));
+                };
+                tx.set_status(&finding.id, Status::Uploaded).await?;
+                tx.note_object(&object).await?;
+                (Some(old), Some(Status::Uploaded), Some(object))
+            }
+            Action::MarkMissing => {
+                let old = match unchanged(&finding.record, &now) {
+                    Ok(old) => old,
+                    Err(changed) => return Ok(Err(changed)),
+                };
+                if object.is_some() {
+                    return Ok(Err("the object is back since the listing".into()));
+                }
+                tx.set_status(&finding.id, Status::Missing).await?;
+                (Some(old), Some(Status::Missing), None)
+            }
+            Action::CreateRecord | Action::Quarantine | Action::Delete => {
+                if now.is_some() {
+                    return Ok(Err(
+                        "a record was created since the sweep read the table".into()
+                    ));
+                }
+                let object = match same_object(finding.object.as_ref(), object) {
+                    Ok(object) => object,
+                    Err(changed) => return Ok(Err(changed)),
+                };
+                match finding.action {
+                    Action::CreateRecord => {
+                        if !tx.create_record(&finding.id, Status::Uploaded).await? {
+                            return Ok(Err("a record was created concurrently".into()));
+                        }
+                        tx.note_object(&object).await?;
+                        (None, Some(Status::Uploaded), Some(object))
+                    }
+                    Action::Quarantine => {
+                        self.quarantine(&object).await?;
+                        (None, None, Some(object))
+                    }
+                    _ => {
+                        self.bucket.delete(&object.key).await?;
+                        (None, None, Some(object))
+                    }
+                }
+            }
+        };
+        let (old_status, new_status, object) = change;
+        let mut detail = finding.detail.clone();
+        if let Some(object) = &object {
+            detail.push_str(&format!(
+                "; object {} bytes, etag {}",
+                object.size,
+                object.etag.as_deref().unwrap_or("-")
+            ));
+        }
+        if finding.action == Action::Quarantine {
+            detail.push_str(&format!(
+                "; moved to {}{}",
+                self.quarantine_prefix, finding.key
+            ));
+        }
+        tx.audit(&AuditEntry {
+            at: Utc::now(),
+            sweep_id: self.sweep_id,
+            finding: finding.kind.as_str().into(),
+            action: finding.action.as_str().into(),
+            doc_id: finding.id.clone(),
+            key: finding.key.clone(),
+            old_status,
+            new_status: new_status.map(|s| s.as_str().to_owned()),
+            detail,
+        })
+        .await?;
+        commit(tx).await?;
+        Ok(Ok(()))
+    }
+
+    /// Copy under the quarantine prefix, check the copy, and only then delete the original: a
+    /// failure at any step leaves the original where it was.
+    async fn quarantine(&self, object: &ObjectMeta) -> Result<()> {
+        let target = format!("{}{}", self.quarantine_prefix, object.key);
+        self.bucket.copy(&object.key, &target).await?;
+        match self.bucket.head(&target).await? {
+            Some(copy) if copy.size == object.size => {}
+            Some(copy) => {
+                return Err(crate::error::Error::storage(
+                    format!("quarantining {}", object.key),
+                    format!(
+                        "the copy at {target} has {} bytes, the original {}; original kept",
+                        copy.size, object.size
+                    ),
+                ));
+            }
+            None => {
+                return Err(crate::error::Error::storage(
+                    format!("quarantining {}", object.key),
+                    format!("the copy at {target} is not there; original kept"),
+                ));
+            }
+        }
+        self.bucket.delete(&object.key).await
+    }
+}
+
+async fn commit(tx: Box<dyn Transaction + '_>) -> Result<()> {
+    tx.commit().await
+}
+
+/// The record as locked now must have the status word the sweep read; returns that word.
+fn unchanged(read: &Option<Record>, now: &Option<Record>) -> Result<String, Changed> {
+    match (read, now) {
+        (Some(read), Some(now)) if read.raw_status == now.raw_status => Ok(now.raw_status.clone()),
+        (Some(read), Some(now)) => Err(Changed(format!(
+            "the record changed since the sweep read it: status {:?}, was {:?}",
+            now.raw_status, read.raw_status
+        ))),
+        (_, None) => Err("the record was deleted since the sweep read it".into()),
+        (None, Some(_)) => Err("a record appeared since the sweep read the table".into()),
+    }
+}
+
+/// The object as seen now must be the one the listing showed (same ETag and modification time):
+/// an orphan that was just overwritten is somebody's new upload, not an orphan to act on.
+fn same_object(
+    listed: Option<&ObjectMeta>,
+    now: Option<ObjectMeta>,
+) -> Result<ObjectMeta, Changed> {
+    let Some(now) = now else {
+        return Err("the object is gone since the listing".into());
+    };
+    match listed {
+        Some(listed) if listed.etag == now.etag && listed.last_modified == now.last_modified => {
+            Ok(now)
+        }
+        _ => Err("the object was overwritten since the listing".into()),
+    }
+}

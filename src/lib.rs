@@ -1,0 +1,21 @@
+//! upload-reconciler: keeps an upload API's database and its S3 bucket consistent.
+//!
+//! Data flows one way: bucket + catalog -> sweep (merge) -> decide -> execute -> report.
+//! `decide` is pure; the adapters (`catalog`, `bucket`) do all I/O.
+
+pub mod app;
+pub mod bucket;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod decide;
+pub mod error;
+pub mod execute;
+pub mod explain;
+pub mod model;
+pub mod progress;
+pub mod report;
+pub mod sweep;
+pub mod telemetry;
+
+pub use error::{Error, Result};

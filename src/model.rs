@@ -1,0 +1,204 @@
+//! Plain data shared by every stage: records, objects, findings, actions. No I/O here.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The six states a doc moves through, by their canonical names. An app table spells them in its
+/// own words (`[database.statuses]`); the catalog translates at the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Uploaded,
+    Processed,
+    Failed,
+    Expired,
+    Missing,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Pending,
+        Status::Uploaded,
+        Status::Processed,
+        Status::Failed,
+        Status::Expired,
+        Status::Missing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Uploaded => "uploaded",
+            Status::Processed => "processed",
+            Status::Failed => "failed",
+            Status::Expired => "expired",
+            Status::Missing => "missing",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of the app table, as the reconciler sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    /// The status word exactly as stored, so a write can check that nothing changed since.
+    pub raw_status: String,
+    /// `None` when the word maps to none of the six statuses: such rows are never touched.
+    pub status: Option<Status>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One object of the bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: i64,
+    pub etag: Option<String>,
+    pub last_modified: DateTime<Utc>,
+}
+
+/// What a sweep can find. `InGrace` is counted, never acted on and never listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    StalePending,
+    LostNotification,
+    LateUpload,
+    OrphanObject,
+    MissingObject,
+    StuckProcessing,
+    ProcessingExhausted,
+    InGrace,
+}
+
+impl FindingKind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [FindingKind; 8] = [
+        FindingKind::StalePending,
+        FindingKind::LostNotification,
+        FindingKind::LateUpload,
+        FindingKind::OrphanObject,
+        FindingKind::MissingObject,
+        FindingKind::StuckProcessing,
+        FindingKind::ProcessingExhausted,
+        FindingKind::InGrace,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::StalePending => "stale_pending",
+            FindingKind::LostNotification => "lost_notification",
+            FindingKind::LateUpload => "late_upload",
+            FindingKind::OrphanObject => "orphan_object",
+            FindingKind::MissingObject => "missing_object",
+            FindingKind::StuckProcessing => "stuck_processing",
+            FindingKind::ProcessingExhausted => "processing_exhausted",
+            FindingKind::InGrace => "in_grace",
+        }
+    }
+}
+
+/// What to do about an orphan object (`sweep.orphan_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrphanAction {
+    #[default]
+    Report,
+    Adopt,
+    Quarantine,
+    Delete,
+}
+
+/// What a finding asks for. Everything but `Report` changes state and counts for the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Nothing to write: the finding is only reported.
+    Report,
+    /// A pending record whose upload never came: status -> expired.
+    Expire,
+    /// A pending or expired record whose object exists: status -> uploaded, object facts noted.
+    Adopt,
+    /// An object with no record: create the record as uploaded.
+    CreateRecord,
+    /// An object with no record: copy it under the quarantine prefix, then delete it.
+    Quarantine,
+    /// An object with no record: delete it.
+    Delete,
+    /// A record whose object is gone: status -> missing. The record itself is kept.
+    MarkMissing,
+}
+
+impl Action {
+    /// The word reports and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Report => "report",
+            Action::Expire => "expire",
+            Action::Adopt | Action::CreateRecord => "adopt",
+            Action::Quarantine => "quarantine",
+            Action::Delete => "delete",
+            Action::MarkMissing => "mark_missing",
+        }
+    }
+
+    pub fn changes_state(self) -> bool {
+        self != Action::Report
+    }
+}
+
+/// One inconsistency found by a sweep, with what was observed, so the executor can check that the
+/// world still looks the same before it acts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub id: String,
+    pub key: String,
+    pub action: Action,
+    pub detail: String,
+    /// The record as read by the sweep (`None` for orphans).
+    pub record: Option<Record>,
+    /// The object as listed by the sweep (`None` when absent).
+    pub object: Option<ObjectMeta>,
+}
+
+/// How the executor dealt with one finding.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Written (and audited).
+    Applied,
+    /// Dry-run: would have been written.
+    DryRun,
+    /// Nothing to write (`Action::Report`).
+    Reported,
+    /// The world changed since the sweep read it; left alone for the next sweep.
+    Skipped(String),
+    /// The write failed; nothing of it was committed.
+    Failed(String),
+}
+
+impl Outcome {
+    /// The word reports use; `applied`, `failed` and `dry_run` are also the metric's `result`s.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::DryRun => "dry_run",
+            Outcome::Reported => "reported",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The bucket key of a doc: `prefix + id`.
+pub fn key_of(prefix: &str, id: &str) -> String {
+    format!("{prefix}{id}")
+}

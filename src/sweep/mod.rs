@@ -1,0 +1,245 @@
+//! One sweep: merge the table against the listing, decide every key, check the breaker, then hand
+//! each finding to the executor and the report. Dry run and apply take this same path; only the
+//! executor's mode differs.
+//!
+//! The scan finishes before the first write so that the breaker can see the whole picture; the
+//! findings wait in a spool file meanwhile, so memory stays flat however many there are.
+
+pub mod merge;
+mod spool;
+
+use crate::bucket::Bucket;
+use crate::catalog::{Catalog, SweepRecord};
+use crate::config::SweepConfig;
+use crate::decide::{Decision, Policy, decide};
+use crate::error::{Error, Result, SafetyStop};
+use crate::execute::{Executor, Mode};
+use crate::model::{Finding, FindingKind, key_of};
+use crate::report::{Counts, Footer, Header, Sink, Tally};
+use chrono::{DateTime, Utc};
+use merge::{Merge, Pair};
+use spool::Spool;
+use uuid::Uuid;
+
+pub struct Sweep<'a> {
+    pub catalog: &'a dyn Catalog,
+    pub bucket: &'a dyn Bucket,
+    pub prefix: &'a str,
+    pub settings: &'a SweepConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub dry_run: bool,
+    /// Go past the breaker.
+    pub force: bool,
+}
+
+/// The scan's result: what was found, waiting to be executed.
+pub struct Plan {
+    pub started_at: DateTime<Utc>,
+    pub objects_listed: u64,
+    pub records_scanned: u64,
+    pub counts: Counts,
+    /// Findings whose action changes state: what the breaker weighs.
+    pub state_changes: u64,
+    spool: Spool,
+}
+
+/// What a finished sweep reports back.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub header: Header,
+    pub footer: Footer,
+}
+
+/// Reports scan progress; the CLI draws it on a terminal.
+pub trait Progress {
+    fn scanned(&mut self, records: u64, objects: u64);
+    fn done(&mut self);
+}
+
+/// No progress display.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn scanned(&mut self, _: u64, _: u64) {}
+    fn done(&mut self) {}
+}
+
+impl Sweep<'_> {
+    /// The keys the sweep owns: under the prefix, outside the quarantine area (objects moved there
+    /// must not come back as orphans on the next sweep).
+    fn owns(&self, key: &str) -> bool {
+        let quarantine = self.settings.quarantine_prefix.as_str();
+        quarantine.is_empty() || !key.starts_with(quarantine)
+    }
+
+    /// Merge and decide every key; nothing is written anywhere.
+    pub async fn plan(&self, now: DateTime<Utc>, progress: &mut dyn Progress) -> Result<Plan> {
+        let policy: Policy = self.settings.policy();
+        let mut merge = Merge::new(
+            self.catalog.records(),
+            self.bucket.list(self.prefix),
+            self.prefix,
+        );
+        let mut counts = Counts::default();
+        let mut state_changes = 0;
+        let mut spool = Spool::new()?;
+        while let Some(pair) = merge.next().await? {
+            progress.scanned(merge.records_scanned, merge.objects_listed);
+            let Pair { id, record, object } = pair;
+            let key = key_of(self.prefix, &id);
+            if !self.owns(&key) {
+                continue;
+            }
+            match decide(record.as_ref(), object.as_ref(), now, &policy) {
+                Decision::Consistent => {}
+                Decision::InGrace => counts.add(FindingKind::InGrace),
+                Decision::Drift {
+                    kind,
+                    action,
+                    detail,
+                } => {
+                    counts.add(kind);
+                    if action.changes_state() {
+                        state_changes += 1;
+                    }
+                    spool.push(&Finding {
+                        kind,
+                        id,
+                        key,
+                        action,
+                        detail,
+                        record,
+                        object,
+                    })?;
+                }
+            }
+        }
+        progress.done();
+        Ok(Plan {
+            started_at: now,
+            objects_listed: merge.objects_listed,
+            records_scanned: merge.records_scanned,
+            counts,
+            state_changes,
+            spool,
+        })
+    }
+
+    /// The breaker: too many changes at once usually means a wrong config (prefix, mapping, a
+    /// bucket restored from elsewhere), not a real mess. Stop before writing anything.
+    pub fn breaker(&self, plan: &Plan) -> Option<SafetyStop> {
+        let limit = self.settings.max_action_ratio * plan.records_scanned as f64;
+        let tripped = plan.state_changes > self.settings.max_action_floor
+            && plan.state_changes as f64 > limit;
+        tripped.then_some(SafetyStop {
+            actions: plan.state_changes,
+            records_scanned: plan.records_scanned,
+            max_action_ratio: self.settings.max_action_ratio,
+            max_action_floor: self.settings.max_action_floor,
+        })
+    }
+
+    /// A whole sweep: plan, breaker, execute, report. A safety stop still writes the report (with
+    /// nothing applied) before it returns its error.
+    pub async fn run(
+        &self,
+        options: Options,
+        now: DateTime<Utc>,
+        progress: &mut dyn Progress,
+        report: &mut dyn Sink,
+    ) -> Result<Summary> {
+        let sweep_id = Uuid::new_v4();
+        if !options.dry_run {
+            self.catalog.migrate().await?;
+        }
+        let mut plan = self.plan(now, progress).await?;
+        let header = Header {
+            sweep_id,
+            dry_run: options.dry_run,
+            bucket: self.bucket.name().to_owned(),
+            prefix: self.prefix.to_owned(),
+            started_at: plan.started_at,
+            objects_listed: plan.objects_listed,
+            records_scanned: plan.records_scanned,
+            counts: plan.counts.clone(),
+        };
+        report.begin(&header)?;
+
+        // A dry run reports that apply would stop, and goes on: it writes nothing anyway.
+        let stop = if options.force {
+            None
+        } else {
+            self.breaker(&plan)
+        };
+        let held = stop.as_ref().filter(|_| !options.dry_run);
+
+        let history = (!options.dry_run && held.is_none()).then(|| SweepRecord {
+            id: sweep_id,
+            started_at: plan.started_at,
+            finished_at: None,
+            bucket: header.bucket.clone(),
+            prefix: header.prefix.clone(),
+            objects_listed: plan.objects_listed,
+            records_scanned: plan.records_scanned,
+            counts: serde_json::Value::Null,
+            outcome: "running",
+            error: None,
+        });
+        if let Some(history) = &history {
+            self.catalog.sweep_started(history).await?;
+        }
+
+        let executor = Executor {
+            mode: if options.dry_run {
+                Mode::DryRun
+            } else {
+                Mode::Apply
+            },
+            catalog: self.catalog,
+            bucket: self.bucket,
+            quarantine_prefix: &self.settings.quarantine_prefix,
+            sweep_id: history.as_ref().map(|h| h.id),
+        };
+        let mut actions = Tally::default();
+        let executed = async {
+            while let Some(finding) = plan.spool.pop()? {
+                let outcome = match held {
+                    Some(_) if finding.action.changes_state() => {
+                        crate::model::Outcome::Skipped("safety stop".into())
+                    }
+                    _ => executor.execute(&finding).await,
+                };
+                actions.add(&outcome);
+                report.finding(&finding, &outcome)?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+
+        let footer = Footer {
+            finished_at: Utc::now(),
+            actions,
+            safety_stop: stop.as_ref().map(ToString::to_string),
+        };
+        if let Some(mut history) = history {
+            history.finished_at = Some(footer.finished_at);
+            history.counts = serde_json::to_value(&plan.counts).unwrap_or_default();
+            history.outcome = if executed.is_ok() && footer.actions.failed == 0 {
+                "ok"
+            } else {
+                "failed"
+            };
+            history.error = executed.as_ref().err().map(ToString::to_string);
+            self.catalog.sweep_finished(&history).await?;
+        }
+        executed?;
+        report.finish(&footer)?;
+        if let Some(stop) = held {
+            return Err(Error::SafetyStop(stop.clone()));
+        }
+        Ok(Summary { header, footer })
+    }
+}
