@@ -46,6 +46,13 @@ pub struct Plan {
     spool: Spool,
 }
 
+impl Plan {
+    /// The findings, in key order, each once.
+    pub fn next_finding(&mut self) -> Result<Option<Finding>> {
+        self.spool.pop()
+    }
+}
+
 /// What a finished sweep reports back.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -152,9 +159,6 @@ impl Sweep<'_> {
         report: &mut dyn Sink,
     ) -> Result<Summary> {
         let sweep_id = Uuid::new_v4();
-        if !options.dry_run {
-            self.catalog.migrate().await?;
-        }
         let mut plan = self.plan(now, progress).await?;
         let header = Header {
             sweep_id,
@@ -176,7 +180,12 @@ impl Sweep<'_> {
         };
         let held = stop.as_ref().filter(|_| !options.dry_run);
 
-        let history = (!options.dry_run && held.is_none()).then(|| SweepRecord {
+        let applying = !options.dry_run && held.is_none();
+        if applying {
+            // After the breaker, so that a safety stop leaves the database exactly as it was.
+            self.catalog.migrate().await?;
+        }
+        let history = applying.then(|| SweepRecord {
             id: sweep_id,
             started_at: plan.started_at,
             finished_at: None,
@@ -205,7 +214,7 @@ impl Sweep<'_> {
         };
         let mut actions = Tally::default();
         let executed = async {
-            while let Some(finding) = plan.spool.pop()? {
+            while let Some(finding) = plan.next_finding()? {
                 let outcome = match held {
                     Some(_) if finding.action.changes_state() => {
                         crate::model::Outcome::Skipped("safety stop".into())

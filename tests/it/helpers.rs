@@ -1,0 +1,403 @@
+//! Test scaffolding over the real services: a fresh Postgres database per test, a fresh bucket per
+//! test on the moto server that `scripts/test` starts, and the `reconcile` binary run as a user
+//! would run it.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Row};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The moto server's URL; the test script exports it after starting the server.
+pub fn moto_endpoint() -> String {
+    std::env::var("MOTO_ENDPOINT").unwrap_or_else(|_| {
+        panic!("MOTO_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
+    })
+}
+
+/// A database of its own, dropped (with its connections) when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub pool: PgPool,
+    /// Login roles made for this test (roles are cluster-wide): dropped with the database.
+    roles: std::sync::Mutex<Vec<String>>,
+}
+
+impl TestDb {
+    /// A new database holding the reference `docs` table, its id in `collation` when given.
+    pub async fn with_docs(collation: Option<&str>) -> TestDb {
+        let name = format!("reconcile_test_{}", Uuid::new_v4().simple());
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(PG_ADMIN)
+            .await
+            .expect("Postgres at 127.0.0.1:5432 answers (scripts/test starts it)");
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+            .await
+            .expect("connect to test database");
+        let collate = collation
+            .map(|c| format!("COLLATE \"{c}\""))
+            .unwrap_or_default();
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE docs (
+               id          text {collate} PRIMARY KEY,
+               title       text NOT NULL DEFAULT '',
+               status      text NOT NULL DEFAULT 'pending',
+               created_at  timestamptz NOT NULL DEFAULT now(),
+               updated_at  timestamptz NOT NULL DEFAULT now()
+             )"
+        )))
+        .execute(&pool)
+        .await
+        .expect("create docs");
+        TestDb {
+            name,
+            pool,
+            roles: Default::default(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    pub fn url_as(&self, role: &str) -> String {
+        format!("postgres://{role}@127.0.0.1:5432/{}", self.name)
+    }
+
+    /// Insert a doc created `age` ago.
+    pub async fn doc(&self, id: &str, status: &str, age: Duration) {
+        let created_at = Utc::now() - chrono::Duration::from_std(age).expect("small age");
+        sqlx::query("INSERT INTO docs (id, status, created_at, updated_at) VALUES ($1, $2, $3, $3)")
+            .bind(id)
+            .bind(status)
+            .bind(created_at)
+            .execute(&self.pool)
+            .await
+            .expect("insert doc");
+    }
+
+    pub async fn status(&self, id: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT status FROM docs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .expect("read status")
+    }
+
+    pub async fn set_status(&self, id: &str, status: &str) {
+        sqlx::query("UPDATE docs SET status = $2 WHERE id = $1")
+            .bind(id)
+            .bind(status)
+            .execute(&self.pool)
+            .await
+            .expect("update status");
+    }
+
+    /// Every row as it is, for before/after comparisons.
+    pub async fn snapshot(&self) -> Vec<(String, String, DateTime<Utc>, DateTime<Utc>)> {
+        sqlx::query("SELECT id, status, created_at, updated_at FROM docs ORDER BY id COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await
+            .expect("snapshot docs")
+            .iter()
+            .map(|r| {
+                (
+                    r.get("id"),
+                    r.get("status"),
+                    r.get("created_at"),
+                    r.get("updated_at"),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether the reconciler has created its schema in this database.
+    pub async fn reconciler_schema_exists(&self) -> bool {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'reconciler')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .expect("read pg_namespace")
+    }
+
+    /// The audit log as (doc_id, finding, action, old_status, new_status).
+    pub async fn audit(&self) -> Vec<(String, String, String, Option<String>, Option<String>)> {
+        sqlx::query(
+            "SELECT doc_id, finding, action, old_status, new_status \
+             FROM reconciler.audit_log ORDER BY doc_id, seq",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("read audit log")
+        .iter()
+        .map(|r| {
+            (
+                r.get("doc_id"),
+                r.get("finding"),
+                r.get("action"),
+                r.get("old_status"),
+                r.get("new_status"),
+            )
+        })
+        .collect()
+    }
+
+    /// A login role that may only read `docs`. Roles are cluster-wide, so the name is unique.
+    pub async fn read_only_role(&self) -> String {
+        let role = format!("ro_{}", Uuid::new_v4().simple());
+        for sql in [
+            format!("CREATE ROLE {role} LOGIN"),
+            format!("GRANT CONNECT ON DATABASE {} TO {role}", self.name),
+            format!("GRANT USAGE ON SCHEMA public TO {role}"),
+            format!("GRANT SELECT ON docs TO {role}"),
+            format!("REVOKE CREATE ON SCHEMA public FROM {role}"),
+            format!("REVOKE CREATE ON DATABASE {} FROM PUBLIC", self.name),
+        ] {
+            sqlx::query(AssertSqlSafe(sql))
+                .execute(&self.pool)
+                .await
+                .expect("set up read-only role");
+        }
+        if let Ok(mut roles) = self.roles.lock() {
+            roles.push(role.clone());
+        }
+        role
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let roles = self.roles.lock().map(|r| r.clone()).unwrap_or_default();
+        // Drop runs outside any runtime guarantee: clean up on a thread with its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(PG_ADMIN).await {
+                    let _ = sqlx::query(AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&admin)
+                    .await;
+                    for role in roles {
+                        let _ = sqlx::query(AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+                            .execute(&admin)
+                            .await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A bucket of its own on the moto server.
+pub struct TestBucket {
+    pub name: String,
+    pub client: Client,
+    pub endpoint: String,
+}
+
+pub fn s3_client(endpoint: &str) -> Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    Client::from_conf(config)
+}
+
+impl TestBucket {
+    pub async fn new() -> TestBucket {
+        Self::on(&moto_endpoint()).await
+    }
+
+    pub async fn on(endpoint: &str) -> TestBucket {
+        let name = format!("t-{}", &Uuid::new_v4().simple().to_string()[..20]);
+        let client = s3_client(endpoint);
+        client
+            .create_bucket()
+            .bucket(&name)
+            .send()
+            .await
+            .expect("create bucket on moto");
+        TestBucket {
+            name,
+            client,
+            endpoint: endpoint.to_owned(),
+        }
+    }
+
+    pub async fn put(&self, key: &str, body: &str) {
+        self.client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .body(ByteStream::from(body.as_bytes().to_vec()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key:?}: {e:?}"));
+    }
+
+    /// Every key with its ETag, to compare before and after.
+    pub async fn snapshot(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.name)
+                .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .expect("list bucket");
+            for o in page.contents() {
+                let key = upload_reconciler::bucket::s3::decode_listed_key(o.key().unwrap_or(""))
+                    .expect("utf-8 key");
+                out.insert(key, o.e_tag().unwrap_or("").to_owned());
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        out
+    }
+
+    pub async fn exists(&self, key: &str) -> bool {
+        self.snapshot().await.contains_key(key)
+    }
+}
+
+/// What a run of the binary gave.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// The findings of a JSON report as sorted (kind, id, action) triples.
+    pub fn findings(&self) -> Vec<(String, String, String)> {
+        let report = self.json();
+        let mut out: Vec<(String, String, String)> = report["findings"]
+            .as_array()
+            .expect("findings array")
+            .iter()
+            .map(|f| {
+                (
+                    f["kind"].as_str().unwrap_or_default().to_owned(),
+                    f["id"].as_str().unwrap_or_default().to_owned(),
+                    f["action"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// How to run `reconcile` against one database and bucket; settings are env overrides.
+pub struct Reconcile {
+    pub database_url: String,
+    pub bucket: String,
+    pub endpoint: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Reconcile {
+    pub fn new(db: &TestDb, bucket: &TestBucket) -> Self {
+        Reconcile {
+            database_url: db.url(),
+            bucket: bucket.name.clone(),
+            endpoint: bucket.endpoint.clone(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Set `section.key` through its `RECONCILE_SECTION__KEY` variable.
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        let var = format!("RECONCILE_{}", key.replace('.', "__").to_uppercase());
+        self.env.push((var, value.to_owned()));
+        self
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Run {
+        self.run_in(None, args).await
+    }
+
+    pub async fn run_in(&self, dir: Option<&Path>, args: &[&str]) -> Run {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.database_url)
+            .env("RECONCILE_STORAGE__BUCKET", &self.bucket)
+            .env("RECONCILE_STORAGE__ENDPOINT_URL", &self.endpoint)
+            .env("RECONCILE_STORAGE__FORCE_PATH_STYLE", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(args)
+            .kill_on_drop(true);
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .expect("reconcile finished within 120 s (likely hung)")
+            .expect("run reconcile");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+pub const MINUTE: Duration = Duration::from_secs(60);
+pub const HOUR: Duration = Duration::from_secs(3600);
+
+pub fn triples(items: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = items
+        .iter()
+        .map(|(k, i, a)| (k.to_string(), i.to_string(), a.to_string()))
+        .collect();
+    out.sort();
+    out
+}

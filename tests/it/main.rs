@@ -1,0 +1,4 @@
+//! Integration tests over real Postgres and moto's S3 (started by scripts/test).
+
+mod helpers;
+mod sweep;
