@@ -151,3 +151,205 @@ async fn the_table_report_shows_counts_and_findings() {
     assert!(run.stdout.contains("stale_pending"), "{}", run.stdout);
     assert!(run.stdout.contains("pending 2h0m, no object"), "{}", run.stdout);
 }
+
+#[tokio::test]
+async fn each_orphan_action_does_what_it_says() {
+    for action in ["report", "adopt", "quarantine", "delete"] {
+        let db = TestDb::with_docs(None).await;
+        let bucket = TestBucket::new().await;
+        db.doc("kept", "uploaded", HOUR).await;
+        bucket.put("docs/kept", "kept").await;
+        bucket.put("docs/orphan", "nobody's").await;
+        bucket.put("elsewhere/not-ours", "outside the prefix").await;
+        let reconcile = Reconcile::new(&db, &bucket)
+            .set("storage.prefix", "docs/")
+            .set("sweep.orphan_grace", "0s")
+            .set("sweep.orphan_action", action);
+
+        let run = reconcile.run(&["--format", "json"]).await;
+        assert_eq!(run.code, 0, "{action}: {}", run.stderr);
+        let expected_action = if action == "report" { "report" } else { action };
+        assert_eq!(
+            run.findings(),
+            triples(&[("orphan_object", "orphan", expected_action)]),
+            "{action}"
+        );
+        let objects = bucket.snapshot().await;
+        let keys: Vec<&str> = objects.keys().map(String::as_str).collect();
+        let expected_keys: &[&str] = match action {
+            "report" | "adopt" => &["docs/kept", "docs/orphan", "elsewhere/not-ours"],
+            "quarantine" => &["docs/kept", "elsewhere/not-ours", "quarantine/docs/orphan"],
+            _ => &["docs/kept", "elsewhere/not-ours"],
+        };
+        assert_eq!(keys, expected_keys, "{action}");
+        let record = db.status("orphan").await;
+        let expected_record = (action == "adopt").then(|| "uploaded".to_owned());
+        assert_eq!(record, expected_record, "{action}");
+        if action != "report" {
+            let audit = db.audit().await;
+            assert_eq!(audit.len(), 1, "{action}: {audit:?}");
+            assert_eq!(audit[0].2, action);
+        }
+
+        // Whatever was done, the next sweep finds nothing more to do about it.
+        let again = reconcile.run(&["--dry-run", "--format", "json"]).await;
+        let leftover = if action == "report" {
+            triples(&[("orphan_object", "orphan", "report")])
+        } else {
+            vec![]
+        };
+        assert_eq!(again.findings(), leftover, "{action}: {}", again.stdout);
+    }
+}
+
+#[tokio::test]
+async fn quarantined_objects_are_not_swept_again_when_the_prefix_is_the_bucket_root() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    bucket.put("orphan", "nobody's").await;
+    let reconcile = Reconcile::new(&db, &bucket)
+        .set("sweep.orphan_grace", "0s")
+        .set("sweep.orphan_action", "quarantine")
+        .set("sweep.allow_bucket_root", "true");
+    let run = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(bucket.exists("quarantine/orphan").await);
+    assert!(!bucket.exists("orphan").await);
+    let again = reconcile.run(&["--dry-run", "--format", "json"]).await;
+    assert_eq!(again.findings(), vec![], "{}", again.stdout);
+}
+
+#[tokio::test]
+async fn quarantine_and_delete_refuse_the_bucket_root_without_consent() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    bucket.put("orphan", "nobody's").await;
+    for action in ["quarantine", "delete"] {
+        let run = Reconcile::new(&db, &bucket)
+            .set("sweep.orphan_grace", "0s")
+            .set("sweep.orphan_action", action)
+            .run(&["--format", "json"])
+            .await;
+        assert_eq!(run.code, 2, "{action}: {}", run.stderr);
+        assert!(run.stderr.contains("sweep.orphan_action"), "{}", run.stderr);
+        assert!(run.stderr.contains("allow_bucket_root"), "{}", run.stderr);
+        assert!(bucket.exists("orphan").await, "{action} touched the object");
+    }
+    let consented = Reconcile::new(&db, &bucket)
+        .set("sweep.orphan_grace", "0s")
+        .set("sweep.orphan_action", "delete")
+        .set("sweep.allow_bucket_root", "true")
+        .run(&["--format", "json"])
+        .await;
+    assert_eq!(consented.code, 0, "{}", consented.stderr);
+    assert!(!bucket.exists("orphan").await);
+}
+
+#[tokio::test]
+async fn dry_run_works_with_a_role_that_can_only_select() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    db.doc("stale", "pending", 2 * HOUR).await;
+    db.doc("lost", "pending", HOUR).await;
+    bucket.put("lost", "x").await;
+    let role = db.read_only_role().await;
+    let mut reconcile = Reconcile::new(&db, &bucket);
+    reconcile.database_url = db.url_as(&role);
+
+    let audit = reconcile.run(&["--dry-run", "--format", "json"]).await;
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    assert_eq!(
+        audit.findings(),
+        triples(&[
+            ("lost_notification", "lost", "adopt"),
+            ("stale_pending", "stale", "expire")
+        ])
+    );
+    // The same role cannot apply: the first write (creating schema reconciler) is refused, and
+    // the error says so in one line.
+    let apply = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(apply.code, 1, "{}", apply.stderr);
+    assert!(apply.stderr.contains("permission denied"), "{}", apply.stderr);
+    assert_eq!(apply.stderr.trim().lines().count(), 1, "{}", apply.stderr);
+    assert_eq!(db.status("stale").await.as_deref(), Some("pending"));
+}
+
+#[tokio::test]
+async fn keys_that_break_naive_code_merge_correctly_under_a_locale_collation() {
+    // The id column sorts by ICU rules ("a" < "B", "a_b" < "a-b"); S3 lists in byte order.
+    let db = TestDb::with_docs(Some("en-x-icu")).await;
+    let bucket = TestBucket::new().await;
+    let prefix = "deep/er/prefix/";
+    let healthy = [
+        "a", "B", "a-b", "a_b", "a+b", "a%20b", "a%2Bb", "sp ace", "é/ü", "日本語", "x/y/z/deep",
+        "ctl\u{1}x", "tab\tkey", "~tilde", "Zebra",
+    ];
+    for id in healthy {
+        db.doc(id, "processed", HOUR).await;
+        bucket.put(&format!("{prefix}{id}"), id).await;
+    }
+    // Two real inconsistencies hidden among them.
+    db.doc("plus+gone", "uploaded", HOUR).await;
+    bucket.put(&format!("{prefix}orphan with space+plus"), "x").await;
+
+    let run = Reconcile::new(&db, &bucket)
+        .set("storage.prefix", prefix)
+        .set("sweep.orphan_grace", "0s")
+        .run(&["--dry-run", "--format", "json"])
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.findings(),
+        triples(&[
+            ("missing_object", "plus+gone", "mark_missing"),
+            ("orphan_object", "orphan with space+plus", "report"),
+        ])
+    );
+    let report = run.json();
+    assert_eq!(report["records_scanned"], healthy.len() + 1);
+    assert_eq!(report["objects_listed"], healthy.len() + 1);
+    let orphan = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["kind"] == "orphan_object")
+        .cloned()
+        .expect("orphan finding");
+    assert_eq!(orphan["key"], format!("{prefix}orphan with space+plus"));
+}
+
+#[tokio::test]
+async fn the_breaker_stops_before_the_first_write_unless_forced() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    for i in 0..5 {
+        db.doc(&format!("stale-{i}"), "pending", 2 * HOUR).await;
+    }
+    db.doc("fine", "uploaded", HOUR).await;
+    bucket.put("fine", "x").await;
+    let reconcile = Reconcile::new(&db, &bucket)
+        .set("sweep.max_action_ratio", "0.5")
+        .set("sweep.max_action_floor", "2");
+    let before = db.snapshot().await;
+
+    let stopped = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(stopped.code, 4, "{}", stopped.stderr);
+    assert!(stopped.stderr.contains("safety stop"), "{}", stopped.stderr);
+    assert!(stopped.stderr.contains("sweep.max_action_ratio"), "{}", stopped.stderr);
+    let report = stopped.json();
+    assert_eq!(report["counts"]["stale_pending"], 5);
+    assert!(report["safety_stop"].is_string());
+    assert_eq!(report["actions"]["applied"], 0);
+    assert_eq!(db.snapshot().await, before, "the breaker let a write through");
+    assert!(!db.reconciler_schema_exists().await, "the breaker let a write through");
+
+    // A dry run says the same and exits 0: it writes nothing anyway.
+    let audit = reconcile.run(&["--dry-run", "--format", "json"]).await;
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    assert!(audit.json()["safety_stop"].is_string());
+
+    let forced = reconcile.run(&["--force", "--format", "json"]).await;
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert_eq!(forced.json()["actions"]["applied"], 5);
+    assert_eq!(db.status("stale-4").await.as_deref(), Some("expired"));
+}
