@@ -44,11 +44,16 @@ impl S3Bucket {
             builder = builder.endpoint_url(endpoint);
         }
         builder = builder.force_path_style(config.force_path_style);
-        Ok(S3Bucket {
-            client: Client::from_conf(builder.build()),
+        Ok(Self::with_client(Client::from_conf(builder.build()), config))
+    }
+
+    /// Use a client built elsewhere (tests, embedding programs with their own AWS setup).
+    pub fn with_client(client: Client, config: &StorageConfig) -> Self {
+        S3Bucket {
+            client,
             bucket: config.bucket.clone(),
             page_size: config.list_page_size,
-        })
+        }
     }
 
     fn object_url(&self, key: &str) -> String {

@@ -401,3 +401,69 @@ pub fn triples(items: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
     out.sort();
     out
 }
+
+/// A TCP proxy in front of moto that forwards faithfully until it has seen `allowed` listing
+/// requests, then cuts that connection and every later one: a real network failure in the middle
+/// of a paginated listing.
+pub struct CuttingProxy {
+    pub endpoint: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttingProxy {
+    pub async fn start(upstream: &str, allowed: usize) -> CuttingProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if seen.load(Ordering::SeqCst) > allowed {
+                    continue; // dropped: connection closed at once
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let (mut client_read, mut client_write) = client.split();
+                    let upload = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match client_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let text = String::from_utf8_lossy(&buf[..n]);
+                            let lists = text.matches("list-type=2").count();
+                            if seen.fetch_add(lists, Ordering::SeqCst) + lists > allowed {
+                                return; // cut: this request never reaches moto
+                            }
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let download = tokio::io::copy(&mut server_read, &mut client_write);
+                    tokio::select! {
+                        _ = upload => {}
+                        _ = download => {}
+                    }
+                });
+            }
+        });
+        CuttingProxy { endpoint, task }
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

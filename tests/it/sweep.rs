@@ -353,3 +353,36 @@ async fn the_breaker_stops_before_the_first_write_unless_forced() {
     assert_eq!(forced.json()["actions"]["applied"], 5);
     assert_eq!(db.status("stale-4").await.as_deref(), Some("expired"));
 }
+
+#[tokio::test]
+async fn a_listing_that_fails_mid_sweep_aborts_it_and_nothing_is_applied() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    for i in 0..6 {
+        let id = format!("fine-{i}");
+        db.doc(&id, "uploaded", HOUR).await;
+        bucket.put(&id, "x").await;
+    }
+    for i in 0..3 {
+        db.doc(&format!("stale-{i}"), "pending", 2 * HOUR).await;
+    }
+    let before = db.snapshot().await;
+    // Pages of two keys: the listing needs four requests; the third is cut.
+    let proxy = CuttingProxy::start(&bucket.endpoint, 2).await;
+    let mut reconcile = Reconcile::new(&db, &bucket).set("storage.list_page_size", "2");
+    reconcile.endpoint = proxy.endpoint.clone();
+
+    let run = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(run.code, 1, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+    let expected = format!("listing s3://{}/", bucket.name);
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "a failed listing still printed a report: {}", run.stdout);
+    assert_eq!(db.snapshot().await, before, "rows changed after a failed listing");
+    assert!(!db.reconciler_schema_exists().await);
+
+    // The same sweep through moto directly: the stale docs were real, and are fixed.
+    let direct = Reconcile::new(&db, &bucket).set("storage.list_page_size", "2");
+    let run = direct.run(&["--format", "json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["actions"]["applied"], 3);
+}

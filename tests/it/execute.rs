@@ -1,0 +1,158 @@
+//! The executor against the world moving under it: rows and objects that change between the
+//! sweep's read and its write.
+
+use crate::helpers::*;
+use std::collections::BTreeMap;
+use upload_reconciler::bucket::s3::S3Bucket;
+use upload_reconciler::catalog::Catalog;
+use upload_reconciler::catalog::postgres::PgCatalog;
+use upload_reconciler::config::Config;
+use upload_reconciler::execute::{Executor, Mode};
+use upload_reconciler::model::{Finding, Outcome};
+use upload_reconciler::sweep::{Plan, Quiet, Sweep};
+
+struct World {
+    db: TestDb,
+    bucket: TestBucket,
+    config: Config,
+    catalog: PgCatalog,
+    s3: S3Bucket,
+}
+
+async fn world(sweep_settings: &str) -> World {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let config = Config::from_toml(&format!(
+        "[database]\nurl = \"{}\"\n[storage]\nbucket = \"{}\"\n[sweep]\n{sweep_settings}",
+        db.url(),
+        bucket.name
+    ))
+    .expect("valid config");
+    let catalog = PgCatalog::connect(&config.database).await.expect("connect");
+    catalog.migrate().await.expect("migrate");
+    let s3 = S3Bucket::with_client(s3_client(&bucket.endpoint), &config.storage);
+    World {
+        db,
+        bucket,
+        config,
+        catalog,
+        s3,
+    }
+}
+
+impl World {
+    fn sweep(&self) -> Sweep<'_> {
+        Sweep {
+            catalog: &self.catalog,
+            bucket: &self.s3,
+            prefix: &self.config.storage.prefix,
+            settings: &self.config.sweep,
+        }
+    }
+
+    fn executor(&self) -> Executor<'_> {
+        Executor {
+            mode: Mode::Apply,
+            catalog: &self.catalog,
+            bucket: &self.s3,
+            quarantine_prefix: &self.config.sweep.quarantine_prefix,
+            sweep_id: None,
+        }
+    }
+
+    async fn plan(&self) -> Plan {
+        self.sweep()
+            .plan(chrono::Utc::now(), &mut Quiet)
+            .await
+            .expect("plan")
+    }
+}
+
+fn findings(plan: &mut Plan) -> BTreeMap<String, Finding> {
+    let mut out = BTreeMap::new();
+    while let Some(f) = plan.next_finding().expect("read spool") {
+        out.insert(f.id.clone(), f);
+    }
+    out
+}
+
+fn skipped_because(outcome: &Outcome, words: &str) -> bool {
+    matches!(outcome, Outcome::Skipped(reason) if reason.contains(words))
+}
+
+#[tokio::test]
+async fn a_row_or_object_changed_since_the_read_is_skipped_not_clobbered() {
+    let w = world("orphan_grace = \"0s\"\norphan_action = \"delete\"\nallow_bucket_root = true").await;
+    w.db.doc("paid-up", "pending", 2 * HOUR).await; // the API marks it uploaded meanwhile
+    w.db.doc("arrives", "pending", 2 * HOUR).await; // its PUT lands meanwhile
+    w.db.doc("deleted", "uploaded", HOUR).await; // the API deletes the row meanwhile
+    w.db.doc("restored", "uploaded", HOUR).await; // the object comes back meanwhile
+    w.db.doc("untouched", "pending", 2 * HOUR).await; // nothing happens: applied
+    w.bucket.put("claimed", "orphan").await; // the API creates its record meanwhile
+    w.bucket.put("rewritten", "orphan").await; // overwritten by a new upload meanwhile
+
+    let mut plan = w.plan().await;
+    let found = findings(&mut plan);
+    assert_eq!(found.len(), 7, "{:?}", found.keys());
+
+    w.db.set_status("paid-up", "uploaded").await;
+    w.bucket.put("arrives", "late bytes").await;
+    sqlx::query("DELETE FROM docs WHERE id = 'deleted'")
+        .execute(&w.db.pool)
+        .await
+        .expect("delete row");
+    w.bucket.put("restored", "back").await;
+    w.db.doc("claimed", "uploaded", MINUTE).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // a new Last-Modified second
+    w.bucket.put("rewritten", "someone's new upload").await;
+
+    let executor = w.executor();
+    let mut outcomes = BTreeMap::new();
+    for (id, finding) in &found {
+        outcomes.insert(id.clone(), executor.execute(finding).await);
+    }
+    assert!(skipped_because(&outcomes["paid-up"], "changed"), "{outcomes:?}");
+    assert!(skipped_because(&outcomes["arrives"], "arrived"), "{outcomes:?}");
+    assert!(skipped_because(&outcomes["deleted"], "deleted"), "{outcomes:?}");
+    assert!(skipped_because(&outcomes["restored"], "back"), "{outcomes:?}");
+    assert!(skipped_because(&outcomes["claimed"], "record"), "{outcomes:?}");
+    assert!(skipped_because(&outcomes["rewritten"], "overwritten"), "{outcomes:?}");
+    assert_eq!(outcomes["untouched"], Outcome::Applied);
+
+    assert_eq!(w.db.status("paid-up").await.as_deref(), Some("uploaded"));
+    assert_eq!(w.db.status("arrives").await.as_deref(), Some("pending"));
+    assert_eq!(w.db.status("restored").await.as_deref(), Some("uploaded"));
+    assert_eq!(w.db.status("untouched").await.as_deref(), Some("expired"));
+    assert!(w.bucket.exists("claimed").await && w.bucket.exists("rewritten").await);
+    let audit = w.db.audit().await;
+    assert_eq!(audit.len(), 1, "only the applied action is audited: {audit:?}");
+    assert_eq!(audit[0].0, "untouched");
+}
+
+#[tokio::test]
+async fn a_write_waits_for_the_row_lock_and_then_sees_the_new_status() {
+    let w = world("").await;
+    w.db.doc("contended", "pending", 2 * HOUR).await;
+    let mut plan = w.plan().await;
+    let found = findings(&mut plan);
+    let finding = &found["contended"];
+
+    // The API holds the row mid-transaction, changing it, when the executor arrives.
+    let mut api = w.db.pool.begin().await.expect("begin");
+    sqlx::query("UPDATE docs SET status = 'uploaded' WHERE id = 'contended'")
+        .execute(&mut *api)
+        .await
+        .expect("update in the API's transaction");
+    let executor = w.executor();
+    let (outcome, _) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        tokio::join!(executor.execute(finding), async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            api.commit().await.expect("commit");
+        })
+    })
+    .await
+    .expect("executor and API finished (likely deadlocked)");
+
+    assert!(skipped_because(&outcome, "changed"), "{outcome:?}");
+    assert_eq!(w.db.status("contended").await.as_deref(), Some("uploaded"));
+}
