@@ -25,6 +25,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
         bucket: cli.global.bucket.clone(),
         prefix: cli.global.prefix.clone(),
     };
+    // Sweep flags before a subcommand would be silently ignored: say so instead.
+    if cli.command.is_some() && cli.sweep != SweepArgs::default() {
+        return Err(Error::Usage(
+            "sweep flags (--dry-run, --format, --fail-on-drift, --force) go after `sweep`, \
+             or without any subcommand"
+                .into(),
+        ));
+    }
     let config = Config::load(&overrides)?;
     match cli.command.unwrap_or(Command::Sweep(cli.sweep)) {
         Command::Sweep(args) => sweep(&config, &args).await,

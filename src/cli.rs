@@ -8,8 +8,7 @@ use std::path::PathBuf;
 #[command(
     name = "reconcile",
     version,
-    about = "Keeps an upload API's database and its S3 bucket consistent",
-    args_conflicts_with_subcommands = true
+    about = "Keeps an upload API's database and its S3 bucket consistent"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -54,7 +53,7 @@ pub struct Global {
     pub quiet: bool,
 }
 
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone, Default, PartialEq)]
 pub struct SweepArgs {
     /// Report every inconsistency and write nothing, anywhere.
     #[arg(long)]

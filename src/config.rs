@@ -262,7 +262,9 @@ impl Config {
             check_readable(path)?;
             figment = figment.merge(Toml::file_exact(path));
         }
-        if let Ok(url) = std::env::var("DATABASE_URL") {
+        if let Ok(url) = std::env::var("DATABASE_URL").map(|u| u.trim().to_owned())
+            && !url.is_empty()
+        {
             figment = figment.merge(("database.url", url));
         }
         // Only `RECONCILE_<SECTION>__<KEY>`: `RECONCILE_CONFIG` and friends are not settings.
@@ -424,10 +426,8 @@ fn from_figment(error: figment::Error) -> Error {
         });
         let origin = match (&file, &e.metadata) {
             (Some(file), _) => format!(" (in {file})"),
-            (None, Some(m)) if !path.is_empty() => {
-                let keys: Vec<&str> = path.iter().map(String::as_str).collect();
-                let profile = e.profile.clone().unwrap_or_default();
-                format!(" (from {})", m.interpolate(&profile, &keys))
+            (None, Some(m)) if m.name.contains("environment") && !path.is_empty() => {
+                format!(" (from RECONCILE_{})", path.join("__").to_uppercase())
             }
             (None, Some(m)) => format!(" (from {})", m.name),
             (None, None) => String::new(),

@@ -15,7 +15,7 @@ pub enum Error {
     Usage(String),
 
     /// A query or connection to the database failed.
-    #[error("database: {context}: {source}")]
+    #[error("database: {context}: {}", describe_sqlx(source))]
     Database {
         context: String,
         #[source]
@@ -116,5 +116,17 @@ impl Error {
             | Error::Unordered { .. }
             | Error::Io { .. } => 1,
         }
+    }
+}
+
+/// sqlx's own Display of a server error ends with the server's C source line; keep what helps.
+fn describe_sqlx(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        sqlx::Error::PoolTimedOut => "timed out waiting for a connection".into(),
+        other => other.to_string(),
     }
 }

@@ -114,26 +114,20 @@ impl Executor<'_> {
                     Ok(object) => object,
                     Err(changed) => return Ok(Err(changed)),
                 };
-                match finding.action {
-                    Action::CreateRecord => {
-                        if !tx.create_record(&finding.id, Status::Uploaded).await? {
-                            return Ok(Err("a record was created concurrently".into()));
-                        }
-                        tx.note_object(&object).await?;
-                        (None, Some(Status::Uploaded), Some(object))
+                if finding.action == Action::CreateRecord {
+                    if !tx.create_record(&finding.id, Status::Uploaded).await? {
+                        return Ok(Err("a record was created concurrently".into()));
                     }
-                    Action::Quarantine => {
-                        self.quarantine(&object).await?;
-                        (None, None, Some(object))
-                    }
-                    _ => {
-                        self.bucket.delete(&object.key).await?;
-                        (None, None, Some(object))
-                    }
+                    tx.note_object(&object).await?;
                 }
+                (None, None, Some(object))
             }
         };
         let (old_status, new_status, object) = change;
+        let new_status = match finding.action {
+            Action::CreateRecord => Some(Status::Uploaded),
+            _ => new_status,
+        };
         let mut detail = finding.detail.clone();
         if let Some(object) = &object {
             detail.push_str(&format!(
@@ -160,6 +154,17 @@ impl Executor<'_> {
             detail,
         })
         .await?;
+        // The bucket changes last, after the audit row is written in the still-open transaction:
+        // if they fail, the transaction rolls back and the audit says nothing happened, which is
+        // true. (A failed commit after a successful delete is the one window left; quarantine
+        // keeps a copy for exactly that kind of case.)
+        if let Some(object) = &object {
+            match finding.action {
+                Action::Quarantine => self.quarantine(object).await?,
+                Action::Delete => self.bucket.delete(&object.key).await?,
+                _ => {}
+            }
+        }
         commit(tx).await?;
         Ok(Ok(()))
     }

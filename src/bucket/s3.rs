@@ -5,8 +5,9 @@ use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use crate::model::ObjectMeta;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::EncodingType;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -44,7 +45,10 @@ impl S3Bucket {
             builder = builder.endpoint_url(endpoint);
         }
         builder = builder.force_path_style(config.force_path_style);
-        Ok(Self::with_client(Client::from_conf(builder.build()), config))
+        Ok(Self::with_client(
+            Client::from_conf(builder.build()),
+            config,
+        ))
     }
 
     /// Use a client built elsewhere (tests, embedding programs with their own AWS setup).
@@ -99,7 +103,7 @@ impl Bucket for S3Bucket {
                     .set_continuation_token(token)
                     .send()
                     .await
-                    .map_err(|e| Error::storage(&context, DisplayErrorContext(&e).to_string()))?;
+                    .map_err(|e| Error::storage(&context, describe(&e)))?;
                 let next = match (out.is_truncated(), out.next_continuation_token()) {
                     (Some(true), Some(token)) => Page::Next(token.to_owned()),
                     (Some(true), None) => {
@@ -158,7 +162,7 @@ impl Bucket for S3Bucket {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(Error::storage(
                 format!("HEAD {}", self.object_url(key)),
-                DisplayErrorContext(&e).to_string(),
+                describe(&e),
             )),
         }
     }
@@ -179,7 +183,7 @@ impl Bucket for S3Bucket {
                         self.object_url(from),
                         self.object_url(to)
                     ),
-                    DisplayErrorContext(&e).to_string(),
+                    describe(&e),
                 )
             })?;
         Ok(())
@@ -193,10 +197,7 @@ impl Bucket for S3Bucket {
             .send()
             .await
             .map_err(|e| {
-                Error::storage(
-                    format!("deleting {}", self.object_url(key)),
-                    DisplayErrorContext(&e).to_string(),
-                )
+                Error::storage(format!("deleting {}", self.object_url(key)), describe(&e))
             })?;
         Ok(())
     }
@@ -207,13 +208,49 @@ impl Bucket for S3Bucket {
             .bucket(&self.bucket)
             .send()
             .await
-            .map_err(|e| {
-                Error::storage(
-                    format!("reaching {}", self.url()),
-                    DisplayErrorContext(&e).to_string(),
-                )
-            })?;
+            .map_err(|e| Error::storage(format!("reaching {}", self.url()), describe(&e)))?;
         Ok(())
+    }
+}
+
+/// One readable line for an SDK error: the S3 error code and message, or what went wrong on the
+/// way (connection, timeout), never the SDK's debug dump.
+fn describe<E>(error: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            match (e.code(), e.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => {
+                    format!("{code} (HTTP {})", service.raw().status().as_u16())
+                }
+                _ => format!("the server refused the request ({})", causes(e)),
+            }
+        }
+        SdkError::TimeoutError(_) => "timed out".to_owned(),
+        SdkError::DispatchFailure(_) => format!("cannot reach the endpoint: {}", causes(error)),
+        _ => causes(error),
+    }
+}
+
+/// An error and its sources, joined on one line, each said once.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    let line = parts.join(": ").replace('\n', " ");
+    match line.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line,
     }
 }
 

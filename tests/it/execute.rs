@@ -82,7 +82,8 @@ fn skipped_because(outcome: &Outcome, words: &str) -> bool {
 
 #[tokio::test]
 async fn a_row_or_object_changed_since_the_read_is_skipped_not_clobbered() {
-    let w = world("orphan_grace = \"0s\"\norphan_action = \"delete\"\nallow_bucket_root = true").await;
+    let w =
+        world("orphan_grace = \"0s\"\norphan_action = \"delete\"\nallow_bucket_root = true").await;
     w.db.doc("paid-up", "pending", 2 * HOUR).await; // the API marks it uploaded meanwhile
     w.db.doc("arrives", "pending", 2 * HOUR).await; // its PUT lands meanwhile
     w.db.doc("deleted", "uploaded", HOUR).await; // the API deletes the row meanwhile
@@ -111,12 +112,30 @@ async fn a_row_or_object_changed_since_the_read_is_skipped_not_clobbered() {
     for (id, finding) in &found {
         outcomes.insert(id.clone(), executor.execute(finding).await);
     }
-    assert!(skipped_because(&outcomes["paid-up"], "changed"), "{outcomes:?}");
-    assert!(skipped_because(&outcomes["arrives"], "arrived"), "{outcomes:?}");
-    assert!(skipped_because(&outcomes["deleted"], "deleted"), "{outcomes:?}");
-    assert!(skipped_because(&outcomes["restored"], "back"), "{outcomes:?}");
-    assert!(skipped_because(&outcomes["claimed"], "record"), "{outcomes:?}");
-    assert!(skipped_because(&outcomes["rewritten"], "overwritten"), "{outcomes:?}");
+    assert!(
+        skipped_because(&outcomes["paid-up"], "changed"),
+        "{outcomes:?}"
+    );
+    assert!(
+        skipped_because(&outcomes["arrives"], "arrived"),
+        "{outcomes:?}"
+    );
+    assert!(
+        skipped_because(&outcomes["deleted"], "deleted"),
+        "{outcomes:?}"
+    );
+    assert!(
+        skipped_because(&outcomes["restored"], "back"),
+        "{outcomes:?}"
+    );
+    assert!(
+        skipped_because(&outcomes["claimed"], "record"),
+        "{outcomes:?}"
+    );
+    assert!(
+        skipped_because(&outcomes["rewritten"], "overwritten"),
+        "{outcomes:?}"
+    );
     assert_eq!(outcomes["untouched"], Outcome::Applied);
 
     assert_eq!(w.db.status("paid-up").await.as_deref(), Some("uploaded"));
@@ -125,7 +144,11 @@ async fn a_row_or_object_changed_since_the_read_is_skipped_not_clobbered() {
     assert_eq!(w.db.status("untouched").await.as_deref(), Some("expired"));
     assert!(w.bucket.exists("claimed").await && w.bucket.exists("rewritten").await);
     let audit = w.db.audit().await;
-    assert_eq!(audit.len(), 1, "only the applied action is audited: {audit:?}");
+    assert_eq!(
+        audit.len(),
+        1,
+        "only the applied action is audited: {audit:?}"
+    );
     assert_eq!(audit[0].0, "untouched");
 }
 

@@ -83,13 +83,15 @@ impl TestDb {
     /// Insert a doc created `age` ago.
     pub async fn doc(&self, id: &str, status: &str, age: Duration) {
         let created_at = Utc::now() - chrono::Duration::from_std(age).expect("small age");
-        sqlx::query("INSERT INTO docs (id, status, created_at, updated_at) VALUES ($1, $2, $3, $3)")
-            .bind(id)
-            .bind(status)
-            .bind(created_at)
-            .execute(&self.pool)
-            .await
-            .expect("insert doc");
+        sqlx::query(
+            "INSERT INTO docs (id, status, created_at, updated_at) VALUES ($1, $2, $3, $3)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(created_at)
+        .execute(&self.pool)
+        .await
+        .expect("insert doc");
     }
 
     pub async fn status(&self, id: &str) -> Option<String> {
@@ -188,11 +190,18 @@ impl Drop for TestDb {
         let roles = self.roles.lock().map(|r| r.clone()).unwrap_or_default();
         // Drop runs outside any runtime guarantee: clean up on a thread with its own.
         let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async {
-                if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(PG_ADMIN).await {
+                if let Ok(admin) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(PG_ADMIN)
+                    .await
+                {
                     let _ = sqlx::query(AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                     )))

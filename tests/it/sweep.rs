@@ -58,9 +58,20 @@ async fn dry_run_lists_every_inconsistency_and_changes_nothing_then_apply_fixes_
             .iter()
             .all(|f| f["applied"] == false && f["result"] == "dry_run")
     );
-    assert_eq!(db.snapshot().await, rows_before, "a dry run wrote to the table");
-    assert_eq!(bucket.snapshot().await, objects_before, "a dry run wrote to the bucket");
-    assert!(!db.reconciler_schema_exists().await, "a dry run created the schema");
+    assert_eq!(
+        db.snapshot().await,
+        rows_before,
+        "a dry run wrote to the table"
+    );
+    assert_eq!(
+        bucket.snapshot().await,
+        objects_before,
+        "a dry run wrote to the bucket"
+    );
+    assert!(
+        !db.reconciler_schema_exists().await,
+        "a dry run created the schema"
+    );
 
     let apply = reconcile.run(&["--format", "json"]).await;
     assert_eq!(apply.code, 0, "{}", apply.stderr);
@@ -83,9 +94,17 @@ async fn dry_run_lists_every_inconsistency_and_changes_nothing_then_apply_fixes_
         ("young", "pending"),
         ("given-up", "failed"),
     ] {
-        assert_eq!(db.status(id).await.as_deref(), Some(status), "status of {id}");
+        assert_eq!(
+            db.status(id).await.as_deref(),
+            Some(status),
+            "status of {id}"
+        );
     }
-    assert_eq!(bucket.snapshot().await, objects_before, "apply touched no object");
+    assert_eq!(
+        bucket.snapshot().await,
+        objects_before,
+        "apply touched no object"
+    );
     let audit_log = db.audit().await;
     assert_eq!(audit_log.len(), 6, "{audit_log:?}");
     assert!(audit_log.contains(&(
@@ -134,7 +153,9 @@ async fn fail_on_drift_exits_3_and_jsonl_ends_with_the_summary() {
     assert_eq!(lines[1]["records_scanned"], 2);
 
     db.set_status("stale", "expired").await;
-    let clean = reconcile.run(&["sweep", "--dry-run", "--fail-on-drift"]).await;
+    let clean = reconcile
+        .run(&["sweep", "--dry-run", "--fail-on-drift"])
+        .await;
     assert_eq!(clean.code, 0, "{}", clean.stderr);
 }
 
@@ -149,7 +170,11 @@ async fn the_table_report_shows_counts_and_findings() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.starts_with("Dry run of s3://"), "{}", run.stdout);
     assert!(run.stdout.contains("stale_pending"), "{}", run.stdout);
-    assert!(run.stdout.contains("pending 2h0m, no object"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("pending 2h0m, no object"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[tokio::test]
@@ -269,7 +294,11 @@ async fn dry_run_works_with_a_role_that_can_only_select() {
     // the error says so in one line.
     let apply = reconcile.run(&["--format", "json"]).await;
     assert_eq!(apply.code, 1, "{}", apply.stderr);
-    assert!(apply.stderr.contains("permission denied"), "{}", apply.stderr);
+    assert!(
+        apply.stderr.contains("permission denied"),
+        "{}",
+        apply.stderr
+    );
     assert_eq!(apply.stderr.trim().lines().count(), 1, "{}", apply.stderr);
     assert_eq!(db.status("stale").await.as_deref(), Some("pending"));
 }
@@ -281,8 +310,21 @@ async fn keys_that_break_naive_code_merge_correctly_under_a_locale_collation() {
     let bucket = TestBucket::new().await;
     let prefix = "deep/er/prefix/";
     let healthy = [
-        "a", "B", "a-b", "a_b", "a+b", "a%20b", "a%2Bb", "sp ace", "é/ü", "日本語", "x/y/z/deep",
-        "ctl\u{1}x", "tab\tkey", "~tilde", "Zebra",
+        "a",
+        "B",
+        "a-b",
+        "a_b",
+        "a+b",
+        "a%20b",
+        "a%2Bb",
+        "sp ace",
+        "é/ü",
+        "日本語",
+        "x/y/z/deep",
+        "ctl\u{1}x",
+        "tab\tkey",
+        "~tilde",
+        "Zebra",
     ];
     for id in healthy {
         db.doc(id, "processed", HOUR).await;
@@ -290,7 +332,9 @@ async fn keys_that_break_naive_code_merge_correctly_under_a_locale_collation() {
     }
     // Two real inconsistencies hidden among them.
     db.doc("plus+gone", "uploaded", HOUR).await;
-    bucket.put(&format!("{prefix}orphan with space+plus"), "x").await;
+    bucket
+        .put(&format!("{prefix}orphan with space+plus"), "x")
+        .await;
 
     let run = Reconcile::new(&db, &bucket)
         .set("storage.prefix", prefix)
@@ -335,13 +379,24 @@ async fn the_breaker_stops_before_the_first_write_unless_forced() {
     let stopped = reconcile.run(&["--format", "json"]).await;
     assert_eq!(stopped.code, 4, "{}", stopped.stderr);
     assert!(stopped.stderr.contains("safety stop"), "{}", stopped.stderr);
-    assert!(stopped.stderr.contains("sweep.max_action_ratio"), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("sweep.max_action_ratio"),
+        "{}",
+        stopped.stderr
+    );
     let report = stopped.json();
     assert_eq!(report["counts"]["stale_pending"], 5);
     assert!(report["safety_stop"].is_string());
     assert_eq!(report["actions"]["applied"], 0);
-    assert_eq!(db.snapshot().await, before, "the breaker let a write through");
-    assert!(!db.reconciler_schema_exists().await, "the breaker let a write through");
+    assert_eq!(
+        db.snapshot().await,
+        before,
+        "the breaker let a write through"
+    );
+    assert!(
+        !db.reconciler_schema_exists().await,
+        "the breaker let a write through"
+    );
 
     // A dry run says the same and exits 0: it writes nothing anyway.
     let audit = reconcile.run(&["--dry-run", "--format", "json"]).await;
@@ -373,11 +428,23 @@ async fn a_listing_that_fails_mid_sweep_aborts_it_and_nothing_is_applied() {
     reconcile.endpoint = proxy.endpoint.clone();
 
     let run = reconcile.run(&["--format", "json"]).await;
-    assert_eq!(run.code, 1, "stdout: {}\nstderr: {}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code, 1,
+        "stdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
     let expected = format!("listing s3://{}/", bucket.name);
     assert!(run.stderr.contains(&expected), "{}", run.stderr);
-    assert!(run.stdout.is_empty(), "a failed listing still printed a report: {}", run.stdout);
-    assert_eq!(db.snapshot().await, before, "rows changed after a failed listing");
+    assert!(
+        run.stdout.is_empty(),
+        "a failed listing still printed a report: {}",
+        run.stdout
+    );
+    assert_eq!(
+        db.snapshot().await,
+        before,
+        "rows changed after a failed listing"
+    );
     assert!(!db.reconciler_schema_exists().await);
 
     // The same sweep through moto directly: the stale docs were real, and are fixed.
