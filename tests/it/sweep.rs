@@ -122,6 +122,17 @@ async fn dry_run_lists_every_inconsistency_and_changes_nothing_then_apply_fixes_
         Some("uploaded".into())
     )));
 
+    let history: Vec<(String, i64)> =
+        sqlx::query_as("SELECT outcome, records_scanned FROM reconciler.sweeps")
+            .fetch_all(&db.pool)
+            .await
+            .expect("read sweep history");
+    assert_eq!(
+        history,
+        vec![("ok".to_owned(), 8)],
+        "one applying sweep, recorded"
+    );
+
     let again = reconcile.run(&["--dry-run", "--format", "json"]).await;
     assert_eq!(again.code, 0, "{}", again.stderr);
     let report = again.json();

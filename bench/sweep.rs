@@ -1,0 +1,197 @@
+//! Sweep throughput and peak memory over a real Postgres table of N rows and a generated listing
+//! of about N keys (a generated listing because moto lists ~1.5k keys/s: useless at this size).
+//!
+//!     cargo bench --bench sweep -- 100000
+//!     cargo bench --bench sweep -- 1000000
+//!
+//! Prints one line: rows, objects, findings, seconds, rows/s, peak RSS (VmHWM). Comparing the
+//! peak RSS of the two sizes shows whether memory grows with the table and the bucket.
+
+use chrono::{DateTime, Utc};
+use futures::stream::{self, BoxStream, StreamExt};
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::PgPoolOptions;
+use std::time::Instant;
+use upload_reconciler::bucket::Bucket;
+use upload_reconciler::catalog::postgres::PgCatalog;
+use upload_reconciler::config::Config;
+use upload_reconciler::model::ObjectMeta;
+use upload_reconciler::report::{self, Format};
+use upload_reconciler::sweep::{Options, Quiet, Sweep};
+use upload_reconciler::{Error, Result};
+
+const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const DB: &str = "reconcile_bench";
+
+/// Row i is doc `{i:09}`. Every 10th row has no object (missing or stale), every 50th object has
+/// no row (an orphan `{i:09}o`, which sorts right after its neighbour in byte order).
+fn has_object(i: u64) -> bool {
+    i % 10 != 3
+}
+
+fn has_orphan(i: u64) -> bool {
+    i % 50 == 7
+}
+
+struct GeneratedBucket {
+    rows: u64,
+    modified: DateTime<Utc>,
+}
+
+#[async_trait::async_trait]
+impl Bucket for GeneratedBucket {
+    fn url(&self) -> String {
+        "generated://bench".into()
+    }
+
+    fn name(&self) -> &str {
+        "bench"
+    }
+
+    fn list<'a>(&'a self, _prefix: &'a str) -> BoxStream<'a, Result<ObjectMeta>> {
+        let modified = self.modified;
+        stream::iter(0..self.rows)
+            .flat_map(move |i| {
+                let object = |key: String| ObjectMeta {
+                    key,
+                    size: 1024,
+                    etag: Some("\"bench\"".into()),
+                    last_modified: modified,
+                };
+                let mut keys = Vec::with_capacity(2);
+                if has_object(i) {
+                    keys.push(Ok(object(format!("{i:09}"))));
+                }
+                if has_orphan(i) {
+                    keys.push(Ok(object(format!("{i:09}o"))));
+                }
+                stream::iter(keys)
+            })
+            .boxed()
+    }
+
+    async fn head(&self, _key: &str) -> Result<Option<ObjectMeta>> {
+        Err(Error::storage("bench", "the generated bucket is read-only"))
+    }
+
+    async fn copy(&self, _from: &str, _to: &str) -> Result<()> {
+        Err(Error::storage("bench", "the generated bucket is read-only"))
+    }
+
+    async fn delete(&self, _key: &str) -> Result<()> {
+        Err(Error::storage("bench", "the generated bucket is read-only"))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+async fn seed(rows: u64) {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(ADMIN)
+        .await
+        .expect("Postgres at 127.0.0.1:5432");
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"),
+        format!("CREATE DATABASE {DB}"),
+    ] {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .expect("recreate bench database");
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("postgres://postgres@127.0.0.1:5432/{DB}"))
+        .await
+        .expect("connect bench database");
+    for sql in [
+        "CREATE TABLE docs (id text PRIMARY KEY, title text NOT NULL DEFAULT '', \
+         status text NOT NULL DEFAULT 'pending', created_at timestamptz NOT NULL DEFAULT now(), \
+         updated_at timestamptz NOT NULL DEFAULT now())"
+            .to_owned(),
+        format!(
+            "INSERT INTO docs (id, status, created_at) \
+             SELECT lpad(i::text, 9, '0'), \
+                    CASE WHEN i % 10 = 3 AND i % 20 = 3 THEN 'pending' \
+                         WHEN i % 10 = 3 THEN 'uploaded' ELSE 'processed' END, \
+                    now() - interval '2 hours' \
+             FROM generate_series(0, {}) AS i",
+            rows - 1
+        ),
+        "CREATE INDEX ON docs (id COLLATE \"C\")".to_owned(),
+        "ANALYZE docs".to_owned(),
+    ] {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect("seed bench table");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let rows: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    seed(rows).await;
+    let config = Config::from_toml(&format!(
+        "[database]\nurl = \"postgres://postgres@127.0.0.1:5432/{DB}\"\n\
+         [storage]\nbucket = \"bench\"\n[sweep]\norphan_grace = \"1h\"\n"
+    ))
+    .expect("bench config");
+    let catalog = PgCatalog::connect(&config.database).await.expect("connect");
+    let bucket = GeneratedBucket {
+        rows,
+        modified: Utc::now() - chrono::Duration::hours(2),
+    };
+    let sweep = Sweep {
+        catalog: &catalog,
+        bucket: &bucket,
+        prefix: "",
+        settings: &config.sweep,
+    };
+    let rss_before = peak_rss_mib();
+    let started = Instant::now();
+    let mut sink = report::sink(Format::Jsonl, Box::new(std::io::sink()));
+    let summary = sweep
+        .run(
+            Options {
+                dry_run: true,
+                force: false,
+            },
+            Utc::now(),
+            &mut Quiet,
+            sink.as_mut(),
+        )
+        .await
+        .expect("sweep");
+    let seconds = started.elapsed().as_secs_f64();
+    let h = &summary.header;
+    println!(
+        "rows {} objects {} findings {} seconds {:.2} rows/s {:.0} peak_rss_mib {:.1} (before sweep {:.1})",
+        h.records_scanned,
+        h.objects_listed,
+        h.counts.drift(),
+        seconds,
+        h.records_scanned as f64 / seconds,
+        peak_rss_mib(),
+        rss_before
+    );
+}
