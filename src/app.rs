@@ -13,6 +13,7 @@ use crate::sweep::{Options, Progress, Quiet, Sweep};
 use crate::{explain, progress};
 use chrono::Utc;
 use std::io::{BufWriter, IsTerminal, Write};
+use std::sync::Arc;
 
 /// Exit codes of a command that ran to its end (errors carry their own).
 pub const OK: i32 = 0;
@@ -24,6 +25,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         database_url: cli.global.database_url.clone(),
         bucket: cli.global.bucket.clone(),
         prefix: cli.global.prefix.clone(),
+        queue_url: cli.global.queue_url.clone(),
     };
     // Sweep flags before a subcommand would be silently ignored: say so instead.
     if cli.command.is_some() && cli.sweep != SweepArgs::default() {
@@ -52,6 +54,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 default_format(format),
                 &mut std::io::stdout().lock(),
             )?;
+            Ok(OK)
+        }
+        Command::Daemon => {
+            crate::daemon::run(&config, crate::daemon::shutdown_signal()).await?;
             Ok(OK)
         }
         Command::Migrate => {
@@ -121,16 +127,16 @@ fn default_format(format: Option<Format>) -> Format {
 }
 
 /// The one place that picks adapters from the config.
-async fn connect(config: &Config) -> Result<(Box<dyn Catalog>, Box<dyn Bucket>)> {
+pub async fn connect(config: &Config) -> Result<(Arc<dyn Catalog>, Arc<dyn Bucket>)> {
     let catalog = connect_catalog(config).await?;
     let bucket = connect_bucket(config).await?;
     Ok((catalog, bucket))
 }
 
-async fn connect_catalog(config: &Config) -> Result<Box<dyn Catalog>> {
-    Ok(Box::new(PgCatalog::connect(&config.database).await?))
+async fn connect_catalog(config: &Config) -> Result<Arc<dyn Catalog>> {
+    Ok(Arc::new(PgCatalog::connect(&config.database).await?))
 }
 
-async fn connect_bucket(config: &Config) -> Result<Box<dyn Bucket>> {
-    Ok(Box::new(S3Bucket::connect(&config.storage).await?))
+async fn connect_bucket(config: &Config) -> Result<Arc<dyn Bucket>> {
+    Ok(Arc::new(S3Bucket::connect(&config.storage).await?))
 }

@@ -40,6 +40,10 @@ pub struct Global {
     #[arg(long, global = true)]
     pub prefix: Option<String>,
 
+    /// The SQS queue S3 notifies (overrides events.queue_url).
+    #[arg(long, global = true, value_name = "URL")]
+    pub queue_url: Option<String>,
+
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -84,6 +88,8 @@ pub enum Command {
         #[arg(long, value_enum)]
         format: Option<Format>,
     },
+    /// Run as a sidecar: consume S3 events from SQS until SIGTERM or SIGINT.
+    Daemon,
     /// Create or upgrade the reconciler's own tables (schema `reconciler`).
     Migrate,
     /// Validate the configuration and reach the database and the bucket.

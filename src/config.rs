@@ -21,6 +21,8 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub sweep: SweepConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
 }
 
 /// `[database]`: where the app table is and how it is spelled.
@@ -160,6 +162,39 @@ impl SweepConfig {
     }
 }
 
+/// `[events]`: the SQS queue that S3 notifies, and how the daemon consumes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// The queue's URL; required by `reconcile daemon`.
+    pub queue_url: Option<String>,
+    /// Concurrent consumer loops.
+    pub pollers: usize,
+    /// Long-poll wait per receive (at most 20s, SQS's limit).
+    #[serde(deserialize_with = "duration")]
+    pub wait_time: Duration,
+    /// How long a received batch stays invisible to other consumers; extended while it runs.
+    #[serde(deserialize_with = "duration")]
+    pub visibility_timeout: Duration,
+    /// Defaults to `storage.region`.
+    pub region: Option<String>,
+    /// For SQS-compatible servers; `AWS_ENDPOINT_URL` works too.
+    pub endpoint_url: Option<String>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            queue_url: None,
+            pollers: 1,
+            wait_time: Duration::from_secs(20),
+            visibility_timeout: Duration::from_secs(300),
+            region: None,
+            endpoint_url: None,
+        }
+    }
+}
+
 /// A SQL identifier from the config. Any text but NUL, at most 63 bytes (Postgres' limit); it is
 /// always quoted when it goes into SQL, so it can never be read as SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +287,7 @@ pub struct Overrides {
     pub database_url: Option<String>,
     pub bucket: Option<String>,
     pub prefix: Option<String>,
+    pub queue_url: Option<String>,
 }
 
 impl Config {
@@ -281,6 +317,9 @@ impl Config {
         }
         if let Some(prefix) = &overrides.prefix {
             figment = figment.merge(("storage.prefix", prefix));
+        }
+        if let Some(queue_url) = &overrides.queue_url {
+            figment = figment.merge(("events.queue_url", queue_url));
         }
         let config: Config = figment.extract().map_err(from_figment)?;
         config.validate()?;
@@ -397,7 +436,38 @@ impl Config {
                 ));
             }
         }
+        let events = &self.events;
+        if !(1..=64).contains(&events.pollers) {
+            return Err(Error::config(
+                "events.pollers",
+                format!("{} is outside 1..=64", events.pollers),
+            ));
+        }
+        if events.wait_time > Duration::from_secs(20) {
+            return Err(Error::config(
+                "events.wait_time",
+                "SQS long polling waits at most 20s",
+            ));
+        }
+        if events.visibility_timeout < Duration::from_secs(2)
+            || events.visibility_timeout > Duration::from_secs(12 * 3600)
+        {
+            return Err(Error::config(
+                "events.visibility_timeout",
+                "must be between 2s and 12h (SQS's limit)",
+            ));
+        }
         Ok(())
+    }
+
+    /// The queue, for the commands that consume it.
+    pub fn queue_url(&self) -> Result<&str> {
+        self.events.queue_url.as_deref().filter(|u| !u.is_empty()).ok_or_else(|| {
+            Error::config(
+                "events.queue_url",
+                "not set (set it in the config file, RECONCILE_EVENTS__QUEUE_URL or --queue-url)",
+            )
+        })
     }
 }
 

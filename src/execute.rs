@@ -25,7 +25,8 @@ pub struct Executor<'a> {
 }
 
 /// Why an action did not go through; becomes `Outcome::Skipped`.
-struct Changed(String);
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changed(pub String);
 
 impl From<&str> for Changed {
     fn from(reason: &str) -> Self {
@@ -66,6 +67,20 @@ impl Executor<'_> {
 
     async fn apply(&self, finding: &Finding) -> Result<Result<(), Changed>> {
         let mut tx = self.catalog.begin().await?;
+        let applied = self.apply_in(tx.as_mut(), finding).await?;
+        if applied.is_ok() {
+            tx.commit().await?;
+        }
+        Ok(applied)
+    }
+
+    /// The checks and writes of one action inside a transaction the caller commits: the event
+    /// path commits the key's event state with it.
+    pub async fn apply_in(
+        &self,
+        tx: &mut (dyn Transaction + '_),
+        finding: &Finding,
+    ) -> Result<Result<(), Changed>> {
         let now = tx.lock_record(&finding.id).await?;
         let object = self.bucket.head(&finding.key).await?;
         let change = match finding.action {
@@ -165,7 +180,6 @@ impl Executor<'_> {
                 _ => {}
             }
         }
-        commit(tx).await?;
         Ok(Ok(()))
     }
 
@@ -194,10 +208,6 @@ impl Executor<'_> {
         }
         self.bucket.delete(&object.key).await
     }
-}
-
-async fn commit(tx: Box<dyn Transaction + '_>) -> Result<()> {
-    tx.commit().await
 }
 
 /// The record as locked now must have the status word the sweep read; returns that word.

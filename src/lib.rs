@@ -1,6 +1,7 @@
 //! upload-reconciler: keeps an upload API's database and its S3 bucket consistent.
 //!
-//! Data flows one way: bucket + catalog -> sweep (merge) -> decide -> execute -> report.
+//! Data flows one way: bucket + catalog -> sweep (merge) -> decide -> execute -> report, and
+//! events -> decide -> execute: both paths share the decision and the executor.
 //! `decide` is pure; the adapters (`catalog`, `bucket`) do all I/O.
 
 pub mod app;
@@ -8,10 +9,13 @@ pub mod bucket;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod decide;
 pub mod error;
+pub mod events;
 pub mod execute;
 pub mod explain;
+pub mod metrics;
 pub mod model;
 pub mod progress;
 pub mod report;

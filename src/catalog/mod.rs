@@ -54,6 +54,13 @@ pub trait Transaction: Send {
 
     async fn audit(&mut self, entry: &AuditEntry) -> Result<()>;
 
+    /// Lock the per-key event state (creating it when new) and return the sequencer of the newest
+    /// event applied to this key, if any. Serializes concurrent events for one key.
+    async fn lock_key_events(&mut self, key: &str) -> Result<Option<String>>;
+
+    /// Remember the newest event applied to a key.
+    async fn store_key_event(&mut self, event: &KeyEvent) -> Result<()>;
+
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
@@ -69,6 +76,15 @@ pub struct AuditEntry {
     pub old_status: Option<String>,
     pub new_status: Option<String>,
     pub detail: String,
+}
+
+/// The newest event applied to one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyEvent {
+    pub key: String,
+    pub sequencer: Option<String>,
+    pub kind: &'static str,
+    pub time: Option<DateTime<Utc>>,
 }
 
 /// A row of the sweep history.

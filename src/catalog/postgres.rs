@@ -1,7 +1,7 @@
 //! The catalog on PostgreSQL. All SQL of the app table is built once, here, from identifiers that
 //! config validated and this module quotes.
 
-use super::{AuditEntry, Catalog, SweepRecord, Transaction};
+use super::{AuditEntry, Catalog, KeyEvent, SweepRecord, Transaction};
 use crate::config::{DatabaseConfig, StatusWords, redact_url};
 use crate::error::{Error, Result};
 use crate::model::{ObjectMeta, Record, Status};
@@ -343,6 +343,35 @@ impl Transaction for PgTransaction<'_> {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| Error::database("writing reconciler.audit_log", e))?;
+        Ok(())
+    }
+
+    async fn lock_key_events(&mut self, key: &str) -> Result<Option<String>> {
+        let context = || format!("locking the event state of {key:?} in reconciler.key_events");
+        sqlx::query("INSERT INTO reconciler.key_events (key) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| Error::database(context(), e))?;
+        sqlx::query_scalar("SELECT sequencer FROM reconciler.key_events WHERE key = $1 FOR UPDATE")
+            .bind(key)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(|e| Error::database(context(), e))
+    }
+
+    async fn store_key_event(&mut self, event: &KeyEvent) -> Result<()> {
+        sqlx::query(
+            "UPDATE reconciler.key_events SET sequencer = COALESCE($2, sequencer), kind = $3, \
+             event_time = $4, updated_at = now() WHERE key = $1",
+        )
+        .bind(&event.key)
+        .bind(&event.sequencer)
+        .bind(event.kind)
+        .bind(event.time)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| Error::database("writing reconciler.key_events", e))?;
         Ok(())
     }
 

@@ -1,0 +1,123 @@
+//! The effect of one S3 event: the same decision and executor as the sweep, in one transaction
+//! with the key's event state, so that a duplicate or an out-of-order event changes nothing.
+
+use super::parse::{EventKind, S3Event, compare_sequencers};
+use crate::bucket::Bucket;
+use crate::catalog::{Catalog, KeyEvent};
+use crate::config::SweepConfig;
+use crate::decide::{Decision, decide};
+use crate::error::Result;
+use crate::execute::{Changed, Executor, Mode};
+use crate::model::{Action, Finding, ObjectMeta};
+use chrono::{DateTime, Utc};
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+/// What one event did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// A status change, committed with the key's event state.
+    Applied(Action),
+    /// Nothing to do; the label says why (one of `metrics::EVENT_IGNORED`).
+    Ignored(&'static str),
+}
+
+/// Everything an event's effect needs; shared by the pollers.
+pub struct Effects {
+    pub catalog: Arc<dyn Catalog>,
+    pub bucket: Arc<dyn Bucket>,
+    pub prefix: String,
+    pub settings: SweepConfig,
+}
+
+impl Effects {
+    pub async fn apply(&self, event: &S3Event, now: DateTime<Utc>) -> Result<Effect> {
+        if event.bucket != self.bucket.name() {
+            return Ok(Effect::Ignored("other_bucket"));
+        }
+        let quarantined = !self.settings.quarantine_prefix.is_empty()
+            && event.key.starts_with(&self.settings.quarantine_prefix);
+        let Some(id) = event
+            .key
+            .strip_prefix(&self.prefix)
+            .filter(|_| !quarantined)
+        else {
+            return Ok(Effect::Ignored("outside_prefix"));
+        };
+        let object = match event.kind {
+            EventKind::Created => Some(ObjectMeta {
+                key: event.key.clone(),
+                size: event.size.unwrap_or(0),
+                etag: event.etag.clone(),
+                last_modified: event.time.unwrap_or(now),
+            }),
+            EventKind::Removed => None,
+            EventKind::Other => return Ok(Effect::Ignored("unknown_type")),
+        };
+
+        let mut tx = self.catalog.begin().await?;
+        let newest = tx.lock_key_events(&event.key).await?;
+        if let (Some(incoming), Some(newest)) = (&event.sequencer, &newest) {
+            match compare_sequencers(incoming, newest) {
+                Ordering::Greater => {}
+                // Dropping the transaction rolls back; the message can go.
+                Ordering::Equal => return Ok(Effect::Ignored("duplicate")),
+                Ordering::Less => return Ok(Effect::Ignored("out_of_order")),
+            }
+        }
+        let record = tx.lock_record(id).await?;
+        let effect = match decide(
+            record.as_ref(),
+            object.as_ref(),
+            now,
+            &self.settings.policy(),
+        ) {
+            // Only what the event itself shows: an object arrived, or an object went away.
+            // Grace periods and orphans are the sweep's to judge.
+            Decision::Drift {
+                kind,
+                action,
+                detail,
+            } if matches!(
+                (event.kind, action),
+                (EventKind::Created, Action::Adopt) | (EventKind::Removed, Action::MarkMissing)
+            ) =>
+            {
+                let finding = Finding {
+                    kind,
+                    id: id.to_owned(),
+                    key: event.key.clone(),
+                    action,
+                    detail: format!("{detail} (S3 event)"),
+                    record: record.clone(),
+                    object,
+                };
+                let executor = Executor {
+                    mode: Mode::Apply,
+                    catalog: self.catalog.as_ref(),
+                    bucket: self.bucket.as_ref(),
+                    quarantine_prefix: &self.settings.quarantine_prefix,
+                    sweep_id: None,
+                };
+                match executor.apply_in(tx.as_mut(), &finding).await? {
+                    Ok(()) => Effect::Applied(action),
+                    Err(Changed(reason)) => {
+                        tracing::info!(key = %event.key, %reason, "event: the world moved on");
+                        Effect::Ignored("changed")
+                    }
+                }
+            }
+            _ if record.is_none() => Effect::Ignored("no_record"),
+            _ => Effect::Ignored("unchanged"),
+        };
+        tx.store_key_event(&KeyEvent {
+            key: event.key.clone(),
+            sequencer: event.sequencer.clone(),
+            kind: event.kind.label(),
+            time: event.time,
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(effect)
+    }
+}

@@ -1,0 +1,401 @@
+//! The SQS consumer: long-poll a batch, apply each message's events, delete what was committed,
+//! keep the visibility of a slow batch extended, back off on errors.
+//!
+//! A message leaves the queue only after every event in it took effect. One that cannot be parsed
+//! or applied stays: SQS makes it visible again and, after the queue's maxReceiveCount, its
+//! redrive policy moves it to the dead-letter queue. Nothing is dropped here.
+
+use super::effect::{Effect, Effects};
+use super::parse::{self, Message as Parsed};
+use crate::config::EventsConfig;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::{BehaviorVersion, Region};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    QueueAttributeName,
+};
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// SQS's limits: 10 messages a receive, 12 hours of total invisibility per receipt.
+const MAX_BATCH: i32 = 10;
+const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
+
+pub async fn client(config: &EventsConfig, fallback_region: Option<&str>) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = config.region.as_deref().or(fallback_region) {
+        loader = loader.region(Region::new(region.to_owned()));
+    }
+    let shared = loader.load().await;
+    let mut builder = aws_sdk_sqs::config::Builder::from(&shared);
+    if shared.region().is_none() {
+        builder = builder.region(Region::new("us-east-1"));
+    }
+    if let Some(endpoint) = &config.endpoint_url {
+        builder = builder.endpoint_url(endpoint);
+    }
+    Client::from_conf(builder.build())
+}
+
+fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    error: &SdkError<E, R>,
+) -> String {
+    match error {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            format!(
+                "{}: {}",
+                e.code().unwrap_or("error"),
+                e.message().unwrap_or("no message")
+            )
+        }
+        SdkError::TimeoutError(_) => "timed out".into(),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(e) = source {
+                text.push_str(&format!(": {e}"));
+                source = e.source();
+            }
+            text
+        }
+    }
+}
+
+/// One consumer loop; `events.pollers` of them run side by side.
+pub struct Poller {
+    pub client: Client,
+    pub queue_url: String,
+    pub wait_time: Duration,
+    pub visibility: Duration,
+    pub effects: Arc<Effects>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What one batch came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Batch {
+    pub received: usize,
+    pub deleted: usize,
+    pub kept: usize,
+}
+
+impl Poller {
+    /// Warn once when failed messages would come back forever instead of reaching a dead-letter
+    /// queue: this consumer never deletes what it could not apply.
+    pub async fn check_redrive_policy(&self) -> Result<()> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::storage(format!("reading queue {}", self.queue_url), describe(&e))
+            })?;
+        let has_redrive = out
+            .attributes()
+            .is_some_and(|a| a.contains_key(&QueueAttributeName::RedrivePolicy));
+        if !has_redrive {
+            tracing::warn!(
+                queue = %self.queue_url,
+                "the queue has no redrive policy: messages that cannot be parsed or applied are \
+                 never deleted and will be received again and again; give it a dead-letter queue"
+            );
+        }
+        Ok(())
+    }
+
+    /// Long-poll one batch.
+    pub async fn receive(&self) -> Result<Vec<Message>> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(MAX_BATCH)
+            .wait_time_seconds(self.wait_time.as_secs().min(20) as i32)
+            .visibility_timeout(secs(self.visibility))
+            .send()
+            .await
+            .map_err(|e| {
+                Error::storage(format!("receiving from {}", self.queue_url), describe(&e))
+            })?;
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    /// Receive and handle one batch: the unit tests and the loop both drive this.
+    pub async fn poll_once(&self) -> Result<Batch> {
+        let messages = self.receive().await?;
+        Ok(self.handle(messages).await)
+    }
+
+    /// Apply a batch, extending its visibility while it runs long, then delete what took effect.
+    pub async fn handle(&self, messages: Vec<Message>) -> Batch {
+        if messages.is_empty() {
+            return Batch::default();
+        }
+        let received_at = Instant::now();
+        let mut receipts: Vec<(String, String)> = messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.receipt_handle().map(|r| (i.to_string(), r.to_owned())))
+            .collect();
+        let work = async {
+            let mut done = Vec::new();
+            for (i, message) in messages.iter().enumerate() {
+                if self.handle_message(message).await {
+                    done.push(i);
+                }
+            }
+            done
+        };
+        tokio::pin!(work);
+        let half = (self.visibility / 2).max(Duration::from_secs(1));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        let done = loop {
+            tokio::select! {
+                done = &mut work => break done,
+                _ = heartbeat.tick() => self.extend(&mut receipts, received_at.elapsed()).await,
+            }
+        };
+        let deletable: Vec<DeleteMessageBatchRequestEntry> = done
+            .iter()
+            .filter_map(|i| {
+                let receipt = messages[*i].receipt_handle()?;
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let deleted = self.delete(deletable).await;
+        Batch {
+            received: messages.len(),
+            deleted,
+            kept: messages.len() - deleted,
+        }
+    }
+
+    /// One message: `true` when every effect is committed and it may be deleted.
+    async fn handle_message(&self, message: &Message) -> bool {
+        let id = message.message_id().unwrap_or("-");
+        let parsed = parse::parse(message.body().unwrap_or_default());
+        let events = match parsed {
+            Err(e) => {
+                self.metrics
+                    .events_failed
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                tracing::warn!(message_id = id, reason = e.reason(), error = %e,
+                    "cannot parse message; left to the queue's redrive policy");
+                return false;
+            }
+            Ok(Parsed::Test) => {
+                self.metrics
+                    .events_received
+                    .with_label_values(&["test"])
+                    .inc();
+                return true;
+            }
+            Ok(Parsed::Events(events)) => events,
+        };
+        for event in &events {
+            self.metrics
+                .events_received
+                .with_label_values(&[event.kind.label()])
+                .inc();
+            match self.effects.apply(event, Utc::now()).await {
+                Ok(Effect::Applied(action)) => {
+                    if let Some(at) = event.time {
+                        let lag = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
+                        self.metrics.event_lag.observe(lag);
+                    }
+                    tracing::info!(message_id = id, key = %event.key, action = action.as_str(),
+                        "event applied");
+                }
+                Ok(Effect::Ignored(reason)) => {
+                    self.metrics
+                        .events_ignored
+                        .with_label_values(&[reason])
+                        .inc();
+                    tracing::debug!(message_id = id, key = %event.key, reason, "event ignored");
+                }
+                Err(e) => {
+                    self.metrics
+                        .events_failed
+                        .with_label_values(&["effect_failed"])
+                        .inc();
+                    tracing::error!(message_id = id, key = %event.key, error = %e,
+                        "event could not be applied; the message stays in the queue");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Push the batch's visibility out again; receipts SQS calls invalid are dropped.
+    async fn extend(&self, receipts: &mut Vec<(String, String)>, elapsed: Duration) {
+        let remaining = MAX_INVISIBLE.saturating_sub(elapsed);
+        if receipts.is_empty() || remaining.is_zero() {
+            return;
+        }
+        let timeout = secs(self.visibility.min(remaining));
+        let entries: Vec<_> = receipts
+            .iter()
+            .filter_map(|(id, receipt)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(id)
+                    .receipt_handle(receipt)
+                    .visibility_timeout(timeout)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        match self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                for failed in out.failed() {
+                    tracing::warn!(
+                        entry = failed.id(),
+                        code = failed.code(),
+                        "cannot extend visibility; no more heartbeats for this message"
+                    );
+                    receipts.retain(|(id, _)| id != failed.id());
+                }
+            }
+            Err(e) => tracing::warn!(error = %describe(&e), "cannot extend visibility"),
+        }
+    }
+
+    /// Delete committed messages; returns how many SQS confirmed.
+    async fn delete(&self, entries: Vec<DeleteMessageBatchRequestEntry>) -> usize {
+        if entries.is_empty() {
+            return 0;
+        }
+        let asked = entries.len();
+        match self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                for failed in out.failed() {
+                    self.metrics
+                        .events_failed
+                        .with_label_values(&["delete_failed"])
+                        .inc();
+                    tracing::warn!(
+                        entry = failed.id(),
+                        code = failed.code(),
+                        "delete failed; the message will come back and change nothing twice"
+                    );
+                }
+                out.successful().len()
+            }
+            Err(e) => {
+                self.metrics
+                    .events_failed
+                    .with_label_values(&["delete_failed"])
+                    .inc_by(asked as u64);
+                tracing::warn!(error = %describe(&e),
+                    "delete failed; the messages will come back and change nothing twice");
+                0
+            }
+        }
+    }
+
+    /// Poll until `shutdown` turns true: a receive in progress is abandoned (its messages become
+    /// visible again), a batch in progress is finished and deleted.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        while !*shutdown.borrow() {
+            let received = tokio::select! {
+                _ = shutdown.changed() => break,
+                received = self.receive() => received,
+            };
+            match received {
+                Ok(messages) => {
+                    backoff.reset();
+                    self.handle(messages).await;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "receive failed");
+                    tokio::select! {
+                        _ = shutdown.changed() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn secs(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+/// Exponential backoff with full jitter, reset on success.
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// A random delay in `0..=min(max, base * 2^attempt)`.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(2u32.saturating_pow(self.attempt))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        for attempt in 0..10u32 {
+            let ceiling = Duration::from_secs(1 << attempt.min(3));
+            assert!(b.next_delay() <= ceiling, "attempt {attempt}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+}
