@@ -476,3 +476,213 @@ impl Drop for CuttingProxy {
         self.task.abort();
     }
 }
+
+/// A queue of its own on moto.
+pub struct TestQueue {
+    pub url: String,
+    pub arn: String,
+    pub client: aws_sdk_sqs::Client,
+}
+
+pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::config::Builder::new()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+impl TestQueue {
+    /// A queue whose failures go to a dead-letter queue after `max_receives` receives.
+    pub async fn with_dead_letters(max_receives: u32) -> TestQueue {
+        let client = sqs_client(&moto_endpoint());
+        let dlq = Self::create(&client, "dlq", None).await;
+        let policy = serde_json::json!({
+            "deadLetterTargetArn": dlq.1,
+            "maxReceiveCount": max_receives.to_string(),
+        })
+        .to_string();
+        let (url, arn) = Self::create(&client, "q", Some(policy)).await;
+        TestQueue { url, arn, client }
+    }
+
+    pub async fn without_dead_letters() -> TestQueue {
+        let client = sqs_client(&moto_endpoint());
+        let (url, arn) = Self::create(&client, "q", None).await;
+        TestQueue { url, arn, client }
+    }
+
+    async fn create(
+        client: &aws_sdk_sqs::Client,
+        tag: &str,
+        redrive: Option<String>,
+    ) -> (String, String) {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let name = format!("{tag}-{}", Uuid::new_v4().simple());
+        let mut req = client.create_queue().queue_name(&name);
+        if let Some(policy) = redrive {
+            req = req.attributes(QueueAttributeName::RedrivePolicy, policy);
+        }
+        let url = req
+            .send()
+            .await
+            .expect("create queue on moto")
+            .queue_url
+            .expect("queue url");
+        let arn = client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("queue attributes")
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .expect("queue arn");
+        (url, arn)
+    }
+
+    pub async fn send(&self, body: &str) {
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send message");
+    }
+
+    /// Messages in the queue, visible and in flight: nothing deleted means nothing lost.
+    pub async fn depth(&self) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let attrs = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("queue attributes")
+            .attributes
+            .unwrap_or_default();
+        [
+            A::ApproximateNumberOfMessages,
+            A::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .map(|a| {
+            attrs
+                .get(a)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+    }
+}
+
+impl TestBucket {
+    /// S3 sends ObjectCreated and ObjectRemoved events of this bucket to `queue`.
+    pub async fn notify(&self, queue: &TestQueue) {
+        use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
+        let config = QueueConfiguration::builder()
+            .queue_arn(&queue.arn)
+            .events(Event::from("s3:ObjectCreated:*"))
+            .events(Event::from("s3:ObjectRemoved:*"))
+            .build()
+            .expect("queue configuration");
+        self.client
+            .put_bucket_notification_configuration()
+            .bucket(&self.name)
+            .notification_configuration(
+                NotificationConfiguration::builder()
+                    .queue_configurations(config)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("configure notifications");
+    }
+
+    /// Upload as a client of the API would: a PUT to a presigned URL.
+    pub async fn presigned_put(&self, key: &str, body: &str) {
+        let presigned = self
+            .client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .presigned(
+                aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(600))
+                    .expect("presigning config"),
+            )
+            .await
+            .expect("presign");
+        let response = reqwest::Client::new()
+            .put(presigned.uri())
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("PUT to the presigned URL");
+        assert!(
+            response.status().is_success(),
+            "PUT {key:?}: {}",
+            response.status()
+        );
+    }
+
+    pub async fn delete(&self, key: &str) {
+        self.client
+            .delete_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+            .expect("delete object");
+    }
+}
+
+impl Reconcile {
+    /// Start `reconcile` in the background (the daemon), its stderr kept in `log`.
+    pub fn spawn(&self, args: &[&str], log: &Path) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.database_url)
+            .env("RECONCILE_STORAGE__BUCKET", &self.bucket)
+            .env("RECONCILE_STORAGE__ENDPOINT_URL", &self.endpoint)
+            .env("RECONCILE_STORAGE__FORCE_PATH_STYLE", "true")
+            .env("RECONCILE_EVENTS__ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("daemon log file"))
+            .kill_on_drop(true);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("start reconcile")
+    }
+}
+
+/// Wait until `check` holds, polling; panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
