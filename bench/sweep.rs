@@ -166,6 +166,7 @@ async fn main() {
         bucket: &bucket,
         prefix: "",
         settings: &config.sweep,
+        after_upload: upload_reconciler::execute::AfterUpload::MarkProcessed,
     };
     let rss_before = peak_rss_mib();
     let started = Instant::now();

@@ -8,6 +8,8 @@ use crate::catalog::postgres::PgCatalog;
 use crate::cli::{Cli, Command, SweepArgs};
 use crate::config::{Config, Overrides, redact_url};
 use crate::error::{Error, Result};
+use crate::execute::AfterUpload;
+use crate::model::Status;
 use crate::report::{self, Format};
 use crate::sweep::{Options, Progress, Quiet, Sweep};
 use crate::{explain, progress};
@@ -60,6 +62,27 @@ pub async fn run(cli: Cli) -> Result<i32> {
             crate::daemon::run(&config, crate::daemon::shutdown_signal()).await?;
             Ok(OK)
         }
+        Command::Retry { id, failed } => {
+            let catalog = connect_catalog(&config).await?;
+            catalog.migrate().await?;
+            let ids = match id {
+                Some(id) => vec![id],
+                None if failed => catalog.ids_with_status(Status::Failed).await?,
+                None => Vec::new(),
+            };
+            let lines = crate::processing::retry(
+                catalog.as_ref(),
+                &config.storage.prefix,
+                AfterUpload::from_config(&config.processing),
+                &ids,
+            )
+            .await?;
+            for line in &lines {
+                println!("{line}");
+            }
+            println!("{} doc(s) retried", lines.len());
+            Ok(OK)
+        }
         Command::Migrate => {
             let catalog = connect_catalog(&config).await?;
             catalog.migrate().await?;
@@ -88,6 +111,7 @@ async fn sweep(config: &Config, args: &SweepArgs) -> Result<i32> {
         bucket: bucket.as_ref(),
         prefix: &config.storage.prefix,
         settings: &config.sweep,
+        after_upload: AfterUpload::from_config(&config.processing),
     };
     let options = Options {
         dry_run: args.dry_run,

@@ -90,6 +90,15 @@ pub enum Command {
     },
     /// Run as a sidecar: consume S3 events from SQS until SIGTERM or SIGINT.
     Daemon,
+    /// Re-enqueue post-processing with a fresh attempt budget (audited).
+    Retry {
+        /// The doc to retry.
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        id: Option<String>,
+        /// Every doc whose processing failed.
+        #[arg(long)]
+        failed: bool,
+    },
     /// Create or upgrade the reconciler's own tables (schema `reconciler`).
     Migrate,
     /// Validate the configuration and reach the database and the bucket.

@@ -23,6 +23,8 @@ pub struct Config {
     pub sweep: SweepConfig,
     #[serde(default)]
     pub events: EventsConfig,
+    #[serde(default)]
+    pub processing: ProcessingConfig,
 }
 
 /// `[database]`: where the app table is and how it is spelled.
@@ -136,6 +138,9 @@ pub struct SweepConfig {
     pub allow_bucket_root: bool,
     pub max_action_ratio: f64,
     pub max_action_floor: u64,
+    /// How long a record may stay `uploaded` without a live processing job (`stuck_processing`).
+    #[serde(deserialize_with = "duration")]
+    pub processing_timeout: Duration,
 }
 
 impl Default for SweepConfig {
@@ -148,6 +153,7 @@ impl Default for SweepConfig {
             allow_bucket_root: false,
             max_action_ratio: 0.2,
             max_action_floor: 100,
+            processing_timeout: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -158,6 +164,7 @@ impl SweepConfig {
             pending_ttl: self.pending_ttl,
             orphan_grace: self.orphan_grace,
             orphan_action: self.orphan_action,
+            processing_timeout: self.processing_timeout,
         }
     }
 }
@@ -192,6 +199,60 @@ impl Default for EventsConfig {
             region: None,
             endpoint_url: None,
         }
+    }
+}
+
+/// `[processing]`: what runs after an upload is confirmed, and how it is retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingConfig {
+    pub hook: HookKind,
+    /// For `hook = "webhook"`: POSTed `{id, key, bucket, size, etag, attempt}`; 2xx is success.
+    pub url: Option<String>,
+    /// For `hook = "command"`: the argv; it gets DOC_ID, OBJECT_KEY, BUCKET, ATTEMPT in its
+    /// environment; exit 0 is success.
+    pub command: Option<Vec<String>>,
+    /// One attempt's limit; running past it is a failure.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    #[serde(deserialize_with = "duration")]
+    pub backoff_base: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    /// Worker loops per daemon.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    /// No post-processing: a confirmed upload is `processed` at once.
+    #[default]
+    None,
+    Webhook,
+    Command,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            hook: HookKind::None,
+            url: None,
+            command: None,
+            timeout: Duration::from_secs(30),
+            max_attempts: 10,
+            backoff_base: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(3600),
+            workers: 1,
+        }
+    }
+}
+
+impl ProcessingConfig {
+    /// A worker holds a job this long; past it the job is another worker's to take.
+    pub fn lease(&self) -> Duration {
+        self.timeout + Duration::from_secs(60)
     }
 }
 
@@ -455,6 +516,58 @@ impl Config {
             return Err(Error::config(
                 "events.visibility_timeout",
                 "must be between 2s and 12h (SQS's limit)",
+            ));
+        }
+        let processing = &self.processing;
+        match processing.hook {
+            HookKind::Webhook => match processing.url.as_deref() {
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {}
+                Some(url) => {
+                    return Err(Error::config(
+                        "processing.url",
+                        format!("{url:?} is not an http:// or https:// URL"),
+                    ));
+                }
+                None => {
+                    return Err(Error::config(
+                        "processing.url",
+                        "required when processing.hook = \"webhook\"",
+                    ));
+                }
+            },
+            HookKind::Command => {
+                if processing
+                    .command
+                    .as_ref()
+                    .is_none_or(|argv| argv.is_empty() || argv[0].is_empty())
+                {
+                    return Err(Error::config(
+                        "processing.command",
+                        "required when processing.hook = \"command\": the program and its arguments, as a list",
+                    ));
+                }
+            }
+            HookKind::None => {}
+        }
+        if processing.max_attempts == 0 {
+            return Err(Error::config(
+                "processing.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if processing.timeout.is_zero() {
+            return Err(Error::config("processing.timeout", "must be more than 0s"));
+        }
+        if processing.backoff_base > processing.backoff_max {
+            return Err(Error::config(
+                "processing.backoff_base",
+                "is larger than processing.backoff_max",
+            ));
+        }
+        if !(1..=64).contains(&processing.workers) {
+            return Err(Error::config(
+                "processing.workers",
+                format!("{} is outside 1..=64", processing.workers),
             ));
         }
         Ok(())

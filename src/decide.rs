@@ -2,7 +2,7 @@
 //! wrong and what should be done. Pure: no I/O, no clock of its own, so every case is a table row
 //! in the tests below. The sweep and (later) the event path both ask this one function.
 
-use crate::model::{Action, FindingKind, ObjectMeta, OrphanAction, Record, Status};
+use crate::model::{Action, FindingKind, JobState, ObjectMeta, OrphanAction, Record, Status};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ pub struct Policy {
     pub pending_ttl: Duration,
     pub orphan_grace: Duration,
     pub orphan_action: OrphanAction,
+    /// How long a record may stay `uploaded` without a live processing job.
+    pub processing_timeout: Duration,
 }
 
 /// The verdict on one key.
@@ -98,12 +100,31 @@ fn decide_record(
                 ago(self::age(object.last_modified, now))
             ),
         ),
+        (Status::Uploaded, Some(_)) if record.job == Some(JobState::Failed) => drift(
+            FindingKind::ProcessingExhausted,
+            Action::Fail,
+            "uploaded, processing gave up after its last attempt".into(),
+        ),
+        (Status::Uploaded, Some(_)) if !record.job.is_some_and(JobState::is_live) => {
+            let since = record.updated_at.unwrap_or(record.created_at);
+            let waiting = self::age(since, now);
+            if waiting <= policy.processing_timeout {
+                return Decision::Consistent;
+            }
+            let job = record.job.map(JobState::as_str).unwrap_or("no");
+            drift(
+                FindingKind::StuckProcessing,
+                Action::Enqueue,
+                format!("uploaded {}, {job} processing job", span(waiting)),
+            )
+        }
         (Status::Uploaded | Status::Processed, None) => drift(
             FindingKind::MissingObject,
             Action::MarkMissing,
             format!("{status}, no object"),
         ),
-        // Everything else agrees: an uploaded/processed record with its object, an expired or
+        // Everything else agrees: an uploaded record being processed, a processed record with its
+        // object, an expired or
         // missing record without one, a failed record either way (processing gave up; the object
         // is the app's to keep or delete). A `missing` record whose object came back is left for
         // an operator: restoring it is a decision, not a repair.
@@ -161,11 +182,14 @@ mod tests {
             .expect("valid date")
     }
 
+    const PROCESSING: Duration = Duration::from_secs(900);
+
     fn policy(orphan_action: OrphanAction) -> Policy {
         Policy {
             pending_ttl: TTL,
             orphan_grace: GRACE,
             orphan_action,
+            processing_timeout: PROCESSING,
         }
     }
 
@@ -175,6 +199,9 @@ mod tests {
             raw_status: status.as_str().into(),
             status: Some(status),
             created_at: now() - age,
+            updated_at: None,
+            // A live job, so that uploaded records only show what the object says.
+            job: Some(JobState::Queued),
         }
     }
 
@@ -250,6 +277,60 @@ mod tests {
                 span(age)
             );
         }
+    }
+
+    #[test]
+    fn uploaded_records_without_a_live_job_are_stuck_after_the_processing_timeout() {
+        let p = policy(OrphanAction::Report);
+        let obj = object(Duration::ZERO);
+        let mut rec = record(Status::Uploaded, Duration::ZERO);
+        rec.updated_at = Some(now() - PROCESSING - Duration::from_secs(1));
+        for (job, expected) in [
+            (None, Some((FindingKind::StuckProcessing, Action::Enqueue))),
+            (
+                Some(JobState::Done),
+                Some((FindingKind::StuckProcessing, Action::Enqueue)),
+            ),
+            (Some(JobState::Queued), None),
+            (Some(JobState::Running), None),
+            (
+                Some(JobState::Failed),
+                Some((FindingKind::ProcessingExhausted, Action::Fail)),
+            ),
+        ] {
+            rec.job = job;
+            assert_eq!(
+                verdict(&decide(Some(&rec), Some(&obj), now(), &p)),
+                expected,
+                "{job:?}"
+            );
+        }
+        // Inside the timeout (counted from updated_at, else created_at) nothing is stuck yet.
+        rec.job = None;
+        rec.updated_at = Some(now() - PROCESSING);
+        assert_eq!(
+            decide(Some(&rec), Some(&obj), now(), &p),
+            Decision::Consistent
+        );
+        rec.updated_at = None;
+        assert_eq!(
+            decide(Some(&rec), Some(&obj), now(), &p),
+            Decision::Consistent
+        );
+        rec.created_at = now() - PROCESSING * 2;
+        assert!(matches!(
+            decide(Some(&rec), Some(&obj), now(), &p),
+            Decision::Drift {
+                kind: FindingKind::StuckProcessing,
+                ..
+            }
+        ));
+        // A processed record has nothing left to process.
+        rec.status = Some(Status::Processed);
+        assert_eq!(
+            decide(Some(&rec), Some(&obj), now(), &p),
+            Decision::Consistent
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::bucket::Bucket;
 use crate::catalog::{AuditEntry, Catalog, Transaction};
 use crate::error::Result;
-use crate::model::{Action, Finding, ObjectMeta, Outcome, Record, Status};
+use crate::model::{Action, Finding, JobState, ObjectMeta, Outcome, Record, Status};
 use chrono::Utc;
 use uuid::Uuid;
 
@@ -15,8 +15,27 @@ pub enum Mode {
     Apply,
 }
 
+/// What happens once an upload is confirmed (adoption, a retry, a stuck record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUpload {
+    /// No post-processing configured: the doc is done, `processed` at once.
+    MarkProcessed,
+    /// Queue the processing job; a worker moves the doc on.
+    Enqueue,
+}
+
+impl AfterUpload {
+    pub fn from_config(processing: &crate::config::ProcessingConfig) -> Self {
+        match processing.hook {
+            crate::config::HookKind::None => AfterUpload::MarkProcessed,
+            _ => AfterUpload::Enqueue,
+        }
+    }
+}
+
 pub struct Executor<'a> {
     pub mode: Mode,
+    pub after_upload: AfterUpload,
     pub catalog: &'a dyn Catalog,
     pub bucket: &'a dyn Bucket,
     /// Where quarantined objects go: `quarantine_prefix + key`.
@@ -106,7 +125,37 @@ impl Executor<'_> {
                 };
                 tx.set_status(&finding.id, Status::Uploaded).await?;
                 tx.note_object(&object).await?;
-                (Some(old), Some(Status::Uploaded), Some(object))
+                let new = self.uploaded(tx, finding, &object).await?;
+                (Some(old), Some(new), Some(object))
+            }
+            Action::Enqueue => {
+                let old = match unchanged(&finding.record, &now) {
+                    Ok(old) => old,
+                    Err(changed) => return Ok(Err(changed)),
+                };
+                if now
+                    .as_ref()
+                    .and_then(|r| r.job)
+                    .is_some_and(|j| j.is_live())
+                {
+                    return Ok(Err("a processing job was queued meanwhile".into()));
+                }
+                let Some(object) = object else {
+                    return Ok(Err("the object is gone since the listing".into()));
+                };
+                let new = self.uploaded(tx, finding, &object).await?;
+                (Some(old), Some(new), Some(object))
+            }
+            Action::Fail => {
+                let old = match unchanged(&finding.record, &now) {
+                    Ok(old) => old,
+                    Err(changed) => return Ok(Err(changed)),
+                };
+                if now.as_ref().and_then(|r| r.job) != Some(JobState::Failed) {
+                    return Ok(Err("the processing job was retried meanwhile".into()));
+                }
+                tx.set_status(&finding.id, Status::Failed).await?;
+                (Some(old), Some(Status::Failed), None)
             }
             Action::MarkMissing => {
                 let old = match unchanged(&finding.record, &now) {
@@ -134,15 +183,14 @@ impl Executor<'_> {
                         return Ok(Err("a record was created concurrently".into()));
                     }
                     tx.note_object(&object).await?;
+                    let new = self.uploaded(tx, finding, &object).await?;
+                    (None, Some(new), Some(object))
+                } else {
+                    (None, None, Some(object))
                 }
-                (None, None, Some(object))
             }
         };
         let (old_status, new_status, object) = change;
-        let new_status = match finding.action {
-            Action::CreateRecord => Some(Status::Uploaded),
-            _ => new_status,
-        };
         let mut detail = finding.detail.clone();
         if let Some(object) = &object {
             detail.push_str(&format!(
@@ -181,6 +229,27 @@ impl Executor<'_> {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// An upload is confirmed: mark the doc processed, or queue its processing. Returns the status
+    /// the record ends with.
+    async fn uploaded(
+        &self,
+        tx: &mut (dyn Transaction + '_),
+        finding: &Finding,
+        object: &ObjectMeta,
+    ) -> Result<Status> {
+        match self.after_upload {
+            AfterUpload::MarkProcessed => {
+                tx.set_status(&finding.id, Status::Processed).await?;
+                Ok(Status::Processed)
+            }
+            AfterUpload::Enqueue => {
+                tx.enqueue_job(&finding.id, &finding.key, Some(object), Utc::now())
+                    .await?;
+                Ok(Status::Uploaded)
+            }
+        }
     }
 
     /// Copy under the quarantine prefix, check the copy, and only then delete the original: a

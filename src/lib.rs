@@ -17,6 +17,7 @@ pub mod execute;
 pub mod explain;
 pub mod metrics;
 pub mod model;
+pub mod processing;
 pub mod progress;
 pub mod report;
 pub mod sweep;

@@ -1,7 +1,9 @@
 //! The Prometheus metrics of the contract. Label values come from fixed sets only (kinds, actions,
 //! results, reasons): never ids, keys or error texts, which would grow without bound.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 use std::sync::Arc;
 
 pub struct Metrics {
@@ -14,6 +16,10 @@ pub struct Metrics {
     pub events_ignored: IntCounterVec,
     /// S3 event time to committed effect.
     pub event_lag: Histogram,
+    /// `result`: ok, error, timeout.
+    pub processing_attempts: IntCounterVec,
+    /// Jobs queued or running.
+    pub processing_queue_depth: IntGauge,
 }
 
 /// Every `type` of `reconcile_events_received_total`.
@@ -91,7 +97,23 @@ impl Metrics {
         registry
             .register(Box::new(event_lag.clone()))
             .expect("each metric is registered once");
+        let processing_attempts = counter(
+            "reconcile_processing_attempts_total",
+            "Post-processing attempts that ran, by result.",
+            "result",
+            &["ok", "error", "timeout"],
+        );
+        let processing_queue_depth = IntGauge::new(
+            "reconcile_processing_queue_depth",
+            "Post-processing jobs queued or running.",
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(processing_queue_depth.clone()))
+            .expect("each metric is registered once");
         Arc::new(Metrics {
+            processing_attempts,
+            processing_queue_depth,
             registry,
             events_received,
             events_failed,

@@ -54,6 +54,49 @@ pub struct Record {
     /// `None` when the word maps to none of the six statuses: such rows are never touched.
     pub status: Option<Status>,
     pub created_at: DateTime<Utc>,
+    /// The last change of the row, when the table has such a column.
+    #[serde(default)]
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The state of the doc's post-processing job, if it has one.
+    #[serde(default)]
+    pub job: Option<JobState>,
+}
+
+/// Where a post-processing job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<JobState> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Done,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == word)
+    }
+
+    /// A job that a worker will still run.
+    pub fn is_live(self) -> bool {
+        matches!(self, JobState::Queued | JobState::Running)
+    }
 }
 
 /// One object of the bucket.
@@ -135,6 +178,10 @@ pub enum Action {
     Delete,
     /// A record whose object is gone: status -> missing. The record itself is kept.
     MarkMissing,
+    /// An uploaded record whose processing never finished: enqueue it again.
+    Enqueue,
+    /// An uploaded record whose processing gave up: status -> failed.
+    Fail,
 }
 
 impl Action {
@@ -147,6 +194,8 @@ impl Action {
             Action::Quarantine => "quarantine",
             Action::Delete => "delete",
             Action::MarkMissing => "mark_missing",
+            Action::Enqueue => "enqueue",
+            Action::Fail => "fail",
         }
     }
 
@@ -201,4 +250,20 @@ impl Outcome {
 /// The bucket key of a doc: `prefix + id`.
 pub fn key_of(prefix: &str, id: &str) -> String {
     format!("{prefix}{id}")
+}
+
+/// A post-processing job, one per doc.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub doc_id: String,
+    pub key: String,
+    pub state: JobState,
+    /// Attempts that actually ran the hook.
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub leased_by: Option<String>,
+    pub last_error: Option<String>,
+    pub size: Option<i64>,
+    pub etag: Option<String>,
 }

@@ -5,7 +5,7 @@
 pub mod postgres;
 
 use crate::error::Result;
-use crate::model::{ObjectMeta, Record, Status};
+use crate::model::{Job, ObjectMeta, Record, Status};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::Serialize;
@@ -32,6 +32,21 @@ pub trait Catalog: Send + Sync {
     /// Record how an applying sweep ended.
     async fn sweep_finished(&self, sweep: &SweepRecord) -> Result<()>;
 
+    /// Claim the next due job (queued and due, or running with an expired lease) for `worker`,
+    /// leasing it until `now + lease`. `FOR UPDATE SKIP LOCKED`: workers never wait on each other.
+    async fn claim_job(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Option<Job>>;
+
+    /// Jobs queued or running.
+    async fn queue_depth(&self) -> Result<u64>;
+
+    /// The ids of every record in `status`.
+    async fn ids_with_status(&self, status: Status) -> Result<Vec<String>>;
+
     /// The audit trail of one doc, oldest first; `None` when the reconciler's tables do not exist
     /// yet (nothing was ever applied).
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>>;
@@ -53,6 +68,21 @@ pub trait Transaction: Send {
     async fn note_object(&mut self, object: &ObjectMeta) -> Result<()>;
 
     async fn audit(&mut self, entry: &AuditEntry) -> Result<()>;
+
+    /// Queue the doc's processing job with a fresh attempt budget (replacing any old one).
+    async fn enqueue_job(
+        &mut self,
+        id: &str,
+        key: &str,
+        object: Option<&ObjectMeta>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Lock a doc's job row and return it.
+    async fn lock_job(&mut self, id: &str) -> Result<Option<Job>>;
+
+    /// Write back a job locked by `lock_job`.
+    async fn save_job(&mut self, job: &Job) -> Result<()>;
 
     /// Lock the per-key event state (creating it when new) and return the sequencer of the newest
     /// event applied to this key, if any. Serializes concurrent events for one key.

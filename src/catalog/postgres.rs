@@ -4,18 +4,24 @@
 use super::{AuditEntry, Catalog, KeyEvent, SweepRecord, Transaction};
 use crate::config::{DatabaseConfig, StatusWords, redact_url};
 use crate::error::{Error, Result};
-use crate::model::{ObjectMeta, Record, Status};
+use crate::model::{Job, JobState, ObjectMeta, Record, Status};
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 pub struct PgCatalog {
     pool: PgPool,
     table: String,
     statuses: StatusWords,
-    sql: Statements,
+    /// Whether reconciler.jobs exists: before the first migration (a dry run with a read-only
+    /// role), records are read without their job state.
+    jobs_table: AtomicBool,
+    /// Statements that join the job state, and those that cannot.
+    with_jobs: Statements,
+    without_jobs: Statements,
 }
 
 /// The app-table statements, built once from quoted identifiers and the columns' real types.
@@ -25,6 +31,7 @@ struct Statements {
     lock_one: String,
     update_status: String,
     insert: String,
+    ids_with_status: String,
 }
 
 impl PgCatalog {
@@ -40,25 +47,42 @@ impl PgCatalog {
             .map_err(|e| Error::database(format!("connecting to {}", redact_url(url)), e))?;
         let table = config.table.quoted();
         let types = column_types(&pool, config, &table).await?;
-        let sql = Statements::build(config, &table, &types);
+        let jobs_table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('reconciler.jobs')::text")
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| Error::database("looking for reconciler.jobs", e))?;
         Ok(PgCatalog {
             pool,
-            table,
             statuses: config.statuses.clone(),
-            sql,
+            jobs_table: AtomicBool::new(jobs_table.is_some()),
+            with_jobs: Statements::build(config, &table, &types, true),
+            without_jobs: Statements::build(config, &table, &types, false),
+            table,
         })
+    }
+
+    fn sql(&self) -> &Statements {
+        if self.jobs_table.load(AtomicOrdering::Relaxed) {
+            &self.with_jobs
+        } else {
+            &self.without_jobs
+        }
     }
 
     fn record_from(&self, row: &PgRow) -> std::result::Result<Record, sqlx::Error> {
         let raw_status: Option<String> = row.try_get("status")?;
         let raw_status = raw_status.unwrap_or_default();
         let created_at: Option<DateTime<Utc>> = row.try_get("created_at")?;
+        let job: Option<String> = row.try_get("job_state")?;
         Ok(Record {
             id: row.try_get("id")?,
             status: self.statuses.status(&raw_status),
             raw_status,
             // A row without a creation time cannot be judged old: it stays in grace.
             created_at: created_at.unwrap_or(DateTime::<Utc>::MAX_UTC),
+            updated_at: row.try_get("updated_at")?,
+            job: job.as_deref().and_then(JobState::parse),
         })
     }
 }
@@ -115,15 +139,30 @@ async fn column_types(pool: &PgPool, config: &DatabaseConfig, table: &str) -> Re
 }
 
 impl Statements {
-    fn build(config: &DatabaseConfig, table: &str, types: &ColumnTypes) -> Self {
-        let id = config.id_column.quoted();
+    fn build(config: &DatabaseConfig, table: &str, types: &ColumnTypes, with_jobs: bool) -> Self {
+        let id = format!("t.{}", config.id_column.quoted());
         let status = config.status_column.quoted();
         let created_at = config.created_at_column.quoted();
+        let updated_at = config
+            .updated_at_column
+            .as_ref()
+            .map(|c| format!("CAST(t.{} AS timestamptz)", c.quoted()))
+            .unwrap_or_else(|| "CAST(NULL AS timestamptz)".into());
         // Casts make any id type (text, uuid, bigint) and any status type (text, enum) work; the
         // byte-order collation makes the order match S3's listing whatever the column's collation.
+        // App columns are qualified: the jobs table has created_at and updated_at too.
+        let (job_state, from) = if with_jobs {
+            (
+                "j.state",
+                format!("{table} t LEFT JOIN reconciler.jobs j ON j.doc_id = CAST({id} AS text)"),
+            )
+        } else {
+            ("CAST(NULL AS text)", format!("{table} t"))
+        };
         let columns = format!(
-            "CAST({id} AS text) AS id, CAST({status} AS text) AS status, \
-             CAST({created_at} AS timestamptz) AS created_at"
+            "CAST({id} AS text) AS id, CAST(t.{status} AS text) AS status, \
+             CAST(t.{created_at} AS timestamptz) AS created_at, {updated_at} AS updated_at, \
+             {job_state} AS job_state"
         );
         let by_id = format!("CAST({id} AS text) = $1");
         let touch = config
@@ -131,21 +170,26 @@ impl Statements {
             .as_ref()
             .map(|c| format!(", {} = now()", c.quoted()))
             .unwrap_or_default();
+        let bare_id = config.id_column.quoted();
         Statements {
             select_all: format!(
-                "SELECT {columns} FROM {table} ORDER BY CAST({id} AS text) COLLATE \"C\""
+                "SELECT {columns} FROM {from} ORDER BY CAST({id} AS text) COLLATE \"C\""
             ),
-            select_one: format!("SELECT {columns} FROM {table} WHERE {by_id}"),
-            lock_one: format!("SELECT {columns} FROM {table} WHERE {by_id} FOR UPDATE"),
+            select_one: format!("SELECT {columns} FROM {from} WHERE {by_id}"),
+            lock_one: format!("SELECT {columns} FROM {from} WHERE {by_id} FOR UPDATE OF t"),
             update_status: format!(
-                "UPDATE {table} SET {status} = CAST($2 AS {}){touch} WHERE {by_id}",
+                "UPDATE {table} SET {status} = CAST($2 AS {}){touch} WHERE CAST({bare_id} AS text) = $1",
                 types.status
             ),
             // Only id and status: every other column keeps the app's default.
             insert: format!(
-                "INSERT INTO {table} ({id}, {status}) VALUES (CAST($1 AS {}), CAST($2 AS {})) \
+                "INSERT INTO {table} ({bare_id}, {status}) VALUES (CAST($1 AS {}), CAST($2 AS {})) \
                  ON CONFLICT DO NOTHING",
                 types.id, types.status
+            ),
+            ids_with_status: format!(
+                "SELECT CAST({bare_id} AS text) FROM {table} WHERE CAST({status} AS text) = $1 \
+                 ORDER BY 1"
             ),
         }
     }
@@ -155,7 +199,7 @@ impl Statements {
 impl Catalog for PgCatalog {
     fn records(&self) -> BoxStream<'_, Result<Record>> {
         let context = format!("reading table {}", self.table);
-        sqlx::query(AssertSqlSafe(self.sql.select_all.as_str()))
+        sqlx::query(AssertSqlSafe(self.sql().select_all.as_str()))
             .fetch(&self.pool)
             .map(move |row| {
                 row.and_then(|row| self.record_from(&row))
@@ -165,7 +209,7 @@ impl Catalog for PgCatalog {
     }
 
     async fn record(&self, id: &str) -> Result<Option<Record>> {
-        let row = sqlx::query(AssertSqlSafe(self.sql.select_one.as_str()))
+        let row = sqlx::query(AssertSqlSafe(self.sql().select_one.as_str()))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -190,6 +234,7 @@ impl Catalog for PgCatalog {
         migrator.create_schema("reconciler");
         migrator.dangerous_set_table_name("reconciler._sqlx_migrations");
         migrator.run(&self.pool).await?;
+        self.jobs_table.store(true, AtomicOrdering::Relaxed);
         Ok(())
     }
 
@@ -223,6 +268,51 @@ impl Catalog for PgCatalog {
         .await
         .map_err(|e| Error::database("recording the sweep in reconciler.sweeps", e))?;
         Ok(())
+    }
+
+    async fn claim_job(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Job>> {
+        let lease_until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let row = sqlx::query(
+            "UPDATE reconciler.jobs SET state = 'running', leased_by = $1, lease_until = $3, \
+             updated_at = $2 \
+             WHERE doc_id = (SELECT doc_id FROM reconciler.jobs \
+                 WHERE (state = 'queued' AND next_attempt_at <= $2) \
+                    OR (state = 'running' AND lease_until <= $2) \
+                 ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING *",
+        )
+        .bind(worker)
+        .bind(now)
+        .bind(lease_until)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::database("claiming a job in reconciler.jobs", e))?;
+        row.map(|row| job_from(&row))
+            .transpose()
+            .map_err(|e| Error::database("reading reconciler.jobs", e))
+    }
+
+    async fn queue_depth(&self) -> Result<u64> {
+        let depth: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM reconciler.jobs WHERE state IN ('queued', 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| Error::database("counting reconciler.jobs", e))?;
+        Ok(u64::try_from(depth).unwrap_or(0))
+    }
+
+    async fn ids_with_status(&self, status: Status) -> Result<Vec<String>> {
+        sqlx::query_scalar(AssertSqlSafe(self.sql().ids_with_status.as_str()))
+            .bind(self.statuses.word(status))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::database(format!("listing {status} docs in {}", self.table), e))
     }
 
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>> {
@@ -272,7 +362,7 @@ struct PgTransaction<'c> {
 impl Transaction for PgTransaction<'_> {
     async fn lock_record(&mut self, id: &str) -> Result<Option<Record>> {
         let context = || format!("locking {id:?} in {}", self.catalog.table);
-        let row = sqlx::query(AssertSqlSafe(self.catalog.sql.lock_one.as_str()))
+        let row = sqlx::query(AssertSqlSafe(self.catalog.sql().lock_one.as_str()))
             .bind(id)
             .fetch_optional(&mut *self.tx)
             .await
@@ -283,7 +373,7 @@ impl Transaction for PgTransaction<'_> {
     }
 
     async fn set_status(&mut self, id: &str, status: Status) -> Result<()> {
-        sqlx::query(AssertSqlSafe(self.catalog.sql.update_status.as_str()))
+        sqlx::query(AssertSqlSafe(self.catalog.sql().update_status.as_str()))
             .bind(id)
             .bind(self.catalog.statuses.word(status))
             .execute(&mut *self.tx)
@@ -298,7 +388,7 @@ impl Transaction for PgTransaction<'_> {
     }
 
     async fn create_record(&mut self, id: &str, status: Status) -> Result<bool> {
-        let done = sqlx::query(AssertSqlSafe(self.catalog.sql.insert.as_str()))
+        let done = sqlx::query(AssertSqlSafe(self.catalog.sql().insert.as_str()))
             .bind(id)
             .bind(self.catalog.statuses.word(status))
             .execute(&mut *self.tx)
@@ -346,6 +436,61 @@ impl Transaction for PgTransaction<'_> {
         Ok(())
     }
 
+    async fn enqueue_job(
+        &mut self,
+        id: &str,
+        key: &str,
+        object: Option<&ObjectMeta>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO reconciler.jobs (doc_id, key, state, attempts, next_attempt_at, size, etag) \
+             VALUES ($1, $2, 'queued', 0, $3, $4, $5) \
+             ON CONFLICT (doc_id) DO UPDATE SET key = EXCLUDED.key, state = 'queued', attempts = 0, \
+             next_attempt_at = EXCLUDED.next_attempt_at, lease_until = NULL, leased_by = NULL, \
+             last_error = NULL, size = EXCLUDED.size, etag = EXCLUDED.etag, updated_at = now()",
+        )
+        .bind(id)
+        .bind(key)
+        .bind(now)
+        .bind(object.map(|o| o.size))
+        .bind(object.and_then(|o| o.etag.clone()))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| Error::database(format!("queueing processing of {id:?}"), e))?;
+        Ok(())
+    }
+
+    async fn lock_job(&mut self, id: &str) -> Result<Option<Job>> {
+        let row = sqlx::query("SELECT * FROM reconciler.jobs WHERE doc_id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(|e| Error::database(format!("locking the job of {id:?}"), e))?;
+        row.map(|row| job_from(&row))
+            .transpose()
+            .map_err(|e| Error::database("reading reconciler.jobs", e))
+    }
+
+    async fn save_job(&mut self, job: &Job) -> Result<()> {
+        sqlx::query(
+            "UPDATE reconciler.jobs SET state = $2, attempts = $3, next_attempt_at = $4, \
+             lease_until = $5, leased_by = $6, last_error = $7, updated_at = now() \
+             WHERE doc_id = $1",
+        )
+        .bind(&job.doc_id)
+        .bind(job.state.as_str())
+        .bind(i32::try_from(job.attempts).unwrap_or(i32::MAX))
+        .bind(job.next_attempt_at)
+        .bind(job.lease_until)
+        .bind(&job.leased_by)
+        .bind(&job.last_error)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| Error::database(format!("writing the job of {:?}", job.doc_id), e))?;
+        Ok(())
+    }
+
     async fn lock_key_events(&mut self, key: &str) -> Result<Option<String>> {
         let context = || format!("locking the event state of {key:?} in reconciler.key_events");
         sqlx::query("INSERT INTO reconciler.key_events (key) VALUES ($1) ON CONFLICT DO NOTHING")
@@ -381,4 +526,24 @@ impl Transaction for PgTransaction<'_> {
             .await
             .map_err(|e| Error::database("committing", e))
     }
+}
+
+fn job_from(row: &PgRow) -> std::result::Result<Job, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    Ok(Job {
+        doc_id: row.try_get("doc_id")?,
+        key: row.try_get("key")?,
+        state: JobState::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "state".into(),
+            source: format!("unknown job state {state:?}").into(),
+        })?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        lease_until: row.try_get("lease_until")?,
+        leased_by: row.try_get("leased_by")?,
+        last_error: row.try_get("last_error")?,
+        size: row.try_get("size")?,
+        etag: row.try_get("etag")?,
+    })
 }

@@ -7,7 +7,7 @@ use crate::catalog::{Catalog, KeyEvent};
 use crate::config::SweepConfig;
 use crate::decide::{Decision, decide};
 use crate::error::Result;
-use crate::execute::{Changed, Executor, Mode};
+use crate::execute::{AfterUpload, Changed, Executor, Mode};
 use crate::model::{Action, Finding, ObjectMeta};
 use chrono::{DateTime, Utc};
 use std::cmp::Ordering;
@@ -28,6 +28,7 @@ pub struct Effects {
     pub bucket: Arc<dyn Bucket>,
     pub prefix: String,
     pub settings: SweepConfig,
+    pub after_upload: AfterUpload,
 }
 
 impl Effects {
@@ -94,6 +95,7 @@ impl Effects {
                 };
                 let executor = Executor {
                     mode: Mode::Apply,
+                    after_upload: self.after_upload,
                     catalog: self.catalog.as_ref(),
                     bucket: self.bucket.as_ref(),
                     quarantine_prefix: &self.settings.quarantine_prefix,

@@ -133,6 +133,8 @@ mod tests {
                     raw_status: "pending".into(),
                     status: None,
                     created_at: Utc::now(),
+                    updated_at: None,
+                    job: None,
                 })
             })
             .collect();

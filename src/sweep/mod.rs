@@ -13,7 +13,7 @@ use crate::catalog::{Catalog, SweepRecord};
 use crate::config::SweepConfig;
 use crate::decide::{Decision, Policy, decide};
 use crate::error::{Error, Result, SafetyStop};
-use crate::execute::{Executor, Mode};
+use crate::execute::{AfterUpload, Executor, Mode};
 use crate::model::{Finding, FindingKind, key_of};
 use crate::report::{Counts, Footer, Header, Sink, Tally};
 use chrono::{DateTime, Utc};
@@ -26,6 +26,7 @@ pub struct Sweep<'a> {
     pub bucket: &'a dyn Bucket,
     pub prefix: &'a str,
     pub settings: &'a SweepConfig,
+    pub after_upload: AfterUpload,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -202,6 +203,7 @@ impl Sweep<'_> {
         }
 
         let executor = Executor {
+            after_upload: self.after_upload,
             mode: if options.dry_run {
                 Mode::DryRun
             } else {

@@ -59,7 +59,7 @@ async fn every_upload_takes_effect_exactly_once_across_a_sigkill() {
     eventually(Duration::from_secs(60), "a few uploads applied", || async {
         let mut applied = 0;
         for id in &ids {
-            if db.status(id).await.as_deref() == Some("uploaded") {
+            if db.status(id).await.as_deref() == Some("processed") {
                 applied += 1;
             }
         }
@@ -73,7 +73,7 @@ async fn every_upload_takes_effect_exactly_once_across_a_sigkill() {
     let mut second = reconcile.spawn(&["daemon"], &logs.path().join("second.log"));
     eventually(Duration::from_secs(90), "every upload applied", || async {
         for id in &ids {
-            if db.status(id).await.as_deref() != Some("uploaded") {
+            if db.status(id).await.as_deref() != Some("processed") {
                 return false;
             }
         }

@@ -9,6 +9,7 @@ use upload_reconciler::catalog::postgres::PgCatalog;
 use upload_reconciler::config::Config;
 use upload_reconciler::events::effect::Effects;
 use upload_reconciler::events::sqs::{Batch, Poller};
+use upload_reconciler::execute::AfterUpload;
 use upload_reconciler::metrics::Metrics;
 
 struct EventWorld {
@@ -43,6 +44,7 @@ async fn event_world(queue: TestQueue, prefix: &str) -> EventWorld {
             bucket: Arc::new(s3),
             prefix: prefix.to_owned(),
             settings: config.sweep.clone(),
+            after_upload: AfterUpload::from_config(&config.processing),
         }),
         metrics: metrics.clone(),
     };
@@ -99,7 +101,7 @@ fn s3_message(event: &str, bucket: &str, encoded_key: &str, sequencer: Option<&s
 }
 
 #[tokio::test]
-async fn presigned_uploads_move_records_to_uploaded_without_a_sweep() {
+async fn presigned_uploads_move_records_forward_without_a_sweep() {
     let w = event_world(TestQueue::with_dead_letters(5).await, "docs/").await;
     w.bucket.notify(&w.queue).await;
     let ids = [
@@ -128,7 +130,7 @@ async fn presigned_uploads_move_records_to_uploaded_without_a_sweep() {
         "every message was handled and deleted: {batch:?}"
     );
     for id in ids {
-        assert_eq!(w.db.status(id).await.as_deref(), Some("uploaded"), "{id}");
+        assert_eq!(w.db.status(id).await.as_deref(), Some("processed"), "{id}");
     }
     assert_eq!(
         w.db.status("never-uploaded").await.as_deref(),
@@ -152,7 +154,7 @@ async fn presigned_uploads_move_records_to_uploaded_without_a_sweep() {
     );
     assert_eq!(w.queue.depth().await, 0);
 
-    // A deleted object marks its uploaded record missing.
+    // A deleted object marks its record missing.
     w.bucket.delete("docs/plain").await;
     w.drain().await;
     assert_eq!(w.db.status("plain").await.as_deref(), Some("missing"));
@@ -212,8 +214,8 @@ async fn sns_wrapped_and_eventbridge_messages_take_effect() {
             kept: 0
         }
     );
-    assert_eq!(w.db.status("via sns").await.as_deref(), Some("uploaded"));
-    assert_eq!(w.db.status("late+one").await.as_deref(), Some("uploaded"));
+    assert_eq!(w.db.status("via sns").await.as_deref(), Some("processed"));
+    assert_eq!(w.db.status("late+one").await.as_deref(), Some("processed"));
     assert_eq!(w.db.status("gone").await.as_deref(), Some("missing"));
     assert_eq!(w.db.status("other").await.as_deref(), Some("pending"));
     assert_eq!(w.ignored("other_bucket"), 1);
@@ -224,7 +226,7 @@ async fn sns_wrapped_and_eventbridge_messages_take_effect() {
         "late_upload".into(),
         "adopt".into(),
         Some("expired".into()),
-        Some("uploaded".into())
+        Some("processed".into())
     )));
 }
 
@@ -233,7 +235,8 @@ async fn duplicates_and_reordered_events_settle_on_the_right_state() {
     let w = event_world(TestQueue::with_dead_letters(5).await, "").await;
     let b = w.bucket.name.clone();
 
-    // Created, delivered twice; then an older Removed arrives late: still uploaded.
+    // Created, delivered twice; then an older Removed arrives late: still there (processed:
+    // no hook is configured).
     w.db.doc("dup", "pending", MINUTE).await;
     w.bucket.put("dup", "x").await;
     w.queue
@@ -246,7 +249,7 @@ async fn duplicates_and_reordered_events_settle_on_the_right_state() {
         .send(&s3_message("ObjectRemoved:Delete", &b, "dup", Some("09")))
         .await;
     w.drain().await;
-    assert_eq!(w.db.status("dup").await.as_deref(), Some("uploaded"));
+    assert_eq!(w.db.status("dup").await.as_deref(), Some("processed"));
     assert_eq!(w.ignored("duplicate"), 1);
     assert_eq!(w.ignored("out_of_order"), 1);
 

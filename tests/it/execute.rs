@@ -7,7 +7,7 @@ use upload_reconciler::bucket::s3::S3Bucket;
 use upload_reconciler::catalog::Catalog;
 use upload_reconciler::catalog::postgres::PgCatalog;
 use upload_reconciler::config::Config;
-use upload_reconciler::execute::{Executor, Mode};
+use upload_reconciler::execute::{AfterUpload, Executor, Mode};
 use upload_reconciler::model::{Finding, Outcome};
 use upload_reconciler::sweep::{Plan, Quiet, Sweep};
 
@@ -47,12 +47,14 @@ impl World {
             bucket: &self.s3,
             prefix: &self.config.storage.prefix,
             settings: &self.config.sweep,
+            after_upload: AfterUpload::from_config(&self.config.processing),
         }
     }
 
     fn executor(&self) -> Executor<'_> {
         Executor {
             mode: Mode::Apply,
+            after_upload: AfterUpload::from_config(&self.config.processing),
             catalog: &self.catalog,
             bucket: &self.s3,
             quarantine_prefix: &self.config.sweep.quarantine_prefix,

@@ -7,7 +7,7 @@ async fn explain_shows_record_object_audit_trail_and_the_decision_now() {
     let db = TestDb::with_docs(None).await;
     let bucket = TestBucket::new().await;
     db.doc("stale", "pending", 2 * HOUR).await;
-    db.doc("fine", "uploaded", HOUR).await;
+    db.doc("fine", "processed", HOUR).await;
     bucket.put("docs/fine", "hello").await;
     let reconcile = Reconcile::new(&db, &bucket).set("storage.prefix", "docs/");
 

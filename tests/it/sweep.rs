@@ -85,11 +85,11 @@ async fn dry_run_lists_every_inconsistency_and_changes_nothing_then_apply_fixes_
     );
     for (id, status) in [
         ("stale", "expired"),
-        ("lost", "uploaded"),
-        ("late", "uploaded"),
+        ("lost", "processed"),
+        ("late", "processed"),
         ("gone-uploaded", "missing"),
         ("gone-processed", "missing"),
-        ("orphan", "uploaded"),
+        ("orphan", "processed"),
         ("fine", "processed"),
         ("young", "pending"),
         ("given-up", "failed"),
@@ -119,7 +119,7 @@ async fn dry_run_lists_every_inconsistency_and_changes_nothing_then_apply_fixes_
         "orphan_object".into(),
         "adopt".into(),
         None,
-        Some("uploaded".into())
+        Some("processed".into())
     )));
 
     let history: Vec<(String, i64)> =
@@ -145,7 +145,7 @@ async fn fail_on_drift_exits_3_and_jsonl_ends_with_the_summary() {
     let db = TestDb::with_docs(None).await;
     let bucket = TestBucket::new().await;
     db.doc("stale", "pending", 2 * HOUR).await;
-    db.doc("fine", "uploaded", 2 * HOUR).await;
+    db.doc("fine", "processed", 2 * HOUR).await;
     bucket.put("fine", "x").await;
     let reconcile = Reconcile::new(&db, &bucket);
 
@@ -193,7 +193,7 @@ async fn each_orphan_action_does_what_it_says() {
     for action in ["report", "adopt", "quarantine", "delete"] {
         let db = TestDb::with_docs(None).await;
         let bucket = TestBucket::new().await;
-        db.doc("kept", "uploaded", HOUR).await;
+        db.doc("kept", "processed", HOUR).await;
         bucket.put("docs/kept", "kept").await;
         bucket.put("docs/orphan", "nobody's").await;
         bucket.put("elsewhere/not-ours", "outside the prefix").await;
@@ -219,7 +219,7 @@ async fn each_orphan_action_does_what_it_says() {
         };
         assert_eq!(keys, expected_keys, "{action}");
         let record = db.status("orphan").await;
-        let expected_record = (action == "adopt").then(|| "uploaded".to_owned());
+        let expected_record = (action == "adopt").then(|| "processed".to_owned());
         assert_eq!(record, expected_record, "{action}");
         if action != "report" {
             let audit = db.audit().await;
@@ -380,7 +380,7 @@ async fn the_breaker_stops_before_the_first_write_unless_forced() {
     for i in 0..5 {
         db.doc(&format!("stale-{i}"), "pending", 2 * HOUR).await;
     }
-    db.doc("fine", "uploaded", HOUR).await;
+    db.doc("fine", "processed", HOUR).await;
     bucket.put("fine", "x").await;
     let reconcile = Reconcile::new(&db, &bucket)
         .set("sweep.max_action_ratio", "0.5")
@@ -426,7 +426,7 @@ async fn a_listing_that_fails_mid_sweep_aborts_it_and_nothing_is_applied() {
     let bucket = TestBucket::new().await;
     for i in 0..6 {
         let id = format!("fine-{i}");
-        db.doc(&id, "uploaded", HOUR).await;
+        db.doc(&id, "processed", HOUR).await;
         bucket.put(&id, "x").await;
     }
     for i in 0..3 {

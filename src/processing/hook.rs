@@ -1,0 +1,266 @@
+//! The hooks: a webhook POST or a command, each bounded by a timeout. Errors come back as text
+//! fit for the job's `last_error`, cut to a bounded size.
+
+use crate::config::{HookKind, ProcessingConfig};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// What a hook is told about the doc.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Call<'a> {
+    pub id: &'a str,
+    pub key: &'a str,
+    pub bucket: &'a str,
+    pub size: Option<i64>,
+    pub etag: Option<&'a str>,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookError {
+    /// The hook said no (non-2xx, non-zero exit, connection refused...).
+    Failed(String),
+    /// It did not answer within `processing.timeout`.
+    Timeout,
+}
+
+impl HookError {
+    /// The `result` label of `reconcile_processing_attempts_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HookError::Failed(_) => "error",
+            HookError::Timeout => "timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for HookError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HookError::Failed(why) => f.write_str(why),
+            HookError::Timeout => f.write_str("timed out"),
+        }
+    }
+}
+
+/// How much of a hook's output or error a job keeps.
+pub const MAX_ERROR_BYTES: usize = 2048;
+
+pub enum Hook {
+    Webhook {
+        client: reqwest::Client,
+        url: String,
+        timeout: Duration,
+    },
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+impl Hook {
+    /// The configured hook; `None` for `hook = "none"` (nothing to run).
+    pub fn from_config(config: &ProcessingConfig) -> Option<Hook> {
+        match config.hook {
+            HookKind::None => None,
+            HookKind::Webhook => Some(Hook::Webhook {
+                client: reqwest::Client::new(),
+                url: config.url.clone().unwrap_or_default(),
+                timeout: config.timeout,
+            }),
+            HookKind::Command => Some(Hook::Command {
+                argv: config.command.clone().unwrap_or_default(),
+                timeout: config.timeout,
+            }),
+        }
+    }
+
+    pub async fn call(&self, call: &Call<'_>) -> Result<(), HookError> {
+        match self {
+            Hook::Webhook {
+                client,
+                url,
+                timeout,
+            } => webhook(client, url, *timeout, call).await,
+            Hook::Command { argv, timeout } => command(argv, *timeout, call).await,
+        }
+    }
+}
+
+async fn webhook(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    call: &Call<'_>,
+) -> Result<(), HookError> {
+    let attempt = async {
+        let response =
+            client.post(url).json(call).send().await.map_err(|e| {
+                HookError::Failed(format!("POST {}: {}", redact_query(url), chain(&e)))
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(HookError::Failed(bounded(&format!(
+            "POST {} answered {status}: {body}",
+            redact_query(url)
+        ))))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(HookError::Timeout),
+    }
+}
+
+async fn command(argv: &[String], timeout: Duration, call: &Call<'_>) -> Result<(), HookError> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(HookError::Failed("processing.command is empty".into()));
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .env("DOC_ID", call.id)
+        .env("OBJECT_KEY", call.key)
+        .env("BUCKET", call.bucket)
+        .env("ATTEMPT", call.attempt.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // A command that overruns its timeout is killed, not left behind.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| HookError::Failed(format!("cannot start {program:?}: {e}")))?;
+    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return Err(HookError::Failed(format!("waiting for {program:?}: {e}"))),
+        Err(_) => return Err(HookError::Timeout),
+    };
+    if output.status.success() {
+        return Ok(());
+    }
+    // stderr last: the tail that is kept is where the error usually is.
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    let head = format!("{program:?} exited with {}: ", output.status);
+    let room = MAX_ERROR_BYTES.saturating_sub(head.len());
+    Err(HookError::Failed(format!("{head}{}", tail(&text, room))))
+}
+
+/// The last `room` bytes of a long output (where the error usually is), on a char boundary.
+fn tail(text: &str, room: usize) -> &str {
+    let text = text.trim();
+    if text.len() <= room {
+        return text;
+    }
+    let mut start = text.len() - room;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// At most `MAX_ERROR_BYTES`, cut on a character boundary.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= MAX_ERROR_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_ERROR_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// Webhook URLs may carry tokens in their query: never print it.
+fn redact_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?***"),
+        None => url.to_owned(),
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> Call<'static> {
+        Call {
+            id: "doc 1",
+            key: "docs/doc 1",
+            bucket: "uploads",
+            size: Some(3),
+            etag: None,
+            attempt: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_sees_the_doc_in_its_environment() {
+        let argv: Vec<String> = [
+            "sh",
+            "-c",
+            r#"test "$DOC_ID" = "doc 1" && test "$OBJECT_KEY" = "docs/doc 1" && test "$BUCKET" = uploads && test "$ATTEMPT" = 2"#,
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            command(&argv, Duration::from_secs(5), &call()).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_keeps_the_end_of_its_output_bounded() {
+        let argv: Vec<String> = [
+            "sh",
+            "-c",
+            "yes 0123456789 | head -c 100000; echo THE-END >&2; exit 3",
+        ]
+        .map(String::from)
+        .to_vec();
+        match command(&argv, Duration::from_secs(5), &call()).await {
+            Err(HookError::Failed(why)) => {
+                assert!(why.contains("exit status: 3"), "{why}");
+                assert!(why.contains("THE-END"), "{why}");
+                assert!(why.len() <= MAX_ERROR_BYTES, "{} bytes", why.len());
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_timeout_is_a_timeout() {
+        let argv: Vec<String> = ["sleep", "5"].map(String::from).to_vec();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            command(&argv, Duration::from_millis(200), &call()).await,
+            Err(HookError::Timeout)
+        );
+        assert!(started.elapsed() < Duration::from_secs(4));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_failure_naming_it() {
+        let argv: Vec<String> = ["/nonexistent/hook"].map(String::from).to_vec();
+        match command(&argv, Duration::from_secs(1), &call()).await {
+            Err(HookError::Failed(why)) => assert!(why.contains("/nonexistent/hook"), "{why}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn webhook_tokens_never_reach_the_logs() {
+        assert_eq!(redact_query("https://h/p?token=s3cret"), "https://h/p?***");
+    }
+}
