@@ -21,6 +21,10 @@ struct EventWorld {
 }
 
 async fn event_world(queue: TestQueue, prefix: &str) -> EventWorld {
+    event_world_with(queue, prefix, AfterUpload::MarkProcessed).await
+}
+
+async fn event_world_with(queue: TestQueue, prefix: &str, after_upload: AfterUpload) -> EventWorld {
     let db = TestDb::with_docs(None).await;
     let bucket = TestBucket::new().await;
     let config = Config::from_toml(&format!(
@@ -44,7 +48,7 @@ async fn event_world(queue: TestQueue, prefix: &str) -> EventWorld {
             bucket: Arc::new(s3),
             prefix: prefix.to_owned(),
             settings: config.sweep.clone(),
-            after_upload: AfterUpload::from_config(&config.processing),
+            after_upload,
         }),
         metrics: metrics.clone(),
     };
@@ -339,4 +343,32 @@ async fn malformed_messages_are_counted_and_never_deleted() {
         bodies.len() as u64,
         "every message is still queued"
     );
+}
+
+#[tokio::test]
+async fn with_a_hook_configured_an_upload_event_queues_processing() {
+    let w = event_world_with(
+        TestQueue::with_dead_letters(5).await,
+        "",
+        AfterUpload::Enqueue,
+    )
+    .await;
+    w.db.doc("to-process", "pending", MINUTE).await;
+    w.bucket.put("to-process", "x").await;
+    w.queue
+        .send(&s3_message(
+            "ObjectCreated:Put",
+            &w.bucket.name,
+            "to-process",
+            None,
+        ))
+        .await;
+    w.drain().await;
+    assert_eq!(w.db.status("to-process").await.as_deref(), Some("uploaded"));
+    let job: (String, i32) =
+        sqlx::query_as("SELECT state, attempts FROM reconciler.jobs WHERE doc_id = 'to-process'")
+            .fetch_one(&w.db.pool)
+            .await
+            .expect("a queued job");
+    assert_eq!(job, ("queued".into(), 0));
 }

@@ -686,3 +686,142 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// How the test hook answers one call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reply {
+    Status(u16),
+    /// Never answer (until the caller gives up).
+    Hang,
+}
+
+/// A real HTTP server standing in for the API's post-processing endpoint. It answers each doc's
+/// n-th call (0-based) as `plan(n)` says, after `delay`, and records every call.
+pub struct HookServer {
+    pub url: String,
+    state: std::sync::Arc<HookState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct HookState {
+    calls: std::sync::Mutex<Vec<Value>>,
+    in_flight: std::sync::Mutex<BTreeMap<String, usize>>,
+    max_overlap: std::sync::atomic::AtomicUsize,
+}
+
+impl HookServer {
+    pub async fn start(
+        delay: Duration,
+        plan: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    ) -> HookServer {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind hook server");
+        let url = format!("http://{}/process", listener.local_addr().expect("address"));
+        let state = Arc::new(HookState::default());
+        let plan = Arc::new(plan);
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let state = shared.clone();
+                let plan = plan.clone();
+                tokio::spawn(async move {
+                    // Read the head, then Content-Length bytes of body.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head_end, length) = loop {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (end + 4, length);
+                        }
+                    };
+                    while buf.len() < head_end + length {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body: Value = serde_json::from_slice(&buf[head_end..head_end + length])
+                        .unwrap_or(Value::Null);
+                    let id = body["id"].as_str().unwrap_or_default().to_owned();
+                    let nth = {
+                        let mut calls = state.calls.lock().expect("calls");
+                        let nth = calls.iter().filter(|c| c["id"] == body["id"]).count();
+                        calls.push(body);
+                        nth
+                    };
+                    {
+                        let mut in_flight = state.in_flight.lock().expect("in flight");
+                        let n = in_flight.entry(id.clone()).or_default();
+                        *n += 1;
+                        state.max_overlap.fetch_max(*n, Ordering::SeqCst);
+                    }
+                    let reply = plan(nth);
+                    tokio::time::sleep(delay).await;
+                    if let Ok(mut in_flight) = state.in_flight.lock()
+                        && let Some(n) = in_flight.get_mut(&id)
+                    {
+                        *n -= 1;
+                    }
+                    let code = match reply {
+                        Reply::Status(code) => code,
+                        Reply::Hang => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = conn.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        HookServer { url, state, task }
+    }
+
+    /// Every call's JSON body, in arrival order.
+    pub fn calls(&self) -> Vec<Value> {
+        self.state
+            .calls
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn calls_for(&self, id: &str) -> usize {
+        self.calls().iter().filter(|c| c["id"] == id).count()
+    }
+
+    /// The most calls for one doc that were ever in progress at once.
+    pub fn max_overlap(&self) -> usize {
+        self.state
+            .max_overlap
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HookServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -6,4 +6,5 @@ mod events;
 mod execute;
 mod explain;
 mod helpers;
+mod processing;
 mod sweep;
