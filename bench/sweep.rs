@@ -167,6 +167,7 @@ async fn main() {
         prefix: "",
         settings: &config.sweep,
         after_upload: upload_reconciler::execute::AfterUpload::MarkProcessed,
+        metrics: None,
     };
     let rss_before = peak_rss_mib();
     let started = Instant::now();

@@ -58,8 +58,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
             )?;
             Ok(OK)
         }
-        Command::Daemon => {
-            crate::daemon::run(&config, crate::daemon::shutdown_signal()).await?;
+        Command::Daemon { dry_run } => {
+            let options = crate::daemon::Options { dry_run };
+            crate::daemon::run(&config, options, crate::daemon::shutdown_signal()).await?;
             Ok(OK)
         }
         Command::Retry { id, failed } => {
@@ -112,6 +113,7 @@ async fn sweep(config: &Config, args: &SweepArgs) -> Result<i32> {
         prefix: &config.storage.prefix,
         settings: &config.sweep,
         after_upload: AfterUpload::from_config(&config.processing),
+        metrics: None,
     };
     let options = Options {
         dry_run: args.dry_run,
@@ -122,7 +124,7 @@ async fn sweep(config: &Config, args: &SweepArgs) -> Result<i32> {
     } else {
         Box::new(Quiet)
     };
-    let out: Box<dyn Write> = Box::new(BufWriter::new(std::io::stdout().lock()));
+    let out: Box<dyn Write + Send> = Box::new(BufWriter::new(std::io::stdout()));
     let mut sink = report::sink(default_format(args.format), out);
     let summary = sweep
         .run(options, Utc::now(), progress.as_mut(), sink.as_mut())

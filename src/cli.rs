@@ -88,8 +88,14 @@ pub enum Command {
         #[arg(long, value_enum)]
         format: Option<Format>,
     },
-    /// Run as a sidecar: consume S3 events from SQS until SIGTERM or SIGINT.
-    Daemon,
+    /// Run as a sidecar: scheduled sweeps, S3 events from SQS, processing workers, /metrics,
+    /// /healthz and /readyz, until SIGTERM or SIGINT.
+    Daemon {
+        /// Audit mode: scheduled dry-run sweeps and their metrics; no events consumed, no
+        /// processing, no writes anywhere.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Re-enqueue post-processing with a fresh attempt budget (audited).
     Retry {
         /// The doc to retry.

@@ -25,6 +25,24 @@ pub struct Config {
     pub events: EventsConfig,
     #[serde(default)]
     pub processing: ProcessingConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// `[server]`: where the daemon serves /metrics, /healthz and /readyz.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `host:port`; port 0 picks a free port (the log says which).
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:9187".into(),
+        }
+    }
 }
 
 /// `[database]`: where the app table is and how it is spelled.
@@ -138,6 +156,8 @@ pub struct SweepConfig {
     pub allow_bucket_root: bool,
     pub max_action_ratio: f64,
     pub max_action_floor: u64,
+    /// When the daemon sweeps: cron with seconds (`sec min hour day month weekday`), UTC.
+    pub schedule: String,
     /// How long a record may stay `uploaded` without a live processing job (`stuck_processing`).
     #[serde(deserialize_with = "duration")]
     pub processing_timeout: Duration,
@@ -154,11 +174,17 @@ impl Default for SweepConfig {
             max_action_ratio: 0.2,
             max_action_floor: 100,
             processing_timeout: Duration::from_secs(15 * 60),
+            schedule: "0 */15 * * * *".into(),
         }
     }
 }
 
 impl SweepConfig {
+    /// The parsed schedule.
+    pub fn cron(&self) -> std::result::Result<cron::Schedule, cron::error::Error> {
+        self.schedule.parse()
+    }
+
     pub fn policy(&self) -> Policy {
         Policy {
             pending_ttl: self.pending_ttl,
@@ -496,6 +522,24 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if let Err(e) = self.sweep.cron() {
+            return Err(Error::config(
+                "sweep.schedule",
+                format!(
+                    "{:?} is not a cron schedule with seconds, like \"0 */15 * * * *\": {e}",
+                    self.sweep.schedule
+                ),
+            ));
+        }
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::config(
+                "server.listen",
+                format!(
+                    "{:?} is not host:port, like 127.0.0.1:9187",
+                    self.server.listen
+                ),
+            ));
         }
         let events = &self.events;
         if !(1..=64).contains(&events.pollers) {

@@ -1,90 +1,356 @@
-//! `reconcile daemon`: the sidecar. It runs the event pollers and the processing workers until
-//! SIGTERM or SIGINT; each finishes the batch or job it holds before it stops.
+//! `reconcile daemon`: the sidecar. Every task runs under a supervisor that restarts it with
+//! backoff if it ends or panics; one shutdown signal stops them all, each finishing the batch,
+//! job or sweep in hand, and the log says how each ended.
+//!
+//! Tasks: the HTTP server (/metrics, /healthz, /readyz), the scheduled sweeps (one replica at a
+//! time, by a Postgres advisory lock), the event pollers (when `events.queue_url` is set) and the
+//! processing workers (when a hook is configured). `--dry-run` is audit mode: dry-run sweeps and
+//! the server only; nothing is consumed and nothing is written anywhere.
 
+use crate::bucket::Bucket;
+use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::effect::Effects;
-use crate::events::sqs::{self, Poller};
+use crate::events::sqs::{self, Backoff, Poller};
 use crate::execute::AfterUpload;
 use crate::metrics::Metrics;
 use crate::processing::hook::Hook;
 use crate::processing::worker::Worker;
 use crate::processing::{RetryPolicy, SystemClock};
+use crate::report::{self, Format};
+use crate::server::{self, Health};
+use crate::sweep::{self, Quiet, Sweep};
+use chrono::Utc;
+use futures::FutureExt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let queue_url = config.queue_url()?.to_owned();
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Audit mode: dry-run sweeps and metrics only.
+    pub dry_run: bool,
+}
+
+pub async fn run(
+    config: &Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let (catalog, bucket) = crate::app::connect(config).await?;
-    catalog.migrate().await?;
-    let client = sqs::client(&config.events, config.storage.region.as_deref()).await;
+    if !options.dry_run {
+        catalog.migrate().await?;
+    }
+    // A wrong bucket or missing credentials should stop the start, not fail every event later.
+    bucket.ping().await?;
     let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let (listener, addr) = server::bind(&config.server.listen).await?;
+    let config = Arc::new(config.clone());
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    {
+        let (metrics, catalog, health) = (metrics.clone(), catalog.clone(), health.clone());
+        let mut first = Some(listener);
+        tasks.spawn(supervise(
+            "http server",
+            0,
+            stopped.clone(),
+            move |stopped| {
+                let (metrics, catalog, health) = (metrics.clone(), catalog.clone(), health.clone());
+                let listener = first.take();
+                async move {
+                    let listener = match listener {
+                        Some(listener) => listener,
+                        None => match server::bind(&addr.to_string()).await {
+                            Ok((listener, _)) => listener,
+                            Err(e) => return tracing::error!(error = %e, "cannot bind again"),
+                        },
+                    };
+                    let stopping = wait_for(stopped);
+                    if let Err(e) =
+                        server::serve(listener, metrics, catalog, health, stopping).await
+                    {
+                        tracing::error!(error = %e, "http server failed");
+                    }
+                }
+            },
+        ));
+    }
+
+    let sweeper = Arc::new(Sweeper {
+        config: config.clone(),
+        catalog: catalog.clone(),
+        bucket: bucket.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        dry_run: options.dry_run,
+    });
+    tasks.spawn(supervise(
+        "scheduled sweeps",
+        0,
+        stopped.clone(),
+        move |stopped| {
+            let sweeper = sweeper.clone();
+            async move { sweeper.run(stopped).await }
+        },
+    ));
+
+    if !options.dry_run {
+        spawn_pollers(&mut tasks, &config, &catalog, &bucket, &metrics, &stopped).await?;
+        spawn_workers(&mut tasks, &config, &catalog, &metrics, &stopped);
+    }
+
+    tracing::info!(
+        listen = %addr,
+        dry_run = options.dry_run,
+        schedule = %config.sweep.schedule,
+        "daemon started; listening on {addr}"
+    );
+    shutdown.await;
+    tracing::info!("shutting down: finishing what is in hand");
+    let _ = stop.send(true);
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "a task could not be joined");
+        }
+    }
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+async fn spawn_pollers(
+    tasks: &mut JoinSet<()>,
+    config: &Arc<Config>,
+    catalog: &Arc<dyn Catalog>,
+    bucket: &Arc<dyn Bucket>,
+    metrics: &Arc<Metrics>,
+    stopped: &watch::Receiver<bool>,
+) -> Result<()> {
+    let Some(queue_url) = config.events.queue_url.clone().filter(|u| !u.is_empty()) else {
+        tracing::info!("events.queue_url is not set: no event consumption, sweeps only");
+        return Ok(());
+    };
+    let client = sqs::client(&config.events, config.storage.region.as_deref()).await;
     let effects = Arc::new(Effects {
-        catalog,
-        bucket,
+        catalog: catalog.clone(),
+        bucket: bucket.clone(),
         prefix: config.storage.prefix.clone(),
         settings: config.sweep.clone(),
         after_upload: AfterUpload::from_config(&config.processing),
     });
-    let poller = |_: usize| Poller {
-        client: client.clone(),
-        queue_url: queue_url.clone(),
+    let poller = Arc::new(Poller {
+        client,
+        queue_url,
         wait_time: config.events.wait_time,
         visibility: config.events.visibility_timeout,
-        effects: effects.clone(),
+        effects,
         metrics: metrics.clone(),
-    };
-    poller(0).check_redrive_policy().await?;
-
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    if let Some(hook) = Hook::from_config(&config.processing) {
-        let hook = Arc::new(hook);
-        let p = &config.processing;
-        for n in 0..p.workers {
-            let worker = Worker {
-                id: format!("{}:{}:{n}", host_name(), std::process::id()),
-                catalog: effects.catalog.clone(),
-                hook: hook.clone(),
-                bucket: config.storage.bucket.clone(),
-                retry: RetryPolicy {
-                    max_attempts: p.max_attempts,
-                    base: p.backoff_base,
-                    max: p.backoff_max,
-                },
-                lease: p.lease(),
-                clock: Arc::new(SystemClock),
-                metrics: metrics.clone(),
-            };
-            let stopped = stopped.clone();
-            tasks.spawn(async move {
-                worker.run(stopped, Duration::from_secs(1)).await;
-                ("processing worker", n)
-            });
-        }
-    }
-    for i in 0..config.events.pollers {
-        let poller = poller(i);
-        let stopped = stopped.clone();
-        tasks.spawn(async move {
-            poller.run(stopped).await;
-            ("event poller", i)
-        });
-    }
-    tracing::info!(queue = %queue_url, pollers = config.events.pollers, "daemon started");
-    shutdown.await;
-    tracing::info!("shutting down: finishing the batches in hand");
-    let _ = stop.send(true);
-    while let Some(ended) = tasks.join_next().await {
-        match ended {
-            Ok((task, n)) => tracing::info!(task, n, "stopped"),
-            Err(e) => tracing::error!(error = %e, "poller ended abnormally"),
-        }
+    });
+    poller.check_redrive_policy().await?;
+    for n in 0..config.events.pollers {
+        let poller = poller.clone();
+        tasks.spawn(supervise(
+            "event poller",
+            n,
+            stopped.clone(),
+            move |stopped| {
+                let poller = poller.clone();
+                async move { poller.run(stopped).await }
+            },
+        ));
     }
     Ok(())
+}
+
+fn spawn_workers(
+    tasks: &mut JoinSet<()>,
+    config: &Arc<Config>,
+    catalog: &Arc<dyn Catalog>,
+    metrics: &Arc<Metrics>,
+    stopped: &watch::Receiver<bool>,
+) {
+    let Some(hook) = Hook::from_config(&config.processing) else {
+        return;
+    };
+    let hook = Arc::new(hook);
+    let p = &config.processing;
+    for n in 0..p.workers {
+        let worker = Arc::new(Worker {
+            id: format!("{}:{}:{n}", host_name(), std::process::id()),
+            catalog: catalog.clone(),
+            hook: hook.clone(),
+            bucket: config.storage.bucket.clone(),
+            retry: RetryPolicy {
+                max_attempts: p.max_attempts,
+                base: p.backoff_base,
+                max: p.backoff_max,
+            },
+            lease: p.lease(),
+            clock: Arc::new(SystemClock),
+            metrics: metrics.clone(),
+        });
+        tasks.spawn(supervise(
+            "processing worker",
+            n,
+            stopped.clone(),
+            move |stopped| {
+                let worker = worker.clone();
+                async move { worker.run(stopped, Duration::from_secs(1)).await }
+            },
+        ));
+    }
+}
+
+/// The scheduled sweeps of one daemon.
+struct Sweeper {
+    config: Arc<Config>,
+    catalog: Arc<dyn Catalog>,
+    bucket: Arc<dyn Bucket>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    dry_run: bool,
+}
+
+impl Sweeper {
+    async fn run(&self, mut stopped: watch::Receiver<bool>) {
+        let schedule = match self.config.sweep.cron() {
+            Ok(schedule) => schedule,
+            Err(e) => return tracing::error!(error = %e, "sweep.schedule"),
+        };
+        while !*stopped.borrow() {
+            let Some(next) = schedule.upcoming(Utc).next() else {
+                return tracing::warn!("sweep.schedule has no future run");
+            };
+            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = stopped.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            // A sweep in progress is finished before a shutdown is honoured: each of its
+            // actions is its own transaction, but the report and history should be whole.
+            self.sweep_once().await;
+        }
+    }
+
+    /// One scheduled sweep, if no other replica is sweeping the same table and bucket.
+    pub async fn sweep_once(&self) {
+        let c = &self.config;
+        let scope = format!(
+            "{}/{}/{}",
+            c.database.table.quoted(),
+            c.storage.bucket,
+            c.storage.prefix
+        );
+        let lock = match self.catalog.try_sweep_lock(&scope).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                self.metrics.sweeps_skipped.inc();
+                return tracing::info!("another replica is sweeping; this one skips");
+            }
+            Err(e) => {
+                self.health.sweep_finished(true);
+                return tracing::error!(error = %e, "sweep failed");
+            }
+        };
+        let sweep = Sweep {
+            catalog: self.catalog.as_ref(),
+            bucket: self.bucket.as_ref(),
+            prefix: &c.storage.prefix,
+            settings: &c.sweep,
+            after_upload: AfterUpload::from_config(&c.processing),
+            metrics: Some(&self.metrics),
+        };
+        // The daemon's report is its metrics and this log line; the findings go to the log at
+        // debug level through the executor.
+        let mut sink = report::sink(Format::Jsonl, Box::new(std::io::sink()));
+        let options = sweep::Options {
+            dry_run: self.dry_run,
+            force: false,
+        };
+        let result = sweep
+            .run(options, Utc::now(), &mut Quiet, sink.as_mut())
+            .await;
+        lock.release().await;
+        match result {
+            Ok(summary) => {
+                let (h, a) = (&summary.header, &summary.footer.actions);
+                self.health.sweep_finished(a.failed > 0);
+                tracing::info!(
+                    dry_run = h.dry_run,
+                    objects_listed = h.objects_listed,
+                    records_scanned = h.records_scanned,
+                    drift = h.counts.drift(),
+                    applied = a.applied,
+                    skipped = a.skipped,
+                    failed = a.failed,
+                    "sweep finished"
+                );
+            }
+            Err(Error::SafetyStop(stop)) => {
+                // Deliberate, and nothing was written: an operator's call, not an outage.
+                self.health.sweep_finished(false);
+                tracing::error!("{stop}");
+            }
+            Err(e) => {
+                self.health.sweep_finished(true);
+                tracing::error!(error = %e, "sweep failed");
+            }
+        }
+    }
+}
+
+/// Run a task; if it ends or panics before shutdown, restart it with backoff.
+async fn supervise<F, Fut>(
+    task: &'static str,
+    n: usize,
+    stopped: watch::Receiver<bool>,
+    mut make: F,
+) where
+    F: FnMut(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut watch = stopped.clone();
+    loop {
+        let ended = AssertUnwindSafe(make(stopped.clone())).catch_unwind().await;
+        if *watch.borrow() {
+            return tracing::info!(task, n, "stopped");
+        }
+        let delay = backoff.next_delay();
+        match ended {
+            Ok(()) => tracing::error!(
+                task,
+                n,
+                retry_in_ms = delay.as_millis() as u64,
+                "task ended unexpectedly; restarting"
+            ),
+            Err(_) => tracing::error!(
+                task,
+                n,
+                retry_in_ms = delay.as_millis() as u64,
+                "task panicked; restarting"
+            ),
+        }
+        tokio::select! {
+            _ = watch.changed() => return tracing::info!(task, n, "stopped"),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Resolves once `stopped` turns true (or its sender is gone).
+async fn wait_for(mut stopped: watch::Receiver<bool>) {
+    while !*stopped.borrow() {
+        if stopped.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// This host's name for job leases; any stable-enough word does.

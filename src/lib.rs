@@ -20,6 +20,7 @@ pub mod model;
 pub mod processing;
 pub mod progress;
 pub mod report;
+pub mod server;
 pub mod sweep;
 pub mod telemetry;
 

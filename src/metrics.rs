@@ -1,8 +1,10 @@
 //! The Prometheus metrics of the contract. Label values come from fixed sets only (kinds, actions,
 //! results, reasons): never ids, keys or error texts, which would grow without bound.
 
+use crate::model::{Action, FindingKind, Outcome};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use std::sync::Arc;
 
@@ -20,7 +22,20 @@ pub struct Metrics {
     pub processing_attempts: IntCounterVec,
     /// Jobs queued or running.
     pub processing_queue_depth: IntGauge,
+    /// `kind`: every finding kind, from the last completed sweep.
+    pub findings: IntGaugeVec,
+    /// `kind`, `action`, `result` (applied, failed, dry_run, skipped).
+    pub actions: IntCounterVec,
+    pub sweep_duration: Histogram,
+    pub sweep_last_success: Gauge,
+    pub objects_listed: IntCounter,
+    pub records_scanned: IntCounter,
+    /// Scheduled sweeps skipped because another replica held the sweep lock.
+    pub sweeps_skipped: IntCounter,
 }
+
+/// Every `result` of `reconcile_actions_total`.
+pub const ACTION_RESULTS: [&str; 4] = ["applied", "failed", "dry_run", "skipped"];
 
 /// Every `type` of `reconcile_events_received_total`.
 pub const EVENT_TYPES: [&str; 4] = ["created", "removed", "test", "unknown"];
@@ -111,7 +126,92 @@ impl Metrics {
         registry
             .register(Box::new(processing_queue_depth.clone()))
             .expect("each metric is registered once");
+        let register = |c: Box<dyn prometheus::core::Collector>| {
+            registry
+                .register(c)
+                .expect("each metric is registered once");
+        };
+        let findings = IntGaugeVec::new(
+            Opts::new(
+                "reconcile_findings",
+                "Findings of the last completed sweep, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition is valid");
+        for kind in FindingKind::ALL {
+            findings.with_label_values(&[kind.as_str()]);
+        }
+        register(Box::new(findings.clone()));
+        let actions = IntCounterVec::new(
+            Opts::new(
+                "reconcile_actions_total",
+                "State-changing actions of sweeps, events and workers, by kind, action and result.",
+            ),
+            &["kind", "action", "result"],
+        )
+        .expect("static metric definition is valid");
+        // The series alerts watch exist from the start, so increase() sees the first one.
+        for (kind, action) in [
+            (FindingKind::ProcessingExhausted, Action::Fail),
+            (FindingKind::MissingObject, Action::MarkMissing),
+        ] {
+            actions.with_label_values(&[kind.as_str(), action.as_str(), "applied"]);
+        }
+        register(Box::new(actions.clone()));
+        let sweep_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "reconcile_sweep_duration_seconds",
+                "Duration of completed sweeps.",
+            )
+            .buckets(vec![
+                0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+            ]),
+        )
+        .expect("static metric definition is valid");
+        register(Box::new(sweep_duration.clone()));
+        let sweep_last_success = Gauge::new(
+            "reconcile_sweep_last_success_timestamp_seconds",
+            "When the last sweep completed without error (Unix time).",
+        )
+        .expect("static metric definition is valid");
+        register(Box::new(sweep_last_success.clone()));
+        let objects_listed = IntCounter::new(
+            "reconcile_objects_listed_total",
+            "Objects listed by sweeps.",
+        )
+        .expect("static metric definition is valid");
+        register(Box::new(objects_listed.clone()));
+        let records_scanned =
+            IntCounter::new("reconcile_records_scanned_total", "Records read by sweeps.")
+                .expect("static metric definition is valid");
+        register(Box::new(records_scanned.clone()));
+        let sweeps_skipped = IntCounter::new(
+            "reconcile_sweeps_skipped_total",
+            "Scheduled sweeps skipped because another replica held the sweep lock.",
+        )
+        .expect("static metric definition is valid");
+        register(Box::new(sweeps_skipped.clone()));
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "reconcile_build_info",
+                "Always 1; the version is in the label.",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition is valid");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        register(Box::new(build_info));
         Arc::new(Metrics {
+            findings,
+            actions,
+            sweep_duration,
+            sweep_last_success,
+            objects_listed,
+            records_scanned,
+            sweeps_skipped,
             processing_attempts,
             processing_queue_depth,
             registry,
@@ -127,6 +227,20 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Count one executed action (report-only findings are not actions).
+    pub fn action(&self, kind: FindingKind, action: Action, outcome: &Outcome) {
+        let result = match outcome {
+            Outcome::Applied => "applied",
+            Outcome::Failed(_) => "failed",
+            Outcome::DryRun => "dry_run",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Reported => return,
+        };
+        self.actions
+            .with_label_values(&[kind.as_str(), action.as_str(), result])
+            .inc();
     }
 
     /// The current value of one counter series, for tests and logs.

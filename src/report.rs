@@ -128,13 +128,13 @@ impl<'a> Line<'a> {
 }
 
 /// Where a sweep's report goes.
-pub trait Sink {
+pub trait Sink: Send {
     fn begin(&mut self, header: &Header) -> Result<()>;
     fn finding(&mut self, finding: &Finding, outcome: &Outcome) -> Result<()>;
     fn finish(&mut self, footer: &Footer) -> Result<()>;
 }
 
-pub fn sink<'w>(format: Format, out: Box<dyn Write + 'w>) -> Box<dyn Sink + 'w> {
+pub fn sink<'w>(format: Format, out: Box<dyn Write + Send + 'w>) -> Box<dyn Sink + 'w> {
     match format {
         Format::Table => Box::new(Table { out, rows: 0 }),
         Format::Json => Box::new(Json { out, rows: 0 }),
@@ -181,7 +181,7 @@ fn footer_fields(f: &Footer) -> Result<String> {
 
 /// `--format json`: one object; the findings array is written as it comes.
 struct Json<'w> {
-    out: Box<dyn Write + 'w>,
+    out: Box<dyn Write + Send + 'w>,
     rows: u64,
 }
 
@@ -204,7 +204,7 @@ impl Sink for Json<'_> {
 
 /// `--format jsonl`: one finding a line, then the summary object as the last line.
 struct Jsonl<'w> {
-    out: Box<dyn Write + 'w>,
+    out: Box<dyn Write + Send + 'w>,
     header: Option<String>,
 }
 
@@ -227,7 +227,7 @@ impl Sink for Jsonl<'_> {
 
 /// `--format table`: counts first, then a row per finding.
 struct Table<'w> {
-    out: Box<dyn Write + 'w>,
+    out: Box<dyn Write + Send + 'w>,
     rows: u64,
 }
 

@@ -32,6 +32,13 @@ pub trait Catalog: Send + Sync {
     /// Record how an applying sweep ended.
     async fn sweep_finished(&self, sweep: &SweepRecord) -> Result<()>;
 
+    /// A cheap round trip: is the database there?
+    async fn ping(&self) -> Result<()>;
+
+    /// Take the sweep lock named by `scope` if no one holds it: only one replica sweeps at a time.
+    /// `None` when another holds it. The lock goes with the guard's session.
+    async fn try_sweep_lock(&self, scope: &str) -> Result<Option<Box<dyn SweepLock>>>;
+
     /// Claim the next due job (queued and due, or running with an expired lease) for `worker`,
     /// leasing it until `now + lease`. `FOR UPDATE SKIP LOCKED`: workers never wait on each other.
     async fn claim_job(
@@ -50,6 +57,12 @@ pub trait Catalog: Send + Sync {
     /// The audit trail of one doc, oldest first; `None` when the reconciler's tables do not exist
     /// yet (nothing was ever applied).
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>>;
+}
+
+/// A held sweep lock.
+#[async_trait::async_trait]
+pub trait SweepLock: Send {
+    async fn release(self: Box<Self>);
 }
 
 /// The writes of one action, committed together or not at all.

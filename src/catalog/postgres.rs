@@ -1,12 +1,13 @@
 //! The catalog on PostgreSQL. All SQL of the app table is built once, here, from identifiers that
 //! config validated and this module quotes.
 
-use super::{AuditEntry, Catalog, KeyEvent, SweepRecord, Transaction};
+use super::{AuditEntry, Catalog, KeyEvent, SweepLock, SweepRecord, Transaction};
 use crate::config::{DatabaseConfig, StatusWords, redact_url};
 use crate::error::{Error, Result};
 use crate::model::{Job, JobState, ObjectMeta, Record, Status};
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
+use sqlx::Connection;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -268,6 +269,38 @@ impl Catalog for PgCatalog {
         .await
         .map_err(|e| Error::database("recording the sweep in reconciler.sweeps", e))?;
         Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            sqlx::query("SELECT 1").execute(&self.pool),
+        )
+        .await
+        .map_err(|_| Error::database("pinging", sqlx::Error::PoolTimedOut))?
+        .map_err(|e| Error::database("pinging", e))?;
+        Ok(())
+    }
+
+    async fn try_sweep_lock(&self, scope: &str) -> Result<Option<Box<dyn SweepLock>>> {
+        // A session-level advisory lock on a connection of its own, taken out of the pool: it is
+        // released when that session ends, however the sweep ends (even if the process dies).
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| Error::database("connecting for the sweep lock", e))?
+            .detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(lock_key(scope))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| Error::database("taking the sweep lock", e))?;
+        if !got {
+            let _ = conn.close().await;
+            return Ok(None);
+        }
+        Ok(Some(Box::new(PgSweepLock { conn })))
     }
 
     async fn claim_job(
@@ -546,4 +579,27 @@ fn job_from(row: &PgRow) -> std::result::Result<Job, sqlx::Error> {
         size: row.try_get("size")?,
         etag: row.try_get("etag")?,
     })
+}
+
+struct PgSweepLock {
+    conn: sqlx::PgConnection,
+}
+
+#[async_trait::async_trait]
+impl SweepLock for PgSweepLock {
+    async fn release(self: Box<Self>) {
+        // Closing the session releases its advisory locks.
+        let _ = self.conn.close().await;
+    }
+}
+
+/// A stable 64-bit key for an advisory lock (FNV-1a): the same scope, the same lock, on every
+/// replica and every version.
+fn lock_key(scope: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("upload-reconciler/sweep/{scope}").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
 }

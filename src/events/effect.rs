@@ -8,7 +8,7 @@ use crate::config::SweepConfig;
 use crate::decide::{Decision, decide};
 use crate::error::Result;
 use crate::execute::{AfterUpload, Changed, Executor, Mode};
-use crate::model::{Action, Finding, ObjectMeta};
+use crate::model::{Action, Finding, FindingKind, ObjectMeta};
 use chrono::{DateTime, Utc};
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// A status change, committed with the key's event state.
-    Applied(Action),
+    Applied { kind: FindingKind, action: Action },
     /// Nothing to do; the label says why (one of `metrics::EVENT_IGNORED`).
     Ignored(&'static str),
 }
@@ -102,7 +102,7 @@ impl Effects {
                     sweep_id: None,
                 };
                 match executor.apply_in(tx.as_mut(), &finding).await? {
-                    Ok(()) => Effect::Applied(action),
+                    Ok(()) => Effect::Applied { kind, action },
                     Err(Changed(reason)) => {
                         tracing::info!(key = %event.key, %reason, "event: the world moved on");
                         Effect::Ignored("changed")

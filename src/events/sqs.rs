@@ -212,7 +212,9 @@ impl Poller {
                 .with_label_values(&[event.kind.label()])
                 .inc();
             match self.effects.apply(event, Utc::now()).await {
-                Ok(Effect::Applied(action)) => {
+                Ok(Effect::Applied { kind, action }) => {
+                    self.metrics
+                        .action(kind, action, &crate::model::Outcome::Applied);
                     if let Some(at) = event.time {
                         let lag = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
                         self.metrics.event_lag.observe(lag);

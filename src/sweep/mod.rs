@@ -14,6 +14,7 @@ use crate::config::SweepConfig;
 use crate::decide::{Decision, Policy, decide};
 use crate::error::{Error, Result, SafetyStop};
 use crate::execute::{AfterUpload, Executor, Mode};
+use crate::metrics::Metrics;
 use crate::model::{Finding, FindingKind, key_of};
 use crate::report::{Counts, Footer, Header, Sink, Tally};
 use chrono::{DateTime, Utc};
@@ -27,6 +28,8 @@ pub struct Sweep<'a> {
     pub prefix: &'a str,
     pub settings: &'a SweepConfig,
     pub after_upload: AfterUpload,
+    /// Where the daemon's sweeps are counted; one-shot sweeps have nobody to tell.
+    pub metrics: Option<&'a Metrics>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,7 +65,7 @@ pub struct Summary {
 }
 
 /// Reports scan progress; the CLI draws it on a terminal.
-pub trait Progress {
+pub trait Progress: Send {
     fn scanned(&mut self, records: u64, objects: u64);
     fn done(&mut self);
 }
@@ -160,6 +163,7 @@ impl Sweep<'_> {
         report: &mut dyn Sink,
     ) -> Result<Summary> {
         let sweep_id = Uuid::new_v4();
+        let clock = std::time::Instant::now();
         let mut plan = self.plan(now, progress).await?;
         let header = Header {
             sweep_id,
@@ -224,6 +228,9 @@ impl Sweep<'_> {
                     _ => executor.execute(&finding).await,
                 };
                 actions.add(&outcome);
+                if let Some(m) = self.metrics {
+                    m.action(finding.kind, finding.action, &outcome);
+                }
                 report.finding(&finding, &outcome)?;
             }
             Ok::<_, Error>(())
@@ -248,6 +255,19 @@ impl Sweep<'_> {
         }
         executed?;
         report.finish(&footer)?;
+        if let Some(m) = self.metrics {
+            for kind in FindingKind::ALL {
+                let n = i64::try_from(plan.counts.get(kind)).unwrap_or(i64::MAX);
+                m.findings.with_label_values(&[kind.as_str()]).set(n);
+            }
+            m.objects_listed.inc_by(plan.objects_listed);
+            m.records_scanned.inc_by(plan.records_scanned);
+            m.sweep_duration.observe(clock.elapsed().as_secs_f64());
+            if held.is_none() && footer.actions.failed == 0 {
+                m.sweep_last_success
+                    .set(footer.finished_at.timestamp_millis() as f64 / 1000.0);
+            }
+        }
         if let Some(stop) = held {
             return Err(Error::SafetyStop(stop.clone()));
         }

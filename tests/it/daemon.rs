@@ -3,7 +3,7 @@
 use crate::helpers::*;
 use std::time::Duration;
 
-fn signal(child: &tokio::process::Child, name: &str) {
+pub fn signal(child: &tokio::process::Child, name: &str) {
     let pid = child.id().expect("daemon still running");
     let status = std::process::Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
@@ -12,7 +12,7 @@ fn signal(child: &tokio::process::Child, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
-async fn wait_exit(child: &mut tokio::process::Child, limit: Duration) -> i32 {
+pub async fn wait_exit(child: &mut tokio::process::Child, limit: Duration) -> i32 {
     tokio::time::timeout(limit, child.wait())
         .await
         .expect("the daemon exited in time (likely hung)")
@@ -126,13 +126,4 @@ async fn sigterm_stops_the_daemon_promptly_with_exit_0_and_a_queue_without_dead_
         "took {:?}",
         asked.elapsed()
     );
-}
-
-#[tokio::test]
-async fn the_daemon_without_a_queue_names_the_setting() {
-    let db = TestDb::with_docs(None).await;
-    let bucket = TestBucket::new().await;
-    let run = Reconcile::new(&db, &bucket).run(&["daemon"]).await;
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("events.queue_url"), "{}", run.stderr);
 }

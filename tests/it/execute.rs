@@ -48,6 +48,7 @@ impl World {
             prefix: &self.config.storage.prefix,
             settings: &self.config.sweep,
             after_upload: AfterUpload::from_config(&self.config.processing),
+            metrics: None,
         }
     }
 

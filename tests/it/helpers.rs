@@ -656,6 +656,7 @@ impl Reconcile {
             .env("RECONCILE_STORAGE__ENDPOINT_URL", &self.endpoint)
             .env("RECONCILE_STORAGE__FORCE_PATH_STYLE", "true")
             .env("RECONCILE_EVENTS__ENDPOINT_URL", &self.endpoint)
+            .env("RECONCILE_SERVER__LISTEN", "127.0.0.1:0")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
@@ -824,4 +825,109 @@ impl Drop for HookServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A TCP proxy in front of Postgres that can be taken down (every connection cut, new ones
+/// refused) and brought back: Postgres "stopping" for one daemon without stopping it for the
+/// tests running beside it.
+pub struct PausableProxy {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PausableProxy {
+    pub async fn start(upstream: &str) -> PausableProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("address").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (flag, conns, upstream) = (up.clone(), connections.clone(), upstream.to_owned());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                if let Ok(mut c) = conns.lock() {
+                    c.push(handle);
+                }
+            }
+        });
+        PausableProxy {
+            port,
+            up,
+            connections,
+            task,
+        }
+    }
+
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut c) = self.connections.lock() {
+            for handle in c.drain(..) {
+                handle.abort();
+            }
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for PausableProxy {
+    fn drop(&mut self) {
+        self.down();
+        self.task.abort();
+    }
+}
+
+/// The address a daemon logged that it listens on (`listening on 127.0.0.1:PORT`).
+pub async fn daemon_address(log: &Path) -> String {
+    let mut found = String::new();
+    eventually(Duration::from_secs(30), "the daemon to listen", || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let addr = text
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '"').next())
+            .map(str::to_owned);
+        if let Some(addr) = addr {
+            found = addr;
+        }
+        let ready = !found.is_empty();
+        async move { ready }
+    })
+    .await;
+    found
+}
+
+/// GET a daemon endpoint: (status, body).
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    match reqwest::get(format!("http://{addr}{path}")).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// The value of one series in a Prometheus text body, by its full name with labels as printed.
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

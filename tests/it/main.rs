@@ -6,5 +6,6 @@ mod events;
 mod execute;
 mod explain;
 mod helpers;
+mod operations;
 mod processing;
 mod sweep;

@@ -1,0 +1,94 @@
+//! The daemon's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process answers),
+//! `/readyz` (the database answers and the last sweep did not fail).
+
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What the daemon's tasks tell the endpoints.
+#[derive(Default)]
+pub struct Health {
+    last_sweep_failed: AtomicBool,
+}
+
+impl Health {
+    pub fn sweep_finished(&self, failed: bool) {
+        self.last_sweep_failed.store(failed, Ordering::Relaxed);
+    }
+
+    pub fn last_sweep_failed(&self) -> bool {
+        self.last_sweep_failed.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    catalog: Arc<dyn Catalog>,
+    health: Arc<Health>,
+}
+
+/// Bind now (so a bad address fails the start, and port 0 gets its real port), serve until
+/// `shutdown` resolves.
+pub async fn bind(listen: &str) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::io(format!("server.listen: binding {listen}"), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("server.listen: reading the bound address", e))?;
+    Ok((listener, addr))
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    catalog: Arc<dyn Catalog>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(AppState {
+            metrics,
+            catalog,
+            health,
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    if let Err(e) = state.catalog.ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"));
+    }
+    if state.health.last_sweep_failed() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the last sweep failed (see the log)\n".to_owned(),
+        );
+    }
+    (StatusCode::OK, "ready\n".to_owned())
+}
