@@ -100,6 +100,13 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 bucket.url(),
                 config.storage.prefix
             );
+            if let Some(queue_url) = config.events.queue_url.as_deref().filter(|u| !u.is_empty()) {
+                let client =
+                    crate::events::sqs::client(&config.events, config.storage.region.as_deref())
+                        .await;
+                crate::events::sqs::check_queue(&client, queue_url).await?;
+                println!("ok: queue {queue_url}");
+            }
             Ok(OK)
         }
     }

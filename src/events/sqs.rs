@@ -67,6 +67,18 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::
     }
 }
 
+/// Check that the queue exists and these credentials may read its attributes.
+pub async fn check_queue(client: &Client, queue_url: &str) -> Result<()> {
+    client
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| Error::storage(format!("reaching queue {queue_url}"), describe(&e)))?;
+    Ok(())
+}
+
 /// One consumer loop; `events.pollers` of them run side by side.
 pub struct Poller {
     pub client: Client,

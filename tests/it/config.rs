@@ -140,6 +140,25 @@ async fn check_config_reaches_both_dependencies() {
     assert_eq!(ok.code, 0, "{}", ok.stderr);
     assert!(ok.stdout.contains(&bucket.name), "{}", ok.stdout);
 
+    let queue = TestQueue::without_dead_letters().await;
+    let with_queue = Reconcile::new(&db, &bucket)
+        .set("events.queue_url", &queue.url)
+        .set("events.endpoint_url", &bucket.endpoint)
+        .run(&["check-config"])
+        .await;
+    assert_eq!(with_queue.code, 0, "{}", with_queue.stderr);
+    assert!(
+        with_queue.stdout.contains(&queue.url),
+        "{}",
+        with_queue.stdout
+    );
+    let no_queue = Reconcile::new(&db, &bucket)
+        .set("events.queue_url", &format!("{}-gone", queue.url))
+        .set("events.endpoint_url", &bucket.endpoint)
+        .run(&["check-config"])
+        .await;
+    assert_one_line_naming(&no_queue, 1, &["-gone"]);
+
     let mut no_bucket = Reconcile::new(&db, &bucket);
     no_bucket.bucket = "no-such-bucket-here".into();
     let run = no_bucket.run(&["check-config"]).await;
