@@ -526,17 +526,17 @@ impl Config {
         if let Err(e) = self.sweep.cron() {
             return Err(Error::config(
                 "sweep.schedule",
-                format!(
+                one_line(&format!(
                     "{:?} is not a cron schedule with seconds, like \"0 */15 * * * *\": {e}",
                     self.sweep.schedule
-                ),
+                )),
             ));
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(Error::config(
                 "server.listen",
                 format!(
-                    "{:?} is not host:port, like 127.0.0.1:9187",
+                    "{:?} is not an IP address and port, like 127.0.0.1:9187",
                     self.server.listen
                 ),
             ));
@@ -615,16 +615,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    /// The queue, for the commands that consume it.
-    pub fn queue_url(&self) -> Result<&str> {
-        self.events.queue_url.as_deref().filter(|u| !u.is_empty()).ok_or_else(|| {
-            Error::config(
-                "events.queue_url",
-                "not set (set it in the config file, RECONCILE_EVENTS__QUEUE_URL or --queue-url)",
-            )
-        })
     }
 }
 

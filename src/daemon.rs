@@ -266,8 +266,8 @@ impl Sweeper {
             after_upload: AfterUpload::from_config(&c.processing),
             metrics: Some(&self.metrics),
         };
-        // The daemon's report is its metrics and this log line; the findings go to the log at
-        // debug level through the executor.
+        // The daemon's report is its metrics and this log line; applied, skipped and failed
+        // actions are logged by the executor.
         let mut sink = report::sink(Format::Jsonl, Box::new(std::io::sink()));
         let options = sweep::Options {
             dry_run: self.dry_run,
@@ -318,7 +318,12 @@ async fn supervise<F, Fut>(
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut watch = stopped.clone();
     loop {
+        let started = std::time::Instant::now();
         let ended = AssertUnwindSafe(make(stopped.clone())).catch_unwind().await;
+        if started.elapsed() > Duration::from_secs(300) {
+            // It ran well for a while: this is a new failure, not the same one again.
+            backoff.reset();
+        }
         if *watch.borrow() {
             return tracing::info!(task, n, "stopped");
         }

@@ -115,11 +115,7 @@ impl Worker {
                     current.state = JobState::Failed;
                     tracing::warn!(doc_id = %id, attempts = attempt, error = %error,
                         "processing gave up");
-                    self.metrics.action(
-                        crate::model::FindingKind::ProcessingExhausted,
-                        crate::model::Action::Fail,
-                        &crate::model::Outcome::Applied,
-                    );
+
                     (
                         Outcome::Exhausted { id: id.clone() },
                         uploaded.then_some(("processing_exhausted", "fail", Status::Failed)),
@@ -160,6 +156,13 @@ impl Worker {
         }
         tx.save_job(&current).await?;
         tx.commit().await?;
+        if matches!(outcome, Outcome::Exhausted { .. }) {
+            self.metrics.action(
+                crate::model::FindingKind::ProcessingExhausted,
+                crate::model::Action::Fail,
+                &crate::model::Outcome::Applied,
+            );
+        }
         Ok(outcome)
     }
 

@@ -184,6 +184,9 @@ impl Sweep<'_> {
             self.breaker(&plan)
         };
         let held = stop.as_ref().filter(|_| !options.dry_run);
+        if let (Some(stop), true) = (&stop, options.dry_run) {
+            tracing::warn!("dry run: applying would stop here: {stop}");
+        }
 
         let applying = !options.dry_run && held.is_none();
         if applying {

@@ -79,7 +79,16 @@ async fn the_daemon_sweeps_on_schedule_consumes_events_and_reports_both_and_its_
         || async { db.status("stale").await.as_deref() == Some("expired") },
     )
     .await;
-    // The gauge shows the sweep that found it, or a later one that found nothing.
+    // The counters move just after the commits the database shows: wait for the sweep to end.
+    eventually(Duration::from_secs(30), "the sweep's metrics", || async {
+        let body = http_get(&addr, "/metrics").await.1;
+        metric_value(&body, "reconcile_sweep_last_success_timestamp_seconds").is_some_and(|t| t > 0.0)
+            && metric_value(
+                &body,
+                "reconcile_actions_total{action=\"expire\",kind=\"stale_pending\",result=\"applied\"}",
+            ) == Some(1.0)
+    })
+    .await;
     let (status, body) = http_get(&addr, "/metrics").await;
     assert_eq!(status, 200);
     let created = metric_value(&body, "reconcile_events_received_total{type=\"created\"}");
