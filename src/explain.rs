@@ -5,7 +5,7 @@ use crate::catalog::{AuditEntry, Catalog};
 use crate::config::SweepConfig;
 use crate::decide::{Decision, decide};
 use crate::error::{Error, Result};
-use crate::model::{ObjectMeta, Record, key_of};
+use crate::model::{Job, ObjectMeta, Record, key_of};
 use crate::report::Format;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -18,6 +18,8 @@ pub struct Explanation {
     pub record: Option<Record>,
     /// A fresh HEAD of the object.
     pub object: Option<ObjectMeta>,
+    /// The doc's post-processing job, if it has one.
+    pub job: Option<Job>,
     /// `None` when the reconciler's tables do not exist yet.
     pub audit_trail: Option<Vec<AuditEntry>>,
     pub decision: Verdict,
@@ -53,6 +55,7 @@ pub async fn explain(
     let key = key_of(prefix, &id);
     let object = bucket.head(&key).await?;
     let audit_trail = catalog.audit_trail(&id, &key).await?;
+    let job = catalog.job(&id).await?;
     let decision = decide(record.as_ref(), object.as_ref(), now, &settings.policy());
     let decision = match decision {
         Decision::Consistent => Verdict {
@@ -83,6 +86,7 @@ pub async fn explain(
         key,
         record,
         object,
+        job,
         audit_trail,
         decision,
     })
@@ -126,6 +130,18 @@ fn table(e: &Explanation) -> String {
             time(o.last_modified)
         )),
         None => s.push_str("object  none\n"),
+    }
+    if let Some(j) = &e.job {
+        s.push_str(&format!(
+            "job     {}, {} attempt(s), next {}{}\n",
+            j.state.as_str(),
+            j.attempts,
+            time(j.next_attempt_at),
+            j.last_error
+                .as_deref()
+                .map(|err| format!(", last error: {err}"))
+                .unwrap_or_default()
+        ));
     }
     match &e.audit_trail {
         None => s.push_str("audit   none (the reconciler's tables do not exist yet)\n"),

@@ -253,7 +253,7 @@ pub fn key_of(prefix: &str, id: &str) -> String {
 }
 
 /// A post-processing job, one per doc.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Job {
     pub doc_id: String,
     pub key: String,

@@ -48,6 +48,9 @@ pub trait Catalog: Send + Sync {
         lease: std::time::Duration,
     ) -> Result<Option<Job>>;
 
+    /// A doc's processing job; `None` without one (or before the reconciler's tables exist).
+    async fn job(&self, id: &str) -> Result<Option<Job>>;
+
     /// Jobs queued or running.
     async fn queue_depth(&self) -> Result<u64>;
 

@@ -330,6 +330,20 @@ impl Catalog for PgCatalog {
             .map_err(|e| Error::database("reading reconciler.jobs", e))
     }
 
+    async fn job(&self, id: &str) -> Result<Option<Job>> {
+        if !self.jobs_table.load(AtomicOrdering::Relaxed) {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT * FROM reconciler.jobs WHERE doc_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| Error::database(format!("reading the job of {id:?}"), e))?;
+        row.map(|row| job_from(&row))
+            .transpose()
+            .map_err(|e| Error::database("reading reconciler.jobs", e))
+    }
+
     async fn queue_depth(&self) -> Result<u64> {
         let depth: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM reconciler.jobs WHERE state IN ('queued', 'running')",

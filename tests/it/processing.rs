@@ -213,6 +213,21 @@ async fn a_hook_that_always_fails_gives_up_after_exactly_max_attempts_and_retry_
         }
     );
     assert_eq!(hook.calls_for("doomed"), 5);
+
+    let explained = Reconcile {
+        database_url: j.db.url(),
+        bucket: "uploads".into(),
+        endpoint: moto_endpoint(),
+        env: Vec::new(),
+    }
+    .run(&["explain", "doomed", "--format", "json"])
+    .await;
+    assert_eq!(explained.code, 0, "{}", explained.stderr);
+    let job = &explained.json()["job"];
+    assert_eq!(
+        (job["state"].as_str(), job["attempts"].as_u64()),
+        (Some("done"), Some(1))
+    );
 }
 
 #[tokio::test]
