@@ -180,6 +180,12 @@ impl Default for SweepConfig {
 }
 
 impl SweepConfig {
+    /// Whether a key lies in the quarantine area, which sweeps and events leave alone: objects
+    /// moved there must not come back as orphans.
+    pub fn in_quarantine(&self, key: &str) -> bool {
+        !self.quarantine_prefix.is_empty() && key.starts_with(&self.quarantine_prefix)
+    }
+
     /// The parsed schedule.
     pub fn cron(&self) -> std::result::Result<cron::Schedule, cron::error::Error> {
         self.schedule.parse()

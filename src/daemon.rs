@@ -7,12 +7,13 @@
 //! processing workers (when a hook is configured). `--dry-run` is audit mode: dry-run sweeps and
 //! the server only; nothing is consumed and nothing is written anywhere.
 
+use crate::backoff::Backoff;
 use crate::bucket::Bucket;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::effect::Effects;
-use crate::events::sqs::{self, Backoff, Poller};
+use crate::events::sqs::{self, Poller};
 use crate::execute::AfterUpload;
 use crate::metrics::Metrics;
 use crate::processing::hook::Hook;

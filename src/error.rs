@@ -130,3 +130,48 @@ fn describe_sqlx(error: &sqlx::Error) -> String {
         other => other.to_string(),
     }
 }
+
+/// An error and its sources on one line, each said once, cut at 400 characters: what users see
+/// of a failure deep in a client library.
+pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    let line = parts.join(": ").replace('\n', " ");
+    match line.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line,
+    }
+}
+
+/// One readable line for an AWS SDK error (S3 and SQS alike): the service's error code and
+/// message, or what went wrong on the way (connection, timeout), never the SDK's debug dump.
+pub fn describe_sdk<E>(
+    error: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_sdk_s3::error::SdkError;
+    match error {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            match (e.code(), e.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => {
+                    format!("{code} (HTTP {})", service.raw().status().as_u16())
+                }
+                _ => format!("the server refused the request ({})", causes(e)),
+            }
+        }
+        SdkError::TimeoutError(_) => "timed out".to_owned(),
+        SdkError::DispatchFailure(_) => format!("cannot reach the endpoint: {}", causes(error)),
+        _ => causes(error),
+    }
+}

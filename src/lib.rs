@@ -5,6 +5,7 @@
 //! `decide` is pure; the adapters (`catalog`, `bucket`) do all I/O.
 
 pub mod app;
+pub mod backoff;
 pub mod bucket;
 pub mod catalog;
 pub mod cli;

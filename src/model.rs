@@ -247,6 +247,16 @@ impl Outcome {
     }
 }
 
+/// Keys in S3 notifications and URL-encoded listings are form-encoded: `+` is a space (AWS's
+/// spelling; others write `%20`), a real `+` is `%2B`. `None` when the bytes are not UTF-8.
+pub fn decode_form(raw: &str) -> Option<String> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|key| key.into_owned())
+}
+
 /// The bucket key of a doc: `prefix + id`.
 pub fn key_of(prefix: &str, id: &str) -> String {
     format!("{prefix}{id}")

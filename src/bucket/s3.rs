@@ -2,16 +2,14 @@
 
 use super::Bucket;
 use crate::config::StorageConfig;
-use crate::error::{Error, Result};
-use crate::model::ObjectMeta;
+use crate::error::{Error, Result, describe_sdk};
+use crate::model::{ObjectMeta, decode_form};
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::EncodingType;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 pub struct S3Bucket {
     client: Client,
@@ -103,7 +101,7 @@ impl Bucket for S3Bucket {
                     .set_continuation_token(token)
                     .send()
                     .await
-                    .map_err(|e| Error::storage(&context, describe(&e)))?;
+                    .map_err(|e| Error::storage(&context, describe_sdk(&e)))?;
                 let next = match (out.is_truncated(), out.next_continuation_token()) {
                     (Some(true), Some(token)) => Page::Next(token.to_owned()),
                     (Some(true), None) => {
@@ -120,7 +118,7 @@ impl Bucket for S3Bucket {
                     .map(|o| {
                         let raw = o.key().unwrap_or_default();
                         Ok(ObjectMeta {
-                            key: decode_listed_key(raw).ok_or_else(|| {
+                            key: decode_form(raw).ok_or_else(|| {
                                 Error::storage(
                                     &context,
                                     format!("key {raw:?} does not decode to UTF-8"),
@@ -162,7 +160,7 @@ impl Bucket for S3Bucket {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(Error::storage(
                 format!("HEAD {}", self.object_url(key)),
-                describe(&e),
+                describe_sdk(&e),
             )),
         }
     }
@@ -183,7 +181,7 @@ impl Bucket for S3Bucket {
                         self.object_url(from),
                         self.object_url(to)
                     ),
-                    describe(&e),
+                    describe_sdk(&e),
                 )
             })?;
         Ok(())
@@ -197,7 +195,10 @@ impl Bucket for S3Bucket {
             .send()
             .await
             .map_err(|e| {
-                Error::storage(format!("deleting {}", self.object_url(key)), describe(&e))
+                Error::storage(
+                    format!("deleting {}", self.object_url(key)),
+                    describe_sdk(&e),
+                )
             })?;
         Ok(())
     }
@@ -208,60 +209,9 @@ impl Bucket for S3Bucket {
             .bucket(&self.bucket)
             .send()
             .await
-            .map_err(|e| Error::storage(format!("reaching {}", self.url()), describe(&e)))?;
+            .map_err(|e| Error::storage(format!("reaching {}", self.url()), describe_sdk(&e)))?;
         Ok(())
     }
-}
-
-/// One readable line for an SDK error: the S3 error code and message, or what went wrong on the
-/// way (connection, timeout), never the SDK's debug dump.
-fn describe<E>(error: &SdkError<E, HttpResponse>) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match error {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            match (e.code(), e.message()) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => {
-                    format!("{code} (HTTP {})", service.raw().status().as_u16())
-                }
-                _ => format!("the server refused the request ({})", causes(e)),
-            }
-        }
-        SdkError::TimeoutError(_) => "timed out".to_owned(),
-        SdkError::DispatchFailure(_) => format!("cannot reach the endpoint: {}", causes(error)),
-        _ => causes(error),
-    }
-}
-
-/// An error and its sources, joined on one line, each said once.
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    let line = parts.join(": ").replace('\n', " ");
-    match line.char_indices().nth(400) {
-        Some((cut, _)) => format!("{}...", &line[..cut]),
-        None => line,
-    }
-}
-
-/// Keys in a URL-encoded listing are form-encoded: AWS writes a space as `+`, others as `%20`;
-/// a real `+` is always `%2B`. `None` when the bytes are not UTF-8.
-pub fn decode_listed_key(raw: &str) -> Option<String> {
-    let spaced = raw.replace('+', " ");
-    percent_decode_str(&spaced)
-        .decode_utf8()
-        .ok()
-        .map(|key| key.into_owned())
 }
 
 /// An object without a modification time cannot be judged old: it stays in grace.
@@ -276,16 +226,16 @@ mod tests {
 
     #[test]
     fn listed_keys_decode_both_spellings_of_a_space() {
-        assert_eq!(decode_listed_key("a+b").as_deref(), Some("a b"));
-        assert_eq!(decode_listed_key("a%20b").as_deref(), Some("a b"));
-        assert_eq!(decode_listed_key("a%2Bb").as_deref(), Some("a+b"));
-        assert_eq!(decode_listed_key("a%2520b").as_deref(), Some("a%20b"));
+        assert_eq!(decode_form("a+b").as_deref(), Some("a b"));
+        assert_eq!(decode_form("a%20b").as_deref(), Some("a b"));
+        assert_eq!(decode_form("a%2Bb").as_deref(), Some("a+b"));
+        assert_eq!(decode_form("a%2520b").as_deref(), Some("a%20b"));
         assert_eq!(
-            decode_listed_key("docs/ctl%01x").as_deref(),
+            decode_form("docs/ctl%01x").as_deref(),
             Some("docs/ctl\u{1}x")
         );
-        assert_eq!(decode_listed_key("%C3%A9/%C3%BC").as_deref(), Some("é/ü"));
-        assert_eq!(decode_listed_key("bad%FF"), None);
+        assert_eq!(decode_form("%C3%A9/%C3%BC").as_deref(), Some("é/ü"));
+        assert_eq!(decode_form("bad%FF"), None);
     }
 
     #[test]

@@ -17,9 +17,9 @@ pub struct PgCatalog {
     pool: PgPool,
     table: String,
     statuses: StatusWords,
-    /// Whether reconciler.jobs exists: before the first migration (a dry run with a read-only
-    /// role), records are read without their job state.
-    jobs_table: AtomicBool,
+    /// Whether the reconciler's tables exist: before the first migration (a dry run with a
+    /// read-only role), records are read without their job state and there is no audit trail.
+    migrated: AtomicBool,
     /// Statements that join the job state, and those that cannot.
     with_jobs: Statements,
     without_jobs: Statements,
@@ -56,15 +56,20 @@ impl PgCatalog {
         Ok(PgCatalog {
             pool,
             statuses: config.statuses.clone(),
-            jobs_table: AtomicBool::new(jobs_table.is_some()),
+            migrated: AtomicBool::new(jobs_table.is_some()),
             with_jobs: Statements::build(config, &table, &types, true),
             without_jobs: Statements::build(config, &table, &types, false),
             table,
         })
     }
 
+    /// Whether the reconciler's tables exist (checked at connect, set by `migrate`).
+    fn migrated(&self) -> bool {
+        self.migrated.load(AtomicOrdering::Relaxed)
+    }
+
     fn sql(&self) -> &Statements {
-        if self.jobs_table.load(AtomicOrdering::Relaxed) {
+        if self.migrated() {
             &self.with_jobs
         } else {
             &self.without_jobs
@@ -235,7 +240,7 @@ impl Catalog for PgCatalog {
         migrator.create_schema("reconciler");
         migrator.dangerous_set_table_name("reconciler._sqlx_migrations");
         migrator.run(&self.pool).await?;
-        self.jobs_table.store(true, AtomicOrdering::Relaxed);
+        self.migrated.store(true, AtomicOrdering::Relaxed);
         Ok(())
     }
 
@@ -331,7 +336,7 @@ impl Catalog for PgCatalog {
     }
 
     async fn job(&self, id: &str) -> Result<Option<Job>> {
-        if !self.jobs_table.load(AtomicOrdering::Relaxed) {
+        if !self.migrated() {
             return Ok(None);
         }
         let row = sqlx::query("SELECT * FROM reconciler.jobs WHERE doc_id = $1")
@@ -363,12 +368,7 @@ impl Catalog for PgCatalog {
     }
 
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>> {
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT to_regclass('reconciler.audit_log')::text")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| Error::database("looking for reconciler.audit_log", e))?;
-        if exists.is_none() {
+        if !self.migrated() {
             return Ok(None);
         }
         let rows = sqlx::query(
@@ -539,17 +539,20 @@ impl Transaction for PgTransaction<'_> {
     }
 
     async fn lock_key_events(&mut self, key: &str) -> Result<Option<String>> {
-        let context = || format!("locking the event state of {key:?} in reconciler.key_events");
-        sqlx::query("INSERT INTO reconciler.key_events (key) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(key)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| Error::database(context(), e))?;
-        sqlx::query_scalar("SELECT sequencer FROM reconciler.key_events WHERE key = $1 FOR UPDATE")
-            .bind(key)
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(|e| Error::database(context(), e))
+        // One round trip: the upsert creates the row when new and, either way, locks it.
+        sqlx::query_scalar(
+            "INSERT INTO reconciler.key_events (key) VALUES ($1) \
+             ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key RETURNING sequencer",
+        )
+        .bind(key)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(|e| {
+            Error::database(
+                format!("locking the event state of {key:?} in reconciler.key_events"),
+                e,
+            )
+        })
     }
 
     async fn store_key_event(&mut self, event: &KeyEvent) -> Result<()> {

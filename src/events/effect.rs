@@ -36,12 +36,10 @@ impl Effects {
         if event.bucket != self.bucket.name() {
             return Ok(Effect::Ignored("other_bucket"));
         }
-        let quarantined = !self.settings.quarantine_prefix.is_empty()
-            && event.key.starts_with(&self.settings.quarantine_prefix);
         let Some(id) = event
             .key
             .strip_prefix(&self.prefix)
-            .filter(|_| !quarantined)
+            .filter(|_| !self.settings.in_quarantine(&event.key))
         else {
             return Ok(Effect::Ignored("outside_prefix"));
         };

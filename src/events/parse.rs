@@ -5,8 +5,8 @@
 //! "Message": "<the same, as a string>"}`), and EventBridge (`{"detail-type": "Object Created",
 //! "detail": {...}}`). S3 also sends an `s3:TestEvent` when a notification is configured.
 
+use crate::model::decode_form;
 use chrono::{DateTime, Utc};
-use percent_encoding::percent_decode_str;
 use serde_json::Value;
 use std::cmp::Ordering;
 
@@ -259,15 +259,6 @@ fn optional_time(value: &Value, name: &str) -> Result<Option<DateTime<Utc>>, Str
             .map(|t| Some(t.with_timezone(&Utc)))
             .map_err(|e| format!("{name} {t:?} is not a time: {e}")),
     }
-}
-
-/// Form decoding: `+` is a space, `%XX` a byte; `None` when the bytes are not UTF-8.
-pub fn decode_form(raw: &str) -> Option<String> {
-    let spaced = raw.replace('+', " ");
-    percent_decode_str(&spaced)
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
 }
 
 /// Order two sequencers of the same key. S3's are hex strings whose length may differ: the shorter

@@ -7,12 +7,12 @@
 
 use super::effect::{Effect, Effects};
 use super::parse::{self, Message as Parsed};
+use crate::backoff::Backoff;
 use crate::config::EventsConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, describe_sdk};
 use crate::metrics::Metrics;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{BehaviorVersion, Region};
-use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     QueueAttributeName,
@@ -42,31 +42,6 @@ pub async fn client(config: &EventsConfig, fallback_region: Option<&str>) -> Cli
     Client::from_conf(builder.build())
 }
 
-fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
-    error: &SdkError<E, R>,
-) -> String {
-    match error {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            format!(
-                "{}: {}",
-                e.code().unwrap_or("error"),
-                e.message().unwrap_or("no message")
-            )
-        }
-        SdkError::TimeoutError(_) => "timed out".into(),
-        other => {
-            let mut text = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(e) = source {
-                text.push_str(&format!(": {e}"));
-                source = e.source();
-            }
-            text
-        }
-    }
-}
-
 /// Check that the queue exists and these credentials may read its attributes.
 pub async fn check_queue(client: &Client, queue_url: &str) -> Result<()> {
     client
@@ -75,7 +50,7 @@ pub async fn check_queue(client: &Client, queue_url: &str) -> Result<()> {
         .attribute_names(QueueAttributeName::QueueArn)
         .send()
         .await
-        .map_err(|e| Error::storage(format!("reaching queue {queue_url}"), describe(&e)))?;
+        .map_err(|e| Error::storage(format!("reaching queue {queue_url}"), describe_sdk(&e)))?;
     Ok(())
 }
 
@@ -109,7 +84,10 @@ impl Poller {
             .send()
             .await
             .map_err(|e| {
-                Error::storage(format!("reading queue {}", self.queue_url), describe(&e))
+                Error::storage(
+                    format!("reading queue {}", self.queue_url),
+                    describe_sdk(&e),
+                )
             })?;
         let has_redrive = out
             .attributes()
@@ -136,7 +114,10 @@ impl Poller {
             .send()
             .await
             .map_err(|e| {
-                Error::storage(format!("receiving from {}", self.queue_url), describe(&e))
+                Error::storage(
+                    format!("receiving from {}", self.queue_url),
+                    describe_sdk(&e),
+                )
             })?;
         Ok(out.messages.unwrap_or_default())
     }
@@ -291,7 +272,7 @@ impl Poller {
                     receipts.retain(|(id, _)| id != failed.id());
                 }
             }
-            Err(e) => tracing::warn!(error = %describe(&e), "cannot extend visibility"),
+            Err(e) => tracing::warn!(error = %describe_sdk(&e), "cannot extend visibility"),
         }
     }
 
@@ -328,7 +309,7 @@ impl Poller {
                     .events_failed
                     .with_label_values(&["delete_failed"])
                     .inc_by(asked as u64);
-                tracing::warn!(error = %describe(&e),
+                tracing::warn!(error = %describe_sdk(&e),
                     "delete failed; the messages will come back and change nothing twice");
                 0
             }
@@ -365,51 +346,4 @@ impl Poller {
 
 fn secs(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
-}
-
-/// Exponential backoff with full jitter, reset on success.
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// A random delay in `0..=min(max, base * 2^attempt)`.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(2u32.saturating_pow(self.attempt))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(fastrand::f64())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_ceiling_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
-        for attempt in 0..10u32 {
-            let ceiling = Duration::from_secs(1 << attempt.min(3));
-            assert!(b.next_delay() <= ceiling, "attempt {attempt}");
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_secs(1));
-    }
 }

@@ -94,10 +94,13 @@ async fn webhook(
     call: &Call<'_>,
 ) -> Result<(), HookError> {
     let attempt = async {
-        let response =
-            client.post(url).json(call).send().await.map_err(|e| {
-                HookError::Failed(format!("POST {}: {}", redact_query(url), chain(&e)))
-            })?;
+        let response = client.post(url).json(call).send().await.map_err(|e| {
+            HookError::Failed(format!(
+                "POST {}: {}",
+                redact_query(url),
+                crate::error::causes(&e)
+            ))
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -178,16 +181,6 @@ fn redact_query(url: &str) -> String {
         Some((base, _)) => format!("{base}?***"),
         None => url.to_owned(),
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

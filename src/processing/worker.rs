@@ -186,7 +186,7 @@ impl Worker {
     /// Work until `shutdown`: a job in hand is finished first. Idle, check for due jobs every
     /// `idle`; on a database error, back off.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>, idle: Duration) {
-        let mut backoff = crate::events::sqs::Backoff::new(idle, Duration::from_secs(60));
+        let mut backoff = crate::backoff::Backoff::new(idle, Duration::from_secs(60));
         while !*shutdown.borrow() {
             let pause = match self.try_execute_task().await {
                 Ok(Outcome::Empty) => {

@@ -79,13 +79,6 @@ impl Progress for Quiet {
 }
 
 impl Sweep<'_> {
-    /// The keys the sweep owns: under the prefix, outside the quarantine area (objects moved there
-    /// must not come back as orphans on the next sweep).
-    fn owns(&self, key: &str) -> bool {
-        let quarantine = self.settings.quarantine_prefix.as_str();
-        quarantine.is_empty() || !key.starts_with(quarantine)
-    }
-
     /// Merge and decide every key; nothing is written anywhere.
     pub async fn plan(&self, now: DateTime<Utc>, progress: &mut dyn Progress) -> Result<Plan> {
         let policy: Policy = self.settings.policy();
@@ -101,7 +94,7 @@ impl Sweep<'_> {
             progress.scanned(merge.records_scanned, merge.objects_listed);
             let Pair { id, record, object } = pair;
             let key = key_of(self.prefix, &id);
-            if !self.owns(&key) {
+            if self.settings.in_quarantine(&key) {
                 continue;
             }
             match decide(record.as_ref(), object.as_ref(), now, &policy) {

@@ -284,7 +284,7 @@ impl TestBucket {
                 .await
                 .expect("list bucket");
             for o in page.contents() {
-                let key = upload_reconciler::bucket::s3::decode_listed_key(o.key().unwrap_or(""))
+                let key = upload_reconciler::model::decode_form(o.key().unwrap_or(""))
                     .expect("utf-8 key");
                 out.insert(key, o.e_tag().unwrap_or("").to_owned());
             }
@@ -363,11 +363,9 @@ impl Reconcile {
         self
     }
 
-    pub async fn run(&self, args: &[&str]) -> Run {
-        self.run_in(None, args).await
-    }
-
-    pub async fn run_in(&self, dir: Option<&Path>, args: &[&str]) -> Run {
+    /// The binary with this database, bucket and settings; everything else of the test's
+    /// environment is cleared, so nothing of the developer's leaks in.
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -375,18 +373,22 @@ impl Reconcile {
             .env("RECONCILE_STORAGE__BUCKET", &self.bucket)
             .env("RECONCILE_STORAGE__ENDPOINT_URL", &self.endpoint)
             .env("RECONCILE_STORAGE__FORCE_PATH_STYLE", "true")
+            .env("RECONCILE_EVENTS__ENDPOINT_URL", &self.endpoint)
+            .env("RECONCILE_SERVER__LISTEN", "127.0.0.1:0")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(args)
             .kill_on_drop(true);
-        if let Some(dir) = dir {
-            cmd.current_dir(dir);
-        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command(args);
         let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
             .await
             .expect("reconcile finished within 120 s (likely hung)")
@@ -648,26 +650,9 @@ impl TestBucket {
 impl Reconcile {
     /// Start `reconcile` in the background (the daemon), its stderr kept in `log`.
     pub fn spawn(&self, args: &[&str], log: &Path) -> tokio::process::Child {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &self.database_url)
-            .env("RECONCILE_STORAGE__BUCKET", &self.bucket)
-            .env("RECONCILE_STORAGE__ENDPOINT_URL", &self.endpoint)
-            .env("RECONCILE_STORAGE__FORCE_PATH_STYLE", "true")
-            .env("RECONCILE_EVENTS__ENDPOINT_URL", &self.endpoint)
-            .env("RECONCILE_SERVER__LISTEN", "127.0.0.1:0")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).expect("daemon log file"))
-            .kill_on_drop(true);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
+        let mut cmd = self.command(args);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("daemon log file"));
         cmd.spawn().expect("start reconcile")
     }
 }
