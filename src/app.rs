@@ -3,13 +3,14 @@
 
 use crate::bucket::Bucket;
 use crate::bucket::s3::S3Bucket;
-use crate::catalog::Catalog;
 use crate::catalog::postgres::PgCatalog;
+use crate::catalog::{Catalog, Scope};
 use crate::cli::{Cli, Command, SweepArgs};
 use crate::config::{Config, Overrides, redact_url};
 use crate::error::{Error, Result};
 use crate::execute::AfterUpload;
 use crate::model::Status;
+use crate::processing::IfRunning;
 use crate::report::{self, Format};
 use crate::sweep::{Options, Progress, Quiet, Sweep};
 use crate::{explain, progress};
@@ -66,22 +67,30 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Retry { id, failed } => {
             let catalog = connect_catalog(&config).await?;
             catalog.migrate().await?;
-            let ids = match id {
-                Some(id) => vec![id],
-                None if failed => catalog.ids_with_status(Status::Failed).await?,
-                None => Vec::new(),
+            let (ids, if_running) = match id {
+                Some(id) => (vec![id], IfRunning::Refuse),
+                None if failed => (
+                    catalog.ids_with_status(Status::Failed).await?,
+                    IfRunning::Skip,
+                ),
+                None => (Vec::new(), IfRunning::Refuse),
             };
-            let lines = crate::processing::retry(
+            let done = crate::processing::retry(
                 catalog.as_ref(),
                 &config.storage.prefix,
                 AfterUpload::from_config(&config.processing),
                 &ids,
+                if_running,
             )
             .await?;
-            for line in &lines {
+            for line in done.retried.iter().chain(&done.skipped) {
                 println!("{line}");
             }
-            println!("{} doc(s) retried", lines.len());
+            println!(
+                "{} doc(s) retried, {} skipped",
+                done.retried.len(),
+                done.skipped.len()
+            );
             Ok(OK)
         }
         Command::Migrate => {
@@ -133,9 +142,28 @@ async fn sweep(config: &Config, args: &SweepArgs) -> Result<i32> {
     };
     let out: Box<dyn Write + Send> = Box::new(BufWriter::new(std::io::stdout()));
     let mut sink = report::sink(default_format(args.format), out);
-    let summary = sweep
+    // An applying sweep takes the same lock as the daemon's: never two sweeps of one deployment
+    // at once (and a sweep row left `running` is then surely a dead process's).
+    let lock = if args.dry_run {
+        None
+    } else {
+        Some(catalog.try_sweep_lock().await?.ok_or_else(|| {
+            Error::Busy(format!(
+                "another process is sweeping {} (bucket {}, prefix {:?}): it holds the sweep \
+                 lock; try again when it has finished",
+                config.database.table.quoted(),
+                config.storage.bucket,
+                config.storage.prefix
+            ))
+        })?)
+    };
+    let result = sweep
         .run(options, Utc::now(), progress.as_mut(), sink.as_mut())
-        .await?;
+        .await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    let summary = result?;
     if summary.footer.actions.failed > 0 {
         return Err(Error::storage(
             "applying",
@@ -167,7 +195,18 @@ pub async fn connect(config: &Config) -> Result<(Arc<dyn Catalog>, Arc<dyn Bucke
 }
 
 async fn connect_catalog(config: &Config) -> Result<Arc<dyn Catalog>> {
-    Ok(Arc::new(PgCatalog::connect(&config.database).await?))
+    Ok(Arc::new(
+        PgCatalog::connect(&config.database, scope(config)).await?,
+    ))
+}
+
+/// The deployment this config describes: what its catalog's rows and sweep lock belong to.
+pub fn scope(config: &Config) -> Scope {
+    Scope {
+        table: config.database.table.quoted(),
+        bucket: config.storage.bucket.clone(),
+        prefix: config.storage.prefix.clone(),
+    }
 }
 
 async fn connect_bucket(config: &Config) -> Result<Arc<dyn Bucket>> {

@@ -27,6 +27,51 @@ pub struct Config {
     pub processing: ProcessingConfig,
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: how long the daemon keeps the reconciler's rows that only grow. Pruned in
+/// batches every `interval` (never in `daemon --dry-run`). Failed jobs and the audit log are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Jobs `done` (processed or cancelled) longer ago than this.
+    #[serde(deserialize_with = "duration")]
+    pub finished_jobs: Duration,
+    /// Per-key event state (the newest sequencer seen) untouched this long. Keep it longer than
+    /// an event can wait in the queue (SQS keeps messages at most 14 days), or a late duplicate
+    /// could be taken for news.
+    #[serde(deserialize_with = "duration")]
+    pub key_events: Duration,
+    /// What was noted of adopted objects, this long ago.
+    #[serde(deserialize_with = "duration")]
+    pub objects: Duration,
+    /// How often the daemon prunes.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        RetentionConfig {
+            finished_jobs: Duration::from_secs(30 * DAY),
+            key_events: Duration::from_secs(30 * DAY),
+            objects: Duration::from_secs(90 * DAY),
+            interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn retention(&self) -> crate::catalog::Retention {
+        crate::catalog::Retention {
+            finished_jobs: self.finished_jobs,
+            key_events: self.key_events,
+            objects: self.objects,
+        }
+    }
 }
 
 /// `[server]`: where the daemon serves /metrics, /healthz and /readyz.
@@ -254,6 +299,10 @@ pub struct ProcessingConfig {
     pub backoff_max: Duration,
     /// Worker loops per daemon.
     pub workers: usize,
+    /// How long past `timeout` a job's lease lasts: a job still running after `timeout +
+    /// lease_grace` is taken to have lost its worker and is claimed again.
+    #[serde(deserialize_with = "duration")]
+    pub lease_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -277,6 +326,7 @@ impl Default for ProcessingConfig {
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(3600),
             workers: 1,
+            lease_grace: Duration::from_secs(60),
         }
     }
 }
@@ -284,7 +334,7 @@ impl Default for ProcessingConfig {
 impl ProcessingConfig {
     /// A worker holds a job this long; past it the job is another worker's to take.
     pub fn lease(&self) -> Duration {
-        self.timeout + Duration::from_secs(60)
+        self.timeout + self.lease_grace
     }
 }
 
@@ -620,6 +670,23 @@ impl Config {
                 format!("{} is outside 1..=64", processing.workers),
             ));
         }
+        if processing.lease_grace < Duration::from_secs(1) {
+            return Err(Error::config(
+                "processing.lease_grace",
+                "must be at least 1s (a live worker must keep its job)",
+            ));
+        }
+        let retention = &self.retention;
+        for (key, value) in [
+            ("retention.finished_jobs", retention.finished_jobs),
+            ("retention.key_events", retention.key_events),
+            ("retention.objects", retention.objects),
+            ("retention.interval", retention.interval),
+        ] {
+            if value < Duration::from_secs(1) {
+                return Err(Error::config(key, "must be at least 1s"));
+            }
+        }
         Ok(())
     }
 }
@@ -751,6 +818,18 @@ mod tests {
         assert_eq!(
             key_of(with("[sweep]\norphan_action = \"burn\"")),
             "sweep.orphan_action"
+        );
+        assert_eq!(
+            key_of(with("[retention]\nkey_events = \"0s\"")),
+            "retention.key_events"
+        );
+        assert_eq!(
+            key_of(with("[retention]\nobjects = \"forever\"")),
+            "retention.objects"
+        );
+        assert_eq!(
+            key_of(with("[processing]\nlease_grace = \"0s\"")),
+            "processing.lease_grace"
         );
         assert_eq!(
             key_of(with("[sweep]\npendng_ttl = \"1h\"")),

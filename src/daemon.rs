@@ -105,6 +105,7 @@ pub async fn run(
     if !options.dry_run {
         spawn_pollers(&mut tasks, &config, &catalog, &bucket, &metrics, &stopped).await?;
         spawn_workers(&mut tasks, &config, &catalog, &metrics, &stopped);
+        spawn_housekeeping(&mut tasks, &config, &catalog, &stopped);
     }
 
     tracing::info!(
@@ -208,6 +209,43 @@ fn spawn_workers(
     }
 }
 
+/// Prune what only grows (finished jobs, event states, noted objects) past `[retention]`, now and
+/// every `retention.interval`. Each replica may do it: deleting the same old rows twice is
+/// harmless.
+fn spawn_housekeeping(
+    tasks: &mut JoinSet<()>,
+    config: &Arc<Config>,
+    catalog: &Arc<dyn Catalog>,
+    stopped: &watch::Receiver<bool>,
+) {
+    let (catalog, settings) = (catalog.clone(), config.retention.clone());
+    tasks.spawn(supervise(
+        "housekeeping",
+        0,
+        stopped.clone(),
+        move |mut stopped| {
+            let (catalog, settings) = (catalog.clone(), settings.clone());
+            async move {
+                while !*stopped.borrow() {
+                    match catalog.prune(&settings.retention(), Utc::now()).await {
+                        Ok(pruned) => tracing::info!(
+                            finished_jobs = pruned.finished_jobs,
+                            key_events = pruned.key_events,
+                            objects = pruned.objects,
+                            "pruned rows past their retention"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "pruning failed; next try in retention.interval"),
+                    }
+                    tokio::select! {
+                        _ = stopped.changed() => return,
+                        _ = tokio::time::sleep(settings.interval) => {}
+                    }
+                }
+            }
+        },
+    ));
+}
+
 /// The scheduled sweeps of one daemon.
 struct Sweeper {
     config: Arc<Config>,
@@ -242,13 +280,7 @@ impl Sweeper {
     /// One scheduled sweep, if no other replica is sweeping the same table and bucket.
     pub async fn sweep_once(&self) {
         let c = &self.config;
-        let scope = format!(
-            "{}/{}/{}",
-            c.database.table.quoted(),
-            c.storage.bucket,
-            c.storage.prefix
-        );
-        let lock = match self.catalog.try_sweep_lock(&scope).await {
+        let lock = match self.catalog.try_sweep_lock().await {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 self.metrics.sweeps_skipped.inc();

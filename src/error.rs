@@ -40,6 +40,10 @@ pub enum Error {
         next: String,
     },
 
+    /// Another process holds what this one needs (the sweep lock of this deployment).
+    #[error("{0}")]
+    Busy(String),
+
     /// The breaker: too many state-changing actions for one sweep.
     #[error("{0}")]
     SafetyStop(SafetyStop),
@@ -114,6 +118,7 @@ impl Error {
             | Error::Migrate(_)
             | Error::Storage { .. }
             | Error::Unordered { .. }
+            | Error::Busy(_)
             | Error::Io { .. } => 1,
         }
     }

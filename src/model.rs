@@ -268,7 +268,7 @@ pub struct Job {
     pub doc_id: String,
     pub key: String,
     pub state: JobState,
-    /// Attempts that actually ran the hook.
+    /// Attempts started (counted when claimed, so one that never reported back counts too).
     pub attempts: u32,
     pub next_attempt_at: DateTime<Utc>,
     pub lease_until: Option<DateTime<Utc>>,

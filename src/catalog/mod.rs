@@ -26,7 +26,9 @@ pub trait Catalog: Send + Sync {
     /// Create or upgrade the reconciler's own tables.
     async fn migrate(&self) -> Result<()>;
 
-    /// Record that an applying sweep started.
+    /// Record that an applying sweep started. Called under the sweep lock: any other sweep of
+    /// this scope still `running` was left so by a process that died, and is closed as
+    /// `interrupted`.
     async fn sweep_started(&self, sweep: &SweepRecord) -> Result<()>;
 
     /// Record how an applying sweep ended.
@@ -35,12 +37,14 @@ pub trait Catalog: Send + Sync {
     /// A cheap round trip: is the database there?
     async fn ping(&self) -> Result<()>;
 
-    /// Take the sweep lock named by `scope` if no one holds it: only one replica sweeps at a time.
-    /// `None` when another holds it. The lock goes with the guard's session.
-    async fn try_sweep_lock(&self, scope: &str) -> Result<Option<Box<dyn SweepLock>>>;
+    /// Take this deployment's sweep lock if no one holds it: only one replica sweeps a scope at a
+    /// time. `None` when another holds it. The lock goes with the guard's session.
+    async fn try_sweep_lock(&self) -> Result<Option<Box<dyn SweepLock>>>;
 
     /// Claim the next due job (queued and due, or running with an expired lease) for `worker`,
     /// leasing it until `now + lease`. `FOR UPDATE SKIP LOCKED`: workers never wait on each other.
+    /// The claim counts the attempt (the returned job's `attempts` includes it): a hook that kills
+    /// its worker, or outlives its lease, still spends its budget.
     async fn claim_job(
         &self,
         worker: &str,
@@ -57,9 +61,51 @@ pub trait Catalog: Send + Sync {
     /// The ids of every record in `status`.
     async fn ids_with_status(&self, status: Status) -> Result<Vec<String>>;
 
+    /// Delete what is older than the retention (finished jobs, event states, noted objects), in
+    /// batches. Returns how many rows of each went.
+    async fn prune(&self, retention: &Retention, now: DateTime<Utc>) -> Result<Pruned>;
+
     /// The audit trail of one doc, oldest first; `None` when the reconciler's tables do not exist
     /// yet (nothing was ever applied).
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>>;
+}
+
+/// The deployment a catalog serves: its app table (as configured, quoted), bucket and prefix.
+/// Several deployments may share one database; every row of the reconciler's own tables carries
+/// its deployment's scope, and each deployment reads and writes only its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub table: String,
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl Scope {
+    /// The scope's name, as stored in each row and as the sweep lock is named:
+    /// `"docs"/uploads/docs/`. Unambiguous: a quoted table name ends at its closing quote, and
+    /// bucket names hold no `/`.
+    pub fn name(&self) -> String {
+        format!("{}/{}/{}", self.table, self.bucket, self.prefix)
+    }
+}
+
+/// How long the reconciler keeps the rows that only grow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    /// Jobs `done` (processed or cancelled) this long ago.
+    pub finished_jobs: std::time::Duration,
+    /// Per-key event state last written this long ago.
+    pub key_events: std::time::Duration,
+    /// Objects noted at adoption this long ago.
+    pub objects: std::time::Duration,
+}
+
+/// What one pruning pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pruned {
+    pub finished_jobs: u64,
+    pub key_events: u64,
+    pub objects: u64,
 }
 
 /// A held sweep lock.

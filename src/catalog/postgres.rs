@@ -1,7 +1,9 @@
 //! The catalog on PostgreSQL. All SQL of the app table is built once, here, from identifiers that
 //! config validated and this module quotes.
 
-use super::{AuditEntry, Catalog, KeyEvent, SweepLock, SweepRecord, Transaction};
+use super::{
+    AuditEntry, Catalog, KeyEvent, Pruned, Retention, Scope, SweepLock, SweepRecord, Transaction,
+};
 use crate::config::{DatabaseConfig, StatusWords, redact_url};
 use crate::error::{Error, Result};
 use crate::model::{Job, JobState, ObjectMeta, Record, Status};
@@ -16,29 +18,42 @@ use std::time::Duration;
 pub struct PgCatalog {
     pool: PgPool,
     table: String,
+    /// This deployment's rows in the reconciler's tables.
+    scope: Scope,
+    /// `scope.name()`, bound into every query on the reconciler's tables.
+    scope_name: String,
+    /// What an id must look like to be one of the id column's values.
+    id_type: IdType,
     statuses: StatusWords,
     /// Whether the reconciler's tables exist: before the first migration (a dry run with a
     /// read-only role), records are read without their job state and there is no audit trail.
     migrated: AtomicBool,
-    /// Statements that join the job state, and those that cannot.
+    /// Statements that join the job state (and bind the scope after the id), and those that
+    /// cannot.
     with_jobs: Statements,
     without_jobs: Statements,
 }
 
 /// The app-table statements, built once from quoted identifiers and the columns' real types.
 struct Statements {
+    /// Whether the statements that join the job state take the scope as a parameter.
+    scoped: bool,
     select_all: String,
     select_one: String,
     lock_one: String,
     update_status: String,
     insert: String,
     ids_with_status: String,
+    /// The id column, quoted, unqualified.
+    bare_id: String,
 }
 
 impl PgCatalog {
     /// Connect and check that the table and its columns exist, so a typo in the mapping is an
     /// error naming the key now, not a failed query in the middle of a sweep.
-    pub async fn connect(config: &DatabaseConfig) -> Result<Self> {
+    /// `scope` is the deployment this catalog serves: it sees only that deployment's rows of the
+    /// reconciler's tables.
+    pub async fn connect(config: &DatabaseConfig, scope: Scope) -> Result<Self> {
         let url = config.url.as_deref().unwrap_or_default();
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
@@ -53,12 +68,16 @@ impl PgCatalog {
                 .fetch_one(&pool)
                 .await
                 .map_err(|e| Error::database("looking for reconciler.jobs", e))?;
+        let id_type = IdType::of(&types.id);
         Ok(PgCatalog {
             pool,
+            scope_name: scope.name(),
+            scope,
+            id_type,
             statuses: config.statuses.clone(),
             migrated: AtomicBool::new(jobs_table.is_some()),
-            with_jobs: Statements::build(config, &table, &types, true),
-            without_jobs: Statements::build(config, &table, &types, false),
+            with_jobs: Statements::build(config, &table, &types, id_type, true),
+            without_jobs: Statements::build(config, &table, &types, id_type, false),
             table,
         })
     }
@@ -73,6 +92,140 @@ impl PgCatalog {
             &self.with_jobs
         } else {
             &self.without_jobs
+        }
+    }
+
+    /// A query by id on the app table, with the scope bound when the statement joins the jobs.
+    /// `None` when `id` cannot be a value of the id column (`foo.txt` in a uuid table): no row
+    /// has it, and asking would only be an error.
+    fn by_id<'q>(
+        &'q self,
+        sql: &'q Statements,
+        statement: &'q str,
+        id: &'q str,
+    ) -> Option<sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>> {
+        if !self.id_type.admits(id) {
+            return None;
+        }
+        let query = sqlx::query(AssertSqlSafe(statement)).bind(id);
+        Some(if sql.scoped {
+            query.bind(&self.scope_name)
+        } else {
+            query
+        })
+    }
+
+    /// Adopt the rows written before deployments had scopes that are provably this one's (see
+    /// the migration that added `scope`, and the README): a job or audit line whose doc is in
+    /// this table under this deployment's key, an object or event state at such a key, a sweep
+    /// of this bucket and prefix. Cheap once done: the empty scope is the head of each index.
+    async fn adopt_legacy_rows(&self) -> Result<()> {
+        // Nothing left to adopt is the common case: say so without joining the app table.
+        let legacy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM reconciler.jobs WHERE scope = '') \
+             OR EXISTS (SELECT 1 FROM reconciler.audit_log WHERE scope = '') \
+             OR EXISTS (SELECT 1 FROM reconciler.objects WHERE scope = '') \
+             OR EXISTS (SELECT 1 FROM reconciler.key_events WHERE scope = '') \
+             OR EXISTS (SELECT 1 FROM reconciler.sweeps WHERE scope = '')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| Error::database("looking for rows written before scopes", e))?;
+        if !legacy {
+            return Ok(());
+        }
+        let ids = format!(
+            "SELECT CAST({} AS text) FROM {} t",
+            self.with_jobs.bare_id, self.table
+        );
+        // (statement, whether it takes the bucket as $3)
+        let statements = [
+            (
+                format!(
+                    "UPDATE reconciler.jobs SET scope = $1 WHERE scope = '' \
+                     AND key = $2 || doc_id AND doc_id IN ({ids})"
+                ),
+                false,
+            ),
+            (
+                format!(
+                    "UPDATE reconciler.audit_log SET scope = $1 WHERE scope = '' \
+                     AND key = $2 || doc_id AND doc_id IN ({ids})"
+                ),
+                false,
+            ),
+            (
+                format!(
+                    "UPDATE reconciler.objects SET scope = $1 WHERE scope = '' \
+                     AND starts_with(key, $2) AND substr(key, length($2) + 1) IN ({ids})"
+                ),
+                false,
+            ),
+            (
+                format!(
+                    "UPDATE reconciler.key_events SET scope = $1 WHERE scope = '' \
+                     AND starts_with(key, $2) AND substr(key, length($2) + 1) IN ({ids})"
+                ),
+                false,
+            ),
+            (
+                "UPDATE reconciler.sweeps SET scope = $1 WHERE scope = '' \
+                 AND prefix = $2 AND bucket = $3"
+                    .to_owned(),
+                true,
+            ),
+        ];
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| Error::database("adopting legacy rows", e))?;
+        for (sql, with_bucket) in &statements {
+            let query = sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(&self.scope_name)
+                .bind(&self.scope.prefix);
+            let query = if *with_bucket {
+                query.bind(&self.scope.bucket)
+            } else {
+                query
+            };
+            let done = query.execute(&mut *tx).await.map_err(|e| {
+                Error::database("adopting the reconciler's rows from before scopes", e)
+            })?;
+            if done.rows_affected() > 0 {
+                tracing::info!(
+                    rows = done.rows_affected(),
+                    scope = %self.scope_name,
+                    "adopted rows written before deployments had scopes"
+                );
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| Error::database("adopting legacy rows", e))
+    }
+
+    /// Delete this scope's rows of `table` whose `older` column is before `cutoff`, a batch per
+    /// statement so that no statement holds many locks or runs long.
+    async fn prune_table(&self, table: &str, older: &str, cutoff: DateTime<Utc>) -> Result<u64> {
+        const BATCH: i64 = 1000;
+        let sql = format!(
+            "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} \
+             WHERE scope = $1 AND {older} < $2 LIMIT $3)"
+        );
+        let mut deleted = 0;
+        loop {
+            let done = sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(&self.scope_name)
+                .bind(cutoff)
+                .bind(BATCH)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| Error::database(format!("pruning {table}"), e))?;
+            deleted += done.rows_affected();
+            if done.rows_affected() < BATCH as u64 {
+                return Ok(deleted);
+            }
         }
     }
 
@@ -144,8 +297,78 @@ async fn column_types(pool: &PgPool, config: &DatabaseConfig, table: &str) -> Re
     Ok(ColumnTypes { id, status })
 }
 
+/// What the id column holds, as far as looking a row up by id is concerned. Ids arrive as text
+/// (object keys); comparing `CAST(id AS text)` would defeat the primary-key index, so a uuid or
+/// integer id is compared in its own type, after checking that the text is that type's canonical
+/// spelling (the one `CAST(id AS text)` gives, so the same ids match as before).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum IdType {
+    /// text, varchar: compared as they are.
+    Text,
+    Uuid,
+    /// smallint, integer, bigint, with their range.
+    Integer {
+        min: i64,
+        max: i64,
+    },
+    /// Anything else: compared as text (correct, but without the index).
+    Other,
+}
+
+impl IdType {
+    /// From `format_type`'s spelling of the column's type.
+    fn of(sql_type: &str) -> IdType {
+        match sql_type {
+            "text" => IdType::Text,
+            t if t.starts_with("character varying") => IdType::Text,
+            "uuid" => IdType::Uuid,
+            "smallint" => IdType::Integer {
+                min: i16::MIN.into(),
+                max: i16::MAX.into(),
+            },
+            "integer" => IdType::Integer {
+                min: i32::MIN.into(),
+                max: i32::MAX.into(),
+            },
+            "bigint" => IdType::Integer {
+                min: i64::MIN,
+                max: i64::MAX,
+            },
+            _ => IdType::Other,
+        }
+    }
+
+    /// Whether `id` is the text of a value of this type.
+    fn admits(self, id: &str) -> bool {
+        match self {
+            IdType::Text | IdType::Other => true,
+            IdType::Uuid => {
+                uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
+            }
+            IdType::Integer { min, max } => id
+                .parse::<i64>()
+                .is_ok_and(|n| (min..=max).contains(&n) && n.to_string() == id),
+        }
+    }
+
+    /// The condition `column = $1`, in the column's type where that keeps the index usable.
+    fn equals_param(self, column: &str, sql_type: &str) -> String {
+        match self {
+            IdType::Text => format!("{column} = $1"),
+            IdType::Uuid | IdType::Integer { .. } => format!("{column} = CAST($1 AS {sql_type})"),
+            IdType::Other => format!("CAST({column} AS text) = $1"),
+        }
+    }
+}
+
 impl Statements {
-    fn build(config: &DatabaseConfig, table: &str, types: &ColumnTypes, with_jobs: bool) -> Self {
+    fn build(
+        config: &DatabaseConfig,
+        table: &str,
+        types: &ColumnTypes,
+        id_type: IdType,
+        with_jobs: bool,
+    ) -> Self {
         let id = format!("t.{}", config.id_column.quoted());
         let status = config.status_column.quoted();
         let created_at = config.created_at_column.quoted();
@@ -157,20 +380,28 @@ impl Statements {
         // Casts make any id type (text, uuid, bigint) and any status type (text, enum) work; the
         // byte-order collation makes the order match S3's listing whatever the column's collation.
         // App columns are qualified: the jobs table has created_at and updated_at too.
-        let (job_state, from) = if with_jobs {
-            (
-                "j.state",
-                format!("{table} t LEFT JOIN reconciler.jobs j ON j.doc_id = CAST({id} AS text)"),
-            )
+        // Only this deployment's jobs: the scope is the statement's last parameter.
+        let from = |scope_param: u8| {
+            if with_jobs {
+                format!(
+                    "{table} t LEFT JOIN reconciler.jobs j \
+                     ON j.scope = ${scope_param} AND j.doc_id = CAST({id} AS text)"
+                )
+            } else {
+                format!("{table} t")
+            }
+        };
+        let job_state = if with_jobs {
+            "j.state"
         } else {
-            ("CAST(NULL AS text)", format!("{table} t"))
+            "CAST(NULL AS text)"
         };
         let columns = format!(
             "CAST({id} AS text) AS id, CAST(t.{status} AS text) AS status, \
              CAST(t.{created_at} AS timestamptz) AS created_at, {updated_at} AS updated_at, \
              {job_state} AS job_state"
         );
-        let by_id = format!("CAST({id} AS text) = $1");
+        let by_id = id_type.equals_param(&id, &types.id);
         let touch = config
             .updated_at_column
             .as_ref()
@@ -178,14 +409,20 @@ impl Statements {
             .unwrap_or_default();
         let bare_id = config.id_column.quoted();
         Statements {
+            scoped: with_jobs,
             select_all: format!(
-                "SELECT {columns} FROM {from} ORDER BY CAST({id} AS text) COLLATE \"C\""
+                "SELECT {columns} FROM {} ORDER BY CAST({id} AS text) COLLATE \"C\"",
+                from(1)
             ),
-            select_one: format!("SELECT {columns} FROM {from} WHERE {by_id}"),
-            lock_one: format!("SELECT {columns} FROM {from} WHERE {by_id} FOR UPDATE OF t"),
+            select_one: format!("SELECT {columns} FROM {} WHERE {by_id}", from(2)),
+            lock_one: format!(
+                "SELECT {columns} FROM {} WHERE {by_id} FOR UPDATE OF t",
+                from(2)
+            ),
             update_status: format!(
-                "UPDATE {table} SET {status} = CAST($2 AS {}){touch} WHERE CAST({bare_id} AS text) = $1",
-                types.status
+                "UPDATE {table} SET {status} = CAST($2 AS {}){touch} WHERE {}",
+                types.status,
+                id_type.equals_param(&bare_id, &types.id)
             ),
             // Only id and status: every other column keeps the app's default.
             insert: format!(
@@ -197,6 +434,7 @@ impl Statements {
                 "SELECT CAST({bare_id} AS text) FROM {table} WHERE CAST({status} AS text) = $1 \
                  ORDER BY 1"
             ),
+            bare_id,
         }
     }
 }
@@ -205,7 +443,14 @@ impl Statements {
 impl Catalog for PgCatalog {
     fn records(&self) -> BoxStream<'_, Result<Record>> {
         let context = format!("reading table {}", self.table);
-        sqlx::query(AssertSqlSafe(self.sql().select_all.as_str()))
+        let sql = self.sql();
+        let query = sqlx::query(AssertSqlSafe(sql.select_all.as_str()));
+        let query = if sql.scoped {
+            query.bind(&self.scope_name)
+        } else {
+            query
+        };
+        query
             .fetch(&self.pool)
             .map(move |row| {
                 row.and_then(|row| self.record_from(&row))
@@ -215,8 +460,11 @@ impl Catalog for PgCatalog {
     }
 
     async fn record(&self, id: &str) -> Result<Option<Record>> {
-        let row = sqlx::query(AssertSqlSafe(self.sql().select_one.as_str()))
-            .bind(id)
+        let sql = self.sql();
+        let Some(query) = self.by_id(sql, &sql.select_one, id) else {
+            return Ok(None);
+        };
+        let row = query
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| Error::database(format!("reading {id:?} from {}", self.table), e))?;
@@ -241,27 +489,55 @@ impl Catalog for PgCatalog {
         migrator.dangerous_set_table_name("reconciler._sqlx_migrations");
         migrator.run(&self.pool).await?;
         self.migrated.store(true, AtomicOrdering::Relaxed);
-        Ok(())
+        self.adopt_legacy_rows().await
     }
 
     async fn sweep_started(&self, sweep: &SweepRecord) -> Result<()> {
+        let context = "recording the sweep in reconciler.sweeps";
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| Error::database(context, e))?;
+        // Under the sweep lock no other sweep of this scope runs: a `running` row is a dead
+        // process's.
+        let interrupted = sqlx::query(
+            "UPDATE reconciler.sweeps SET outcome = 'interrupted', finished_at = $2, \
+             error = 'the process running this sweep ended before it finished' \
+             WHERE scope = $1 AND outcome = 'running'",
+        )
+        .bind(&self.scope_name)
+        .bind(sweep.started_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::database(context, e))?;
         sqlx::query(
-            "INSERT INTO reconciler.sweeps (id, started_at, bucket, prefix) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO reconciler.sweeps (id, started_at, bucket, prefix, scope) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(sweep.id)
         .bind(sweep.started_at)
         .bind(&sweep.bucket)
         .bind(&sweep.prefix)
-        .execute(&self.pool)
+        .bind(&self.scope_name)
+        .execute(&mut *tx)
         .await
-        .map_err(|e| Error::database("recording the sweep in reconciler.sweeps", e))?;
+        .map_err(|e| Error::database(context, e))?;
+        tx.commit().await.map_err(|e| Error::database(context, e))?;
+        if interrupted.rows_affected() > 0 {
+            tracing::warn!(
+                sweeps = interrupted.rows_affected(),
+                "closed sweeps left running by a process that ended as interrupted"
+            );
+        }
         Ok(())
     }
 
     async fn sweep_finished(&self, sweep: &SweepRecord) -> Result<()> {
         sqlx::query(
             "UPDATE reconciler.sweeps SET finished_at = $2, objects_listed = $3, \
-             records_scanned = $4, counts = $5, outcome = $6, error = $7 WHERE id = $1",
+             records_scanned = $4, counts = $5, outcome = $6, error = $7 \
+             WHERE id = $1 AND scope = $8",
         )
         .bind(sweep.id)
         .bind(sweep.finished_at)
@@ -270,6 +546,7 @@ impl Catalog for PgCatalog {
         .bind(&sweep.counts)
         .bind(sweep.outcome)
         .bind(&sweep.error)
+        .bind(&self.scope_name)
         .execute(&self.pool)
         .await
         .map_err(|e| Error::database("recording the sweep in reconciler.sweeps", e))?;
@@ -287,7 +564,7 @@ impl Catalog for PgCatalog {
         Ok(())
     }
 
-    async fn try_sweep_lock(&self, scope: &str) -> Result<Option<Box<dyn SweepLock>>> {
+    async fn try_sweep_lock(&self) -> Result<Option<Box<dyn SweepLock>>> {
         // A session-level advisory lock on a connection of its own, taken out of the pool: it is
         // released when that session ends, however the sweep ends (even if the process dies).
         let mut conn = self
@@ -297,7 +574,7 @@ impl Catalog for PgCatalog {
             .map_err(|e| Error::database("connecting for the sweep lock", e))?
             .detach();
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(lock_key(scope))
+            .bind(lock_key(&self.scope_name))
             .fetch_one(&mut conn)
             .await
             .map_err(|e| Error::database("taking the sweep lock", e))?;
@@ -315,18 +592,21 @@ impl Catalog for PgCatalog {
         lease: Duration,
     ) -> Result<Option<Job>> {
         let lease_until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        // The attempt counts now, not when its result is written: a hook that kills the worker
+        // would otherwise be claimed again and again with its budget untouched.
         let row = sqlx::query(
             "UPDATE reconciler.jobs SET state = 'running', leased_by = $1, lease_until = $3, \
-             updated_at = $2 \
-             WHERE doc_id = (SELECT doc_id FROM reconciler.jobs \
-                 WHERE (state = 'queued' AND next_attempt_at <= $2) \
-                    OR (state = 'running' AND lease_until <= $2) \
+             attempts = attempts + 1, updated_at = $2 \
+             WHERE scope = $4 AND doc_id = (SELECT doc_id FROM reconciler.jobs \
+                 WHERE scope = $4 AND ((state = 'queued' AND next_attempt_at <= $2) \
+                    OR (state = 'running' AND lease_until <= $2)) \
                  ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING *",
         )
         .bind(worker)
         .bind(now)
         .bind(lease_until)
+        .bind(&self.scope_name)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| Error::database("claiming a job in reconciler.jobs", e))?;
@@ -339,7 +619,8 @@ impl Catalog for PgCatalog {
         if !self.migrated() {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT * FROM reconciler.jobs WHERE doc_id = $1")
+        let row = sqlx::query("SELECT * FROM reconciler.jobs WHERE scope = $1 AND doc_id = $2")
+            .bind(&self.scope_name)
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -351,8 +632,10 @@ impl Catalog for PgCatalog {
 
     async fn queue_depth(&self) -> Result<u64> {
         let depth: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM reconciler.jobs WHERE state IN ('queued', 'running')",
+            "SELECT count(*) FROM reconciler.jobs \
+             WHERE scope = $1 AND state IN ('queued', 'running')",
         )
+        .bind(&self.scope_name)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| Error::database("counting reconciler.jobs", e))?;
@@ -367,16 +650,42 @@ impl Catalog for PgCatalog {
             .map_err(|e| Error::database(format!("listing {status} docs in {}", self.table), e))
     }
 
+    async fn prune(&self, retention: &Retention, now: DateTime<Utc>) -> Result<Pruned> {
+        let before = |age: Duration| now - chrono::Duration::from_std(age).unwrap_or_default();
+        // Failed jobs stay: the sweep reads them (processing_exhausted) and `retry` resets them.
+        Ok(Pruned {
+            finished_jobs: self
+                .prune_table(
+                    "reconciler.jobs",
+                    "state = 'done' AND updated_at",
+                    before(retention.finished_jobs),
+                )
+                .await?,
+            key_events: self
+                .prune_table(
+                    "reconciler.key_events",
+                    "updated_at",
+                    before(retention.key_events),
+                )
+                .await?,
+            objects: self
+                .prune_table("reconciler.objects", "noted_at", before(retention.objects))
+                .await?,
+        })
+    }
+
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>> {
         if !self.migrated() {
             return Ok(None);
         }
         let rows = sqlx::query(
             "SELECT at, sweep_id, finding, action, doc_id, key, old_status, new_status, detail \
-             FROM reconciler.audit_log WHERE doc_id = $1 OR key = $2 ORDER BY seq",
+             FROM reconciler.audit_log WHERE scope = $3 AND (doc_id = $1 OR key = $2) \
+             ORDER BY seq",
         )
         .bind(id)
         .bind(key)
+        .bind(&self.scope_name)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::database("reading reconciler.audit_log", e))?;
@@ -409,8 +718,11 @@ struct PgTransaction<'c> {
 impl Transaction for PgTransaction<'_> {
     async fn lock_record(&mut self, id: &str) -> Result<Option<Record>> {
         let context = || format!("locking {id:?} in {}", self.catalog.table);
-        let row = sqlx::query(AssertSqlSafe(self.catalog.sql().lock_one.as_str()))
-            .bind(id)
+        let sql = self.catalog.sql();
+        let Some(query) = self.catalog.by_id(sql, &sql.lock_one, id) else {
+            return Ok(None);
+        };
+        let row = query
             .fetch_optional(&mut *self.tx)
             .await
             .map_err(|e| Error::database(context(), e))?;
@@ -420,6 +732,9 @@ impl Transaction for PgTransaction<'_> {
     }
 
     async fn set_status(&mut self, id: &str, status: Status) -> Result<()> {
+        if !self.catalog.id_type.admits(id) {
+            return Ok(()); // no row has this id
+        }
         sqlx::query(AssertSqlSafe(self.catalog.sql().update_status.as_str()))
             .bind(id)
             .bind(self.catalog.statuses.word(status))
@@ -448,14 +763,16 @@ impl Transaction for PgTransaction<'_> {
 
     async fn note_object(&mut self, object: &ObjectMeta) -> Result<()> {
         sqlx::query(
-            "INSERT INTO reconciler.objects (key, size, etag, last_modified, noted_at) \
-             VALUES ($1, $2, $3, $4, now()) ON CONFLICT (key) DO UPDATE SET size = EXCLUDED.size, \
-             etag = EXCLUDED.etag, last_modified = EXCLUDED.last_modified, noted_at = now()",
+            "INSERT INTO reconciler.objects (scope, key, size, etag, last_modified, noted_at) \
+             VALUES ($5, $1, $2, $3, $4, now()) ON CONFLICT (scope, key) DO UPDATE \
+             SET size = EXCLUDED.size, etag = EXCLUDED.etag, \
+             last_modified = EXCLUDED.last_modified, noted_at = now()",
         )
         .bind(&object.key)
         .bind(object.size)
         .bind(&object.etag)
         .bind(object.last_modified)
+        .bind(&self.catalog.scope_name)
         .execute(&mut *self.tx)
         .await
         .map_err(|e| Error::database("writing reconciler.objects", e))?;
@@ -465,8 +782,8 @@ impl Transaction for PgTransaction<'_> {
     async fn audit(&mut self, entry: &AuditEntry) -> Result<()> {
         sqlx::query(
             "INSERT INTO reconciler.audit_log \
-             (at, sweep_id, finding, action, doc_id, key, old_status, new_status, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             (at, sweep_id, finding, action, doc_id, key, old_status, new_status, detail, scope) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(entry.at)
         .bind(entry.sweep_id)
@@ -477,6 +794,7 @@ impl Transaction for PgTransaction<'_> {
         .bind(&entry.old_status)
         .bind(&entry.new_status)
         .bind(&entry.detail)
+        .bind(&self.catalog.scope_name)
         .execute(&mut *self.tx)
         .await
         .map_err(|e| Error::database("writing reconciler.audit_log", e))?;
@@ -491,9 +809,10 @@ impl Transaction for PgTransaction<'_> {
         now: DateTime<Utc>,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO reconciler.jobs (doc_id, key, state, attempts, next_attempt_at, size, etag) \
-             VALUES ($1, $2, 'queued', 0, $3, $4, $5) \
-             ON CONFLICT (doc_id) DO UPDATE SET key = EXCLUDED.key, state = 'queued', attempts = 0, \
+            "INSERT INTO reconciler.jobs \
+             (scope, doc_id, key, state, attempts, next_attempt_at, size, etag) \
+             VALUES ($6, $1, $2, 'queued', 0, $3, $4, $5) \
+             ON CONFLICT (scope, doc_id) DO UPDATE SET key = EXCLUDED.key, state = 'queued', attempts = 0, \
              next_attempt_at = EXCLUDED.next_attempt_at, lease_until = NULL, leased_by = NULL, \
              last_error = NULL, size = EXCLUDED.size, etag = EXCLUDED.etag, updated_at = now()",
         )
@@ -502,6 +821,7 @@ impl Transaction for PgTransaction<'_> {
         .bind(now)
         .bind(object.map(|o| o.size))
         .bind(object.and_then(|o| o.etag.clone()))
+        .bind(&self.catalog.scope_name)
         .execute(&mut *self.tx)
         .await
         .map_err(|e| Error::database(format!("queueing processing of {id:?}"), e))?;
@@ -509,11 +829,14 @@ impl Transaction for PgTransaction<'_> {
     }
 
     async fn lock_job(&mut self, id: &str) -> Result<Option<Job>> {
-        let row = sqlx::query("SELECT * FROM reconciler.jobs WHERE doc_id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(|e| Error::database(format!("locking the job of {id:?}"), e))?;
+        let row = sqlx::query(
+            "SELECT * FROM reconciler.jobs WHERE scope = $1 AND doc_id = $2 FOR UPDATE",
+        )
+        .bind(&self.catalog.scope_name)
+        .bind(id)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(|e| Error::database(format!("locking the job of {id:?}"), e))?;
         row.map(|row| job_from(&row))
             .transpose()
             .map_err(|e| Error::database("reading reconciler.jobs", e))
@@ -523,7 +846,7 @@ impl Transaction for PgTransaction<'_> {
         sqlx::query(
             "UPDATE reconciler.jobs SET state = $2, attempts = $3, next_attempt_at = $4, \
              lease_until = $5, leased_by = $6, last_error = $7, updated_at = now() \
-             WHERE doc_id = $1",
+             WHERE scope = $8 AND doc_id = $1",
         )
         .bind(&job.doc_id)
         .bind(job.state.as_str())
@@ -532,6 +855,7 @@ impl Transaction for PgTransaction<'_> {
         .bind(job.lease_until)
         .bind(&job.leased_by)
         .bind(&job.last_error)
+        .bind(&self.catalog.scope_name)
         .execute(&mut *self.tx)
         .await
         .map_err(|e| Error::database(format!("writing the job of {:?}", job.doc_id), e))?;
@@ -541,9 +865,10 @@ impl Transaction for PgTransaction<'_> {
     async fn lock_key_events(&mut self, key: &str) -> Result<Option<String>> {
         // One round trip: the upsert creates the row when new and, either way, locks it.
         sqlx::query_scalar(
-            "INSERT INTO reconciler.key_events (key) VALUES ($1) \
-             ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key RETURNING sequencer",
+            "INSERT INTO reconciler.key_events (scope, key) VALUES ($1, $2) \
+             ON CONFLICT (scope, key) DO UPDATE SET key = EXCLUDED.key RETURNING sequencer",
         )
+        .bind(&self.catalog.scope_name)
         .bind(key)
         .fetch_one(&mut *self.tx)
         .await
@@ -558,12 +883,13 @@ impl Transaction for PgTransaction<'_> {
     async fn store_key_event(&mut self, event: &KeyEvent) -> Result<()> {
         sqlx::query(
             "UPDATE reconciler.key_events SET sequencer = COALESCE($2, sequencer), kind = $3, \
-             event_time = $4, updated_at = now() WHERE key = $1",
+             event_time = $4, updated_at = now() WHERE scope = $5 AND key = $1",
         )
         .bind(&event.key)
         .bind(&event.sequencer)
         .bind(event.kind)
         .bind(event.time)
+        .bind(&self.catalog.scope_name)
         .execute(&mut *self.tx)
         .await
         .map_err(|e| Error::database("writing reconciler.key_events", e))?;

@@ -7,7 +7,7 @@ pub mod worker;
 use crate::catalog::{AuditEntry, Catalog};
 use crate::error::{Error, Result};
 use crate::execute::AfterUpload;
-use crate::model::{Status, key_of};
+use crate::model::{JobState, Status, key_of};
 use chrono::{DateTime, Utc};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -50,16 +50,33 @@ impl Clock for ManualClock {
     }
 }
 
+/// What `retry` does with a doc whose job is running: a second run beside it is never started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfRunning {
+    /// An error naming the doc (a doc the operator named).
+    Refuse,
+    /// A line in `Retried::skipped`, and on to the next doc (`retry --failed`).
+    Skip,
+}
+
+/// What `retry` did: one line per doc.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Retried {
+    pub retried: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
 /// Put docs back in line with a fresh attempt budget (`reconcile retry`): `failed` (or still
 /// `uploaded`) docs become `uploaded` again and their job is queued, or with no hook configured
-/// they are marked `processed`. Each change is audited. Returns one line per doc.
+/// they are marked `processed`. Each change is audited.
 pub async fn retry(
     catalog: &dyn Catalog,
     key_prefix: &str,
     after_upload: AfterUpload,
     ids: &[String],
-) -> Result<Vec<String>> {
-    let mut done = Vec::with_capacity(ids.len());
+    if_running: IfRunning,
+) -> Result<Retried> {
+    let mut done = Retried::default();
     for id in ids {
         let mut tx = catalog.begin().await?;
         let record = tx
@@ -71,6 +88,26 @@ pub async fn retry(
                 "doc {id:?} is {:?}: only failed or uploaded docs can be retried",
                 record.raw_status
             )));
+        }
+        if let Some(job) = tx.lock_job(id).await?
+            && job.state == JobState::Running
+        {
+            let line = format!(
+                "doc {id:?} is not retried: its job is running (attempt {}, leased by {} until {}); \
+                 retry it once that run has ended",
+                job.attempts,
+                job.leased_by.as_deref().unwrap_or("?"),
+                job.lease_until
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_else(|| "?".into())
+            );
+            match if_running {
+                IfRunning::Refuse => return Err(Error::Usage(line)),
+                IfRunning::Skip => {
+                    done.skipped.push(line);
+                    continue;
+                }
+            }
         }
         let key = key_of(key_prefix, id);
         let now = Utc::now();
@@ -100,7 +137,8 @@ pub async fn retry(
         })
         .await?;
         tx.commit().await?;
-        done.push(format!("{id}: {} -> {new}", record.raw_status));
+        done.retried
+            .push(format!("{id}: {} -> {new}", record.raw_status));
     }
     Ok(done)
 }

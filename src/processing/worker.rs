@@ -57,7 +57,18 @@ impl Worker {
         if record.as_ref().and_then(|r| r.status) != Some(Status::Uploaded) {
             return self.cancel(job).await;
         }
-        let attempt = job.attempts + 1;
+        // The claim counted this attempt. Past the budget, the earlier attempts never reported
+        // back (the hook killed its worker, or outlived its lease): give up without running it.
+        let attempt = job.attempts;
+        if attempt > self.retry.max_attempts {
+            let error = HookError::Failed(format!(
+                "no result from the last attempt: its worker ended or outlived its lease \
+                 (a hook that crashes the daemon, or runs past processing.timeout + \
+                 processing.lease_grace?); last error: {}",
+                job.last_error.as_deref().unwrap_or("none")
+            ));
+            return self.record(job, self.retry.max_attempts, Err(error)).await;
+        }
         let result = self
             .hook
             .call(&Call {
@@ -166,7 +177,8 @@ impl Worker {
         Ok(outcome)
     }
 
-    /// The doc moved on without us: close the job without running (or counting) an attempt.
+    /// The doc moved on without us: close the job without running an attempt (the one the claim
+    /// counted is given back).
     async fn cancel(&self, job: Job) -> Result<Outcome> {
         let id = job.doc_id.clone();
         let mut tx = self.catalog.begin().await?;
@@ -174,6 +186,7 @@ impl Worker {
             && current.leased_by.as_deref() == Some(&self.id)
         {
             current.state = JobState::Done;
+            current.attempts = current.attempts.saturating_sub(1);
             current.lease_until = None;
             current.leased_by = None;
             current.last_error = Some("cancelled: the doc is no longer uploaded".into());

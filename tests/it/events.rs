@@ -33,7 +33,9 @@ async fn event_world_with(queue: TestQueue, prefix: &str, after_upload: AfterUpl
         bucket.name
     ))
     .expect("valid config");
-    let catalog = PgCatalog::connect(&config.database).await.expect("connect");
+    let catalog = PgCatalog::connect(&config.database, upload_reconciler::app::scope(&config))
+        .await
+        .expect("connect");
     catalog.migrate().await.expect("migrate");
     let s3 = S3Bucket::with_client(s3_client(&bucket.endpoint), &config.storage);
     let metrics = Metrics::new();
@@ -90,7 +92,7 @@ impl EventWorld {
 }
 
 /// An S3 notification as S3 sends it to SQS; `key` as S3 encodes it.
-fn s3_message(event: &str, bucket: &str, encoded_key: &str, sequencer: Option<&str>) -> String {
+pub fn s3_message(event: &str, bucket: &str, encoded_key: &str, sequencer: Option<&str>) -> String {
     let mut object = serde_json::json!({"key": encoded_key, "size": 5, "eTag": "5d41402abc4b2a76b9719d911017c592"});
     if let Some(seq) = sequencer {
         object["sequencer"] = seq.into();

@@ -82,10 +82,15 @@ impl TestDb {
 
     /// Insert a doc created `age` ago.
     pub async fn doc(&self, id: &str, status: &str, age: Duration) {
+        self.doc_in("docs", id, status, age).await;
+    }
+
+    /// Insert a row created `age` ago into another app table shaped like `docs`.
+    pub async fn doc_in(&self, table: &str, id: &str, status: &str, age: Duration) {
         let created_at = Utc::now() - chrono::Duration::from_std(age).expect("small age");
-        sqlx::query(
-            "INSERT INTO docs (id, status, created_at, updated_at) VALUES ($1, $2, $3, $3)",
-        )
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (id, status, created_at, updated_at) VALUES ($1, $2, $3, $3)"
+        )))
         .bind(id)
         .bind(status)
         .bind(created_at)
@@ -95,11 +100,17 @@ impl TestDb {
     }
 
     pub async fn status(&self, id: &str) -> Option<String> {
-        sqlx::query_scalar("SELECT status FROM docs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .expect("read status")
+        self.status_in("docs", id).await
+    }
+
+    pub async fn status_in(&self, table: &str, id: &str) -> Option<String> {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT status FROM {table} WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .expect("read status")
     }
 
     pub async fn set_status(&self, id: &str, status: &str) {
@@ -399,6 +410,11 @@ impl Reconcile {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
+}
+
+/// The scope a deployment's rows carry in the reconciler's tables (`app::scope`'s name).
+pub fn scope_of(table: &str, bucket: &str, prefix: &str) -> String {
+    format!("\"{table}\"/{bucket}/{prefix}")
 }
 
 pub const MINUTE: Duration = Duration::from_secs(60);

@@ -2,10 +2,14 @@
 
 mod config;
 mod daemon;
+mod deployments;
 mod events;
 mod execute;
 mod explain;
 mod helpers;
+mod housekeeping;
+mod lookups;
 mod operations;
+mod poison;
 mod processing;
 mod sweep;

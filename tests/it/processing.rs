@@ -27,7 +27,11 @@ async fn jobs(ids: &[&str]) -> Jobs {
         db.url()
     ))
     .expect("valid config");
-    let catalog = Arc::new(PgCatalog::connect(&config.database).await.expect("connect"));
+    let catalog = Arc::new(
+        PgCatalog::connect(&config.database, upload_reconciler::app::scope(&config))
+            .await
+            .expect("connect"),
+    );
     catalog.migrate().await.expect("migrate");
     let clock = Arc::new(ManualClock::new(Utc::now()));
     for id in ids {
@@ -349,8 +353,14 @@ async fn a_job_whose_worker_died_is_taken_again_after_its_lease() {
     );
     assert_eq!(hook.calls_for("orphaned"), 2);
     assert_eq!(j.db.status("orphaned").await.as_deref(), Some("processed"));
-    // Only the attempt that ran to its end counts.
-    assert_eq!(j.job_row("orphaned").await, ("done".into(), 1, None));
+    // Both attempts count: the one whose worker died was started (and its call said so).
+    assert_eq!(j.job_row("orphaned").await, ("done".into(), 2, None));
+    let attempts: Vec<u64> = hook
+        .calls()
+        .iter()
+        .map(|c| c["attempt"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(attempts, [1, 2]);
 }
 
 #[tokio::test]
@@ -414,9 +424,10 @@ async fn the_sweep_requeues_stuck_docs_and_fails_exhausted_ones() {
         );
     assert_eq!(hooked.run(&["migrate"]).await.code, 0);
     sqlx::query(
-        "INSERT INTO reconciler.jobs (doc_id, key, state, attempts, next_attempt_at) \
-         VALUES ('exhausted', 'exhausted', 'failed', 10, now())",
+        "INSERT INTO reconciler.jobs (scope, doc_id, key, state, attempts, next_attempt_at) \
+         VALUES ($1, 'exhausted', 'exhausted', 'failed', 10, now())",
     )
+    .bind(scope_of("docs", &bucket.name, ""))
     .execute(&db.pool)
     .await
     .expect("a failed job");

@@ -1,0 +1,153 @@
+//! Lookups by id on tables whose id is not text (uuid, bigint) use the primary-key index, and a
+//! key that cannot be such an id simply finds no record.
+
+use crate::helpers::*;
+use std::time::Duration;
+
+/// (sequential scans, index scans) of `table` so far, once every backend of the runs under test
+/// has ended (a backend reports its counts when it ends, or at most every second).
+async fn scans(db: &TestDb, table: &str) -> (i64, i64) {
+    eventually(
+        Duration::from_secs(10),
+        "the runs' backends ended",
+        || async {
+            let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'reconcile-under-test'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("pg_stat_activity");
+            live == 0
+        },
+    )
+    .await;
+    sqlx::query_as(
+        "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(&db.pool)
+    .await
+    .expect("pg_stat_user_tables")
+}
+
+/// Wait until `table` has counted at least `idx` index scans since `before`, then give the scans
+/// since then.
+async fn scans_since(db: &TestDb, table: &str, before: (i64, i64), idx: i64) -> (i64, i64) {
+    eventually(
+        Duration::from_secs(10),
+        "the index scans reported",
+        || async { scans(db, table).await.1 - before.1 >= idx },
+    )
+    .await;
+    let now = scans(db, table).await;
+    (now.0 - before.0, now.1 - before.1)
+}
+
+async fn lookups_use_the_index(id_type: &str, ids: &[String], seed: &str) {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE files (
+           id          {id_type} PRIMARY KEY,
+           status      text NOT NULL DEFAULT 'pending',
+           created_at  timestamptz NOT NULL DEFAULT now(),
+           updated_at  timestamptz NOT NULL DEFAULT now()
+         )"
+    )))
+    .execute(&db.pool)
+    .await
+    .expect("create files");
+    // A few thousand settled rows (expired, no object: nothing to do).
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO files (id, status, created_at) \
+         SELECT {seed}, 'expired', now() - interval '2 hours' FROM generate_series(1, 3000) i"
+    )))
+    .execute(&db.pool)
+    .await
+    .expect("seed rows");
+    // Five with something to do: three stale pending docs, two uploads nobody was told about.
+    for (n, id) in ids.iter().enumerate() {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO files (id, status, created_at) \
+             VALUES (CAST($1 AS {id_type}), 'pending', now() - interval '2 hours')"
+        )))
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .expect("insert doc");
+        if n >= 3 {
+            bucket.put(id, "x").await;
+        }
+    }
+    bucket.put("foo.txt", "not a doc").await;
+    sqlx::query("ANALYZE files")
+        .execute(&db.pool)
+        .await
+        .expect("analyze");
+    let mut reconcile = Reconcile::new(&db, &bucket)
+        .set("database.table", "files")
+        .set("sweep.orphan_grace", "0s");
+    reconcile.database_url = format!("{}?application_name=reconcile-under-test", db.url());
+    assert_eq!(reconcile.run(&["migrate"]).await.code, 0);
+
+    let before = scans(&db, "files").await;
+    let explain = reconcile
+        .run(&["explain", &ids[0], "--format", "json"])
+        .await;
+    assert_eq!(explain.code, 0, "{}", explain.stderr);
+    assert_eq!(
+        explain.json()["record"]["raw_status"],
+        "pending",
+        "{}",
+        explain.stdout
+    );
+    let (seq, idx) = scans_since(&db, "files", before, 1).await;
+    assert_eq!(seq, 0, "explain of one id read the whole table ({id_type})");
+    assert!(idx >= 1);
+
+    let before = scans(&db, "files").await;
+    let apply = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    assert_eq!(
+        apply.findings(),
+        triples(&[
+            ("stale_pending", &ids[0], "expire"),
+            ("stale_pending", &ids[1], "expire"),
+            ("stale_pending", &ids[2], "expire"),
+            ("lost_notification", &ids[3], "adopt"),
+            ("lost_notification", &ids[4], "adopt"),
+            ("orphan_object", "foo.txt", "report"),
+        ])
+    );
+    // Each action locks its row and writes it back: ten lookups by id.
+    let (seq, idx) = scans_since(&db, "files", before, 10).await;
+    assert_eq!(
+        seq, 1,
+        "only the sweep's one read of the table may scan it ({id_type}); {idx} index scans"
+    );
+
+    // A key that cannot be an id of this type is an orphan, not an error.
+    let orphan = reconcile
+        .run(&["explain", "foo.txt", "--format", "json"])
+        .await;
+    assert_eq!(orphan.code, 0, "{}", orphan.stderr);
+    assert!(orphan.json()["record"].is_null(), "{}", orphan.stdout);
+    assert_eq!(
+        orphan.json()["decision"]["finding"],
+        "orphan_object",
+        "{}",
+        orphan.stdout
+    );
+}
+
+#[tokio::test]
+async fn lookups_by_a_uuid_id_use_the_primary_key_index() {
+    let ids: Vec<String> = (0..5).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    lookups_use_the_index("uuid", &ids, "gen_random_uuid()").await;
+}
+
+#[tokio::test]
+async fn lookups_by_a_bigint_id_use_the_primary_key_index() {
+    let ids: Vec<String> = (5001..5006).map(|n: i64| n.to_string()).collect();
+    lookups_use_the_index("bigint", &ids, "i").await;
+}
