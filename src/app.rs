@@ -2,11 +2,12 @@
 //! code the outcome deserves.
 
 use crate::bucket::Bucket;
+use crate::bucket::folder::FolderBucket;
 use crate::bucket::s3::S3Bucket;
 use crate::catalog::postgres::PgCatalog;
 use crate::catalog::{Catalog, Scope};
 use crate::cli::{Cli, Command, SweepArgs};
-use crate::config::{Config, Overrides, redact_url};
+use crate::config::{BucketLocation, Config, Overrides, redact_url};
 use crate::error::{Error, Result};
 use crate::execute::AfterUpload;
 use crate::model::Status;
@@ -210,5 +211,12 @@ pub fn scope(config: &Config) -> Scope {
 }
 
 async fn connect_bucket(config: &Config) -> Result<Arc<dyn Bucket>> {
-    Ok(Arc::new(S3Bucket::connect(&config.storage).await?))
+    let location = config
+        .storage
+        .location()
+        .map_err(|message| Error::config("storage.bucket", message))?;
+    Ok(match location {
+        BucketLocation::S3(_) => Arc::new(S3Bucket::connect(&config.storage).await?),
+        BucketLocation::Folder(root) => Arc::new(FolderBucket::new(root)),
+    })
 }

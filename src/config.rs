@@ -176,7 +176,7 @@ impl StatusWords {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// An S3 bucket name.
+    /// An S3 bucket name, or a local folder as `file:///absolute/path`.
     pub bucket: String,
     /// Keys of docs are `prefix + id`.
     pub prefix: String,
@@ -186,6 +186,35 @@ pub struct StorageConfig {
     pub force_path_style: bool,
     /// Keys per ListObjectsV2 page (1 to 1000).
     pub list_page_size: Option<i32>,
+}
+
+/// Where `storage.bucket` says the objects are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketLocation<'a> {
+    /// An S3 bucket, by name.
+    S3(&'a str),
+    /// A local folder, by absolute path (`file:///srv/uploads`).
+    Folder(&'a Path),
+}
+
+impl StorageConfig {
+    /// Read `bucket`: a `file:` URL names a local folder, anything else an S3 bucket. The path is
+    /// taken as written (no percent-decoding), so `file:///srv/my uploads` is that folder.
+    pub fn location(&self) -> std::result::Result<BucketLocation<'_>, String> {
+        let Some(rest) = self.bucket.strip_prefix("file:") else {
+            return Ok(BucketLocation::S3(&self.bucket));
+        };
+        match rest.strip_prefix("//") {
+            Some(path) if path.starts_with('/') && !path.contains('\0') => {
+                Ok(BucketLocation::Folder(Path::new(path)))
+            }
+            _ => Err(format!(
+                "{:?} is not a local folder URL: write file:// and the folder's absolute path, \
+                 like file:///srv/uploads",
+                self.bucket
+            )),
+        }
+    }
 }
 
 /// `[sweep]`: grace periods, what to do about orphans, and the safety limits.
@@ -528,11 +557,28 @@ impl Config {
                 "not set (set it in the config file or with --bucket)",
             ));
         }
-        if storage.bucket.starts_with("file://") {
-            return Err(Error::config(
-                "storage.bucket",
-                "local-folder buckets (file://) are not supported yet; give an S3 bucket name",
-            ));
+        match storage.location() {
+            Err(message) => return Err(Error::config("storage.bucket", message)),
+            Ok(BucketLocation::Folder(_)) => {
+                // An S3 setting beside a folder is a contradiction, not a detail to ignore: the
+                // operator meant one of the two.
+                let s3_only = [
+                    ("storage.endpoint_url", storage.endpoint_url.is_some()),
+                    ("storage.force_path_style", storage.force_path_style),
+                    ("storage.list_page_size", storage.list_page_size.is_some()),
+                ];
+                if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
+                    return Err(Error::config(
+                        *key,
+                        format!(
+                            "is an S3 setting, but storage.bucket names a local folder ({}); \
+                             remove one of the two",
+                            storage.bucket
+                        ),
+                    ));
+                }
+            }
+            Ok(BucketLocation::S3(_)) => {}
         }
         if let Some(size) = storage.list_page_size
             && !(1..=1000).contains(&size)
@@ -892,6 +938,51 @@ mod tests {
         assert_eq!(c.database.statuses.status("new"), Some(Status::Pending));
         assert_eq!(c.database.statuses.status("pending"), None);
         assert_eq!(c.database.statuses.word(Status::Processed), "ready");
+    }
+
+    #[test]
+    fn a_file_url_names_a_local_folder_by_its_absolute_path() {
+        let c = Config::from_toml(
+            "[database]\nurl = \"postgres://x/y\"\n[storage]\nbucket = \"file:///srv/my uploads/\"",
+        )
+        .expect("a folder");
+        assert_eq!(
+            c.storage.location(),
+            Ok(BucketLocation::Folder(Path::new("/srv/my uploads/")))
+        );
+        assert_eq!(
+            with("").expect("valid").storage.location(),
+            Ok(BucketLocation::S3("uploads"))
+        );
+        for bad in [
+            "file://srv/uploads",
+            "file:/srv/uploads",
+            "file:uploads",
+            "file://",
+        ] {
+            let result = Config::from_toml(&format!(
+                "[database]\nurl = \"postgres://x/y\"\n[storage]\nbucket = {bad:?}"
+            ));
+            assert_eq!(key_of(result), "storage.bucket", "{bad}");
+        }
+        let nul = StorageConfig {
+            bucket: "file:///a\0b".into(),
+            ..StorageConfig::default()
+        };
+        assert!(nul.location().is_err());
+        for (setting, key) in [
+            (
+                "endpoint_url = \"http://127.0.0.1:9000\"",
+                "storage.endpoint_url",
+            ),
+            ("force_path_style = true", "storage.force_path_style"),
+            ("list_page_size = 10", "storage.list_page_size"),
+        ] {
+            let result = Config::from_toml(&format!(
+                "[database]\nurl = \"postgres://x/y\"\n[storage]\nbucket = \"file:///srv\"\n{setting}"
+            ));
+            assert_eq!(key_of(result), key, "{setting}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The bucket: listing, HEAD, copy and delete behind one narrow trait, so the engine does not
-//! care whether the objects live in S3 or (later) in a local folder.
+//! care whether the objects live in S3 or in a local folder.
 
+pub mod folder;
 pub mod s3;
 
 use crate::error::Result;

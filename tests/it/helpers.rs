@@ -382,9 +382,6 @@ impl Reconcile {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", &self.database_url)
             .env("RECONCILE_STORAGE__BUCKET", &self.bucket)
-            .env("RECONCILE_STORAGE__ENDPOINT_URL", &self.endpoint)
-            .env("RECONCILE_STORAGE__FORCE_PATH_STYLE", "true")
-            .env("RECONCILE_EVENTS__ENDPOINT_URL", &self.endpoint)
             .env("RECONCILE_SERVER__LISTEN", "127.0.0.1:0")
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -392,6 +389,12 @@ impl Reconcile {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(args)
             .kill_on_drop(true);
+        // A folder bucket has no endpoint, and S3 settings beside it are a configuration error.
+        if !self.endpoint.is_empty() {
+            cmd.env("RECONCILE_STORAGE__ENDPOINT_URL", &self.endpoint)
+                .env("RECONCILE_STORAGE__FORCE_PATH_STYLE", "true")
+                .env("RECONCILE_EVENTS__ENDPOINT_URL", &self.endpoint);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -931,4 +934,72 @@ pub fn metric_value(body: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// A folder of its own, swept as a `file://` bucket; removed when the test ends.
+pub struct TestFolder {
+    dir: tempfile::TempDir,
+}
+
+impl TestFolder {
+    pub fn new() -> TestFolder {
+        TestFolder {
+            dir: tempfile::tempdir().expect("create a temporary folder"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `storage.bucket` for this folder.
+    pub fn url(&self) -> String {
+        format!("file://{}", self.path().display())
+    }
+
+    /// Write the file of `key`, creating its folders.
+    pub fn put(&self, key: &str, body: &str) {
+        let path = self.path().join(key);
+        std::fs::create_dir_all(path.parent().expect("a key has a parent folder"))
+            .expect("create folders");
+        std::fs::write(&path, body).unwrap_or_else(|e| panic!("write {key:?}: {e}"));
+    }
+
+    pub fn read(&self, key: &str) -> Option<String> {
+        std::fs::read_to_string(self.path().join(key)).ok()
+    }
+
+    /// Every file as key and body, to compare before and after.
+    pub fn snapshot(&self) -> BTreeMap<String, String> {
+        fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>) {
+            for entry in std::fs::read_dir(dir).expect("read folder") {
+                let entry = entry.expect("folder entry");
+                let name = entry.file_name().into_string().expect("utf-8 name");
+                let key = format!("{prefix}{name}");
+                if entry.file_type().expect("file type").is_dir() {
+                    walk(&entry.path(), &format!("{key}/"), out);
+                } else {
+                    out.insert(
+                        key,
+                        std::fs::read_to_string(entry.path()).expect("read file"),
+                    );
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(self.path(), "", &mut out);
+        out
+    }
+}
+
+impl Reconcile {
+    /// `reconcile` over this database and a folder bucket.
+    pub fn on_folder(db: &TestDb, folder: &TestFolder) -> Self {
+        Reconcile {
+            database_url: db.url(),
+            bucket: folder.url(),
+            endpoint: String::new(),
+            env: Vec::new(),
+        }
+    }
 }

@@ -1,11 +1,13 @@
 //! Integration tests over real Postgres and moto's S3 (started by scripts/test).
 
+mod bucket_conformance;
 mod config;
 mod daemon;
 mod deployments;
 mod events;
 mod execute;
 mod explain;
+mod folder;
 mod helpers;
 mod housekeeping;
 mod lookups;

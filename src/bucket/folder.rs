@@ -1,0 +1,967 @@
+//! The bucket as a local folder (`storage.bucket = "file:///srv/uploads"`): what ActiveStorage's
+//! Disk service, Django's FileSystemStorage or a folder behind nginx write to. A key is a file's
+//! path relative to the folder, its components joined by `/`; an object is a regular file.
+//!
+//! What S3 promises, kept on disk:
+//! - The listing comes in UTF-8 byte order across nested folders, streamed (see [`Walk`]).
+//! - An object's facts are its size and modification time. Its ETag is made of size, mtime in
+//!   nanoseconds and inode, so any rewrite or replacement of the file changes it, and the
+//!   executor's "is it still the object the listing showed" check works as on S3.
+//! - A copy never replaces an existing file: the bytes go to a temporary file beside the target,
+//!   which takes the target's name only while that name is free (`renameat2(RENAME_NOREPLACE)`,
+//!   else `link`). A crash leaves at worst a `.reconcile-*` temporary file, never a half-written
+//!   target.
+//! - A delete unlinks the file and leaves its folders, even when they become empty: the app may
+//!   have just created a folder to write into (ActiveStorage and Django make the folder, then the
+//!   file), and removing it under it would fail that upload. Empty folders list as nothing.
+//! - Keys that would leave the folder (`..` or `.` components, absolute paths, empty components,
+//!   NUL) are refused on every operation, and so is any path whose existing part leads out of the
+//!   folder through a symbolic link. (A process that can replace folders inside the root with
+//!   symbolic links between the check and the use is not defended against: the folder must be
+//!   writable only by the app and the reconciler.)
+
+use super::Bucket;
+use crate::error::{Error, Result};
+use crate::model::ObjectMeta;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, BoxStream, StreamExt};
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use tempfile::TempPath;
+
+/// Objects the folder walk may read ahead of the sweep.
+const LIST_BUFFER: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct FolderBucket {
+    /// The folder as configured (absolute, maybe through symbolic links; resolved at each use,
+    /// so a folder mounted or re-pointed later is seen as it is then).
+    root: PathBuf,
+    /// The folder's path as reports show it, without a trailing `/`.
+    name: String,
+}
+
+impl FolderBucket {
+    /// The folder at `root`, an absolute path. Nothing is read until the first operation.
+    pub fn new(root: &Path) -> Self {
+        let text = root.to_string_lossy();
+        let trimmed = text.trim_end_matches('/');
+        FolderBucket {
+            root: root.to_owned(),
+            name: if trimmed.is_empty() { "/" } else { trimmed }.to_owned(),
+        }
+    }
+
+    fn object_url(&self, key: &str) -> String {
+        match self.name.as_str() {
+            "/" => format!("file:///{key}"),
+            name => format!("file://{name}/{key}"),
+        }
+    }
+
+    /// The folder with its symbolic links resolved: every check compares against this.
+    fn real_root(&self) -> Result<PathBuf> {
+        let context = format!("opening {}", self.url());
+        let root =
+            fs::canonicalize(&self.root).map_err(|e| Error::storage(&context, e.to_string()))?;
+        if !root.is_dir() {
+            return Err(Error::storage(context, "not a folder"));
+        }
+        Ok(root)
+    }
+
+    /// The path of `key` inside `root`, after checking the key and that whatever part of the
+    /// path exists stays inside the folder once symbolic links are followed.
+    fn resolve(&self, root: &Path, key: &str, context: &str) -> Result<PathBuf> {
+        if let Some(reason) = key_fault(key) {
+            return Err(Error::storage(
+                context,
+                format!("refused key {key:?}: {reason}; keys are relative paths inside the folder"),
+            ));
+        }
+        let path = root.join(key);
+        match stays_inside(root, &path) {
+            Ok(true) => Ok(path),
+            Ok(false) => Err(Error::storage(
+                context,
+                format!("refused key {key:?}: a symbolic link leads it out of the folder"),
+            )),
+            Err(e) => Err(Error::storage(context, e.to_string())),
+        }
+    }
+
+    /// Run file-system work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        context: String,
+        work: impl FnOnce(&FolderBucket) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || work(&this))
+            .await
+            .map_err(|e| Error::storage(context, format!("the file-system task failed: {e}")))?
+    }
+
+    fn head_now(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let context = format!("HEAD {}", self.object_url(key));
+        let root = self.real_root()?;
+        let path = self.resolve(&root, key, &context)?;
+        match fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(object_meta(key.to_owned(), &m))),
+            // S3 has no object at a "folder" key either.
+            Ok(m) if m.is_dir() => Ok(None),
+            Ok(_) => Err(Error::storage(
+                context,
+                "neither a regular file nor a folder",
+            )),
+            Err(e) if absent(&e) => Ok(None),
+            Err(e) => Err(Error::storage(context, e.to_string())),
+        }
+    }
+
+    fn copy_now(&self, from: &str, to: &str) -> Result<()> {
+        let context = format!(
+            "copying {} to {}",
+            self.object_url(from),
+            self.object_url(to)
+        );
+        let root = self.real_root()?;
+        let source = self.resolve(&root, from, &context)?;
+        let target = self.resolve(&root, to, &context)?;
+        copy_new(&source, &target).map_err(|e| {
+            let message = match e.kind() {
+                io::ErrorKind::AlreadyExists => {
+                    format!("{to:?} already exists; a copy never replaces a file")
+                }
+                _ if absent(&e) && !source.is_file() => format!("{from:?} does not exist"),
+                _ => e.to_string(),
+            };
+            Error::storage(&context, message)
+        })
+    }
+
+    fn delete_now(&self, key: &str) -> Result<()> {
+        let context = format!("deleting {}", self.object_url(key));
+        let root = self.real_root()?;
+        let path = self.resolve(&root, key, &context)?;
+        unlink_if_same(&path, None)
+            .map(|_| ())
+            .map_err(|e| Error::storage(context, e.to_string()))
+    }
+
+    fn ping_now(&self) -> Result<()> {
+        let root = self.real_root()?;
+        fs::read_dir(&root)
+            .map(|_| ())
+            .map_err(|e| Error::storage(format!("reading {}", self.url()), e.to_string()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Bucket for FolderBucket {
+    fn url(&self) -> String {
+        format!("file://{}", self.name)
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectMeta>> {
+        let context = format!("listing {}", self.object_url(prefix));
+        let walk = Walk::new(self.clone(), prefix.to_owned());
+        let (tx, rx) = tokio::sync::mpsc::channel(LIST_BUFFER);
+        tokio::task::spawn_blocking(move || {
+            for item in walk {
+                if tx.blocking_send(Listed::Object(item)).is_err() {
+                    return; // the sweep stopped reading
+                }
+            }
+            let _ = tx.blocking_send(Listed::End);
+        });
+        // The walk says when it is done, so a walker that died is an error, not a short listing.
+        stream::unfold(Some(rx), move |rx| {
+            let context = context.clone();
+            async move {
+                let mut rx = rx?;
+                match rx.recv().await {
+                    Some(Listed::Object(item)) => Some((item, Some(rx))),
+                    Some(Listed::End) => None,
+                    None => Some((
+                        Err(Error::storage(
+                            context,
+                            "the folder walk stopped before its end",
+                        )),
+                        None,
+                    )),
+                }
+            }
+        })
+        .boxed()
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let key = key.to_owned();
+        self.blocking(format!("HEAD {}", self.object_url(&key)), move |f| {
+            f.head_now(&key)
+        })
+        .await
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.blocking(format!("copying {}", self.object_url(&from)), move |f| {
+            f.copy_now(&from, &to)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let key = key.to_owned();
+        self.blocking(format!("deleting {}", self.object_url(&key)), move |f| {
+            f.delete_now(&key)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.blocking(format!("reaching {}", self.url()), |f| f.ping_now())
+            .await
+    }
+}
+
+enum Listed {
+    Object(Result<ObjectMeta>),
+    End,
+}
+
+/// Why `key` cannot name a file inside the folder, if it cannot.
+fn key_fault(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        return Some("it is empty");
+    }
+    if key.contains('\0') {
+        return Some("it holds a NUL character");
+    }
+    if key.starts_with('/') {
+        return Some("it is an absolute path");
+    }
+    key.split('/').find_map(|component| match component {
+        "" => Some("it has an empty path component"),
+        "." | ".." => Some("it has a `.` or `..` path component"),
+        _ => None,
+    })
+}
+
+/// Whether `path` lies inside `root` (both absolute, `root` resolved) once the symbolic links
+/// of its deepest existing ancestor (or itself) are followed; the rest does not exist yet.
+fn stays_inside(root: &Path, path: &Path) -> io::Result<bool> {
+    for existing in path.ancestors() {
+        match fs::canonicalize(existing) {
+            Ok(real) => return Ok(real.starts_with(root)),
+            Err(e) if absent(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Not there: no such file, or a file where the path needs a folder.
+fn absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// Write `source`'s bytes to the new file `target`, never replacing one, creating its folders.
+fn copy_new(source: &Path, target: &Path) -> io::Result<()> {
+    let mut input = File::open(source)?;
+    let metadata = input.metadata()?;
+    if !metadata.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the source is not a regular file",
+        ));
+    }
+    // Early answer for the common case; the rename below is what guarantees it.
+    if fs::symlink_metadata(target).is_ok() {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    let folder = target
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no parent folder"))?;
+    fs::create_dir_all(folder)?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".reconcile-")
+        .tempfile_in(folder)?;
+    io::copy(&mut input, temp.as_file_mut())?;
+    temp.as_file().set_permissions(metadata.permissions())?;
+    temp.as_file().sync_all()?;
+    let temp = temp.into_temp_path();
+    rename_noreplace(&temp, target)?;
+    // Renamed away: nothing left for the guard to delete.
+    let _ = temp.keep();
+    // The new name survives a crash only once its folder is synced.
+    File::open(folder)?.sync_all()
+}
+
+/// Give `from` the name `to`, never replacing a file there: `renameat2(RENAME_NOREPLACE)` where
+/// the file system has it, else `link` then `unlink` (tempfile's `persist_noclobber`). On failure
+/// `from` keeps its name. A quarantine that moves instead of copying would call this directly.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let mut path = TempPath::try_from_path(from)?;
+    // `from` is no temporary file of ours: never delete it, whatever happens.
+    path.disable_cleanup(true);
+    path.persist_noclobber(to).map_err(|e| e.error)
+}
+
+/// Unlink `path` if it is still the file whose ETag is `etag` (any file when `None`). Returns
+/// false when the file changed, and nothing was removed. POSIX has no conditional unlink: the
+/// check and the unlink are two calls, microseconds apart. A missing file counts as removed when
+/// no ETag is asked for (S3 answers a delete of a missing key the same way).
+fn unlink_if_same(path: &Path, etag: Option<&str>) -> io::Result<bool> {
+    if let Some(expected) = etag {
+        match fs::metadata(path) {
+            Ok(m) if m.is_file() && etag_of(&m) == expected => {}
+            Ok(_) => return Ok(false),
+            Err(e) if absent(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if absent(&e) => Ok(etag.is_none()),
+        Err(e) => Err(e),
+    }
+}
+
+/// An ETag from facts that change whenever the file's content may have: size, modification time
+/// to the nanosecond, inode (a replacement is a new inode even with the same size and mtime).
+fn etag_of(m: &Metadata) -> String {
+    let mtime_nanos = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+    format!("\"{:x}-{:x}-{:x}\"", m.len(), mtime_nanos, m.ino())
+}
+
+fn object_meta(key: String, m: &Metadata) -> ObjectMeta {
+    ObjectMeta {
+        key,
+        size: i64::try_from(m.len()).unwrap_or(i64::MAX),
+        etag: Some(etag_of(m)),
+        // A time chrono cannot hold cannot be judged old: it stays in grace.
+        last_modified: u32::try_from(m.mtime_nsec())
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(m.mtime(), nanos))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    }
+}
+
+/// The listing: depth first, each folder's entries sorted by the key they lead to, a file by its
+/// name and a folder by its name followed by `/`. That is byte order across folders, where a
+/// plain sorted walk is not: it yields `a/b` before `a-b`, S3 the reverse (`-` is 0x2D, `/`
+/// 0x2F). Sorting by the produced key is enough because no two entries of a folder lead to
+/// overlapping key ranges: a folder's keys all start with `name/`, and no other entry's key does.
+/// Memory: the entries of one folder per level of the current path. After an error it ends.
+struct Walk {
+    folder: FolderBucket,
+    prefix: String,
+    state: WalkState,
+}
+
+enum WalkState {
+    Start,
+    Walking { root: PathBuf, levels: Vec<Level> },
+    Done,
+}
+
+/// One folder being walked: its key prefix (`docs/`, or empty for the root) and the entries
+/// still to visit, in key order.
+struct Level {
+    key_prefix: String,
+    entries: std::vec::IntoIter<Entry>,
+}
+
+struct Entry {
+    name: String,
+    folder: bool,
+}
+
+impl Entry {
+    fn sort_key(&self) -> impl Iterator<Item = u8> + '_ {
+        self.name.bytes().chain(self.folder.then_some(b'/'))
+    }
+}
+
+impl Walk {
+    fn new(folder: FolderBucket, prefix: String) -> Self {
+        Walk {
+            folder,
+            prefix,
+            state: WalkState::Start,
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::storage(
+            format!("listing {}", self.folder.object_url(&self.prefix)),
+            message,
+        )
+    }
+
+    /// The first level: the folder the prefix names up to its last `/`, keeping the entries
+    /// whose names start with the rest (`docs/ab` lists `docs/` for names starting `ab`).
+    fn start(&self) -> Result<(PathBuf, Vec<Level>)> {
+        let root = self.folder.real_root()?;
+        let (folder_part, name_part) = match self.prefix.rfind('/') {
+            Some(i) => self.prefix.split_at(i + 1),
+            None => ("", self.prefix.as_str()),
+        };
+        if !folder_part.is_empty() {
+            let folder_key = &folder_part[..folder_part.len() - 1];
+            let context = format!("listing {}", self.folder.object_url(&self.prefix));
+            self.folder.resolve(&root, folder_key, &context)?;
+        }
+        let levels = self.read_level(&root, folder_part, name_part)?;
+        Ok((root, levels.into_iter().collect()))
+    }
+
+    /// The entries of the folder at `key_prefix`, sorted by key; `None` when it does not exist
+    /// (never created, or removed since its parent was read).
+    fn read_level(&self, root: &Path, key_prefix: &str, name_part: &str) -> Result<Option<Level>> {
+        let path = root.join(key_prefix);
+        let reader = match fs::read_dir(&path) {
+            Ok(reader) => reader,
+            Err(e) if absent(&e) => return Ok(None),
+            Err(e) => return Err(self.error(format!("reading {}: {e}", path.display()))),
+        };
+        let mut entries = Vec::new();
+        for entry in reader {
+            let entry =
+                entry.map_err(|e| self.error(format!("reading {}: {e}", path.display())))?;
+            let name = entry.file_name().into_string().map_err(|raw| {
+                self.error(format!(
+                    "{} has a file name that is not UTF-8, which no key can name; rename it",
+                    path.join(raw).display()
+                ))
+            })?;
+            if !name.starts_with(name_part) {
+                continue;
+            }
+            let kind = entry
+                .file_type()
+                .map_err(|e| self.error(format!("reading {}: {e}", entry.path().display())))?;
+            let folder = self.is_folder(root, &entry.path(), kind)?;
+            entries.push(Entry { name, folder });
+        }
+        entries.sort_by(|a, b| a.sort_key().cmp(b.sort_key()));
+        Ok(Some(Level {
+            key_prefix: key_prefix.to_owned(),
+            entries: entries.into_iter(),
+        }))
+    }
+
+    /// Whether the entry at `path` is a folder to walk into (else a file to list); anything
+    /// else is an error, never skipped: a symbolic link is followed only to a file inside the
+    /// folder.
+    fn is_folder(&self, root: &Path, path: &Path, kind: fs::FileType) -> Result<bool> {
+        if kind.is_dir() {
+            return Ok(true);
+        }
+        if kind.is_file() {
+            return Ok(false);
+        }
+        if !kind.is_symlink() {
+            return Err(self.error(format!(
+                "{} is neither a regular file nor a folder",
+                path.display()
+            )));
+        }
+        let target = fs::canonicalize(path).map_err(|e| {
+            self.error(format!(
+                "the symbolic link {} leads nowhere usable: {e}",
+                path.display()
+            ))
+        })?;
+        if !target.starts_with(root) {
+            return Err(self.error(format!(
+                "the symbolic link {} leads out of the folder",
+                path.display()
+            )));
+        }
+        match fs::metadata(&target) {
+            Ok(m) if m.is_file() => Ok(false),
+            Ok(_) => Err(self.error(format!(
+                "the symbolic link {} leads to a folder, which is not followed",
+                path.display()
+            ))),
+            Err(e) => Err(self.error(format!("reading {}: {e}", target.display()))),
+        }
+    }
+
+    fn advance(&mut self) -> Option<Result<ObjectMeta>> {
+        loop {
+            let (root, levels) = match &mut self.state {
+                WalkState::Done => return None,
+                WalkState::Start => {
+                    match self.start() {
+                        Ok((root, levels)) => self.state = WalkState::Walking { root, levels },
+                        Err(e) => return Some(Err(e)),
+                    }
+                    continue;
+                }
+                WalkState::Walking { root, levels } => (root, levels),
+            };
+            let level = levels.last_mut()?;
+            let Some(entry) = level.entries.next() else {
+                levels.pop();
+                continue;
+            };
+            let key = format!("{}{}", level.key_prefix, entry.name);
+            let path = root.join(&key);
+            if entry.folder {
+                let root = root.clone();
+                match self.read_level(&root, &format!("{key}/"), "") {
+                    Ok(Some(level)) => {
+                        if let WalkState::Walking { levels, .. } = &mut self.state {
+                            levels.push(level);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+                continue;
+            }
+            match fs::metadata(&path) {
+                Ok(m) if m.is_file() => return Some(Ok(object_meta(key, &m))),
+                // Deleted since its folder was read: it is not there, as S3 would say.
+                Err(e) if absent(&e) => continue,
+                Ok(_) => {
+                    return Some(Err(self.error(format!(
+                        "{} stopped being a regular file during the listing",
+                        path.display()
+                    ))));
+                }
+                Err(e) => {
+                    return Some(Err(self.error(format!("reading {}: {e}", path.display()))));
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for Walk {
+    type Item = Result<ObjectMeta>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.advance();
+        if !matches!(item, Some(Ok(_))) {
+            self.state = WalkState::Done;
+        }
+        item
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+
+    fn folder() -> (tempfile::TempDir, FolderBucket) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bucket = FolderBucket::new(dir.path());
+        (dir, bucket)
+    }
+
+    fn put(root: &Path, key: &str, body: &str) {
+        let path = root.join(key);
+        fs::create_dir_all(path.parent().expect("parent")).expect("create folders");
+        fs::write(path, body).expect("write file");
+    }
+
+    fn keys(bucket: &FolderBucket, prefix: &str) -> Result<Vec<String>> {
+        Walk::new(bucket.clone(), prefix.to_owned())
+            .map(|o| o.map(|o| o.key))
+            .collect()
+    }
+
+    fn error_of<T: std::fmt::Debug>(result: Result<T>) -> String {
+        match result {
+            Err(e) => e.to_string(),
+            Ok(v) => panic!("expected an error, got {v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sibling_that_sorts_between_a_folder_and_its_slash_comes_first() {
+        let (dir, bucket) = folder();
+        for key in [
+            "a/b", "a-b", "a.b", "a0", "a/a/z", "a/-", "b~", "é/x", "b/c/d",
+        ] {
+            put(dir.path(), key, key);
+        }
+        assert_eq!(
+            keys(&bucket, "").expect("listing"),
+            [
+                "a-b", "a.b", "a/-", "a/a/z", "a/b", "a0", "b/c/d", "b~", "é/x"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_prefix_may_end_inside_a_name_or_at_a_folder() {
+        let (dir, bucket) = folder();
+        for key in ["docs/abc", "docs/ab/x", "docs/b", "docs-x", "other/abc"] {
+            put(dir.path(), key, key);
+        }
+        assert_eq!(
+            keys(&bucket, "docs/ab").expect("listing"),
+            ["docs/ab/x", "docs/abc"]
+        );
+        assert_eq!(
+            keys(&bucket, "docs/").expect("listing"),
+            ["docs/ab/x", "docs/abc", "docs/b"]
+        );
+        assert_eq!(
+            keys(&bucket, "docs").expect("listing"),
+            ["docs-x", "docs/ab/x", "docs/abc", "docs/b"]
+        );
+        assert_eq!(
+            keys(&bucket, "nothing/here").expect("listing"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            keys(&bucket, "docs/b/").expect("a file is no folder"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn empty_folders_list_as_nothing() {
+        let (dir, bucket) = folder();
+        fs::create_dir_all(dir.path().join("a/b/c")).expect("folders");
+        fs::create_dir_all(dir.path().join("d")).expect("folders");
+        assert_eq!(keys(&bucket, "").expect("listing"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_missing_root_is_an_error_not_an_empty_listing() {
+        let (dir, _) = folder();
+        let bucket = FolderBucket::new(&dir.path().join("unmounted"));
+        let error = error_of(keys(&bucket, ""));
+        assert!(error.contains("unmounted"), "{error}");
+    }
+
+    #[test]
+    fn a_file_name_that_is_not_utf8_stops_the_listing_naming_the_path() {
+        let (dir, bucket) = folder();
+        put(dir.path(), "docs/a", "a");
+        fs::write(
+            dir.path()
+                .join("docs")
+                .join(std::ffi::OsStr::from_bytes(b"bad\xff")),
+            "x",
+        )
+        .expect("write");
+        let mut walk = Walk::new(bucket, String::new());
+        let error = error_of(walk.by_ref().collect::<Result<Vec<_>>>());
+        assert!(error.contains("docs/bad"), "{error}");
+        assert!(error.contains("not UTF-8"), "{error}");
+        assert!(walk.next().is_none(), "the listing ends at its error");
+    }
+
+    #[tokio::test]
+    async fn keys_that_would_leave_the_folder_are_refused_by_every_operation() {
+        let (dir, bucket) = folder();
+        put(dir.path(), "docs/a", "a");
+        for key in [
+            "../x",
+            "docs/../../x",
+            "/etc/passwd",
+            "docs//a",
+            "docs/./a",
+            "docs/a/",
+            "",
+            "a\0b",
+            "..",
+        ] {
+            for error in [
+                error_of(bucket.head(key).await),
+                error_of(bucket.copy("docs/a", key).await),
+                error_of(bucket.copy(key, "docs/b").await),
+                error_of(bucket.delete(key).await),
+            ] {
+                assert!(
+                    error.contains(&format!("refused key {key:?}")),
+                    "{key:?}: {error}"
+                );
+            }
+        }
+        let listing = error_of(keys(&bucket, "../"));
+        assert!(listing.contains("refused key \"..\""), "{listing}");
+        assert!(!dir.path().join("docs/b").exists());
+    }
+
+    #[tokio::test]
+    async fn symbolic_links_are_not_followed_out_of_the_folder() {
+        let outside = tempfile::tempdir().expect("temp dir");
+        fs::write(outside.path().join("secret"), "secret").expect("write");
+        let (dir, bucket) = folder();
+        put(dir.path(), "docs/a", "a");
+        symlink(outside.path(), dir.path().join("docs/out")).expect("symlink");
+        symlink(outside.path().join("secret"), dir.path().join("file-out")).expect("symlink");
+
+        for key in ["docs/out/secret", "file-out", "docs/out/new"] {
+            let error = error_of(bucket.head(key).await);
+            assert!(
+                error.contains("leads it out of the folder"),
+                "{key}: {error}"
+            );
+            let error = error_of(bucket.delete(key).await);
+            assert!(
+                error.contains("leads it out of the folder"),
+                "{key}: {error}"
+            );
+        }
+        error_of(bucket.copy("docs/a", "docs/out/new").await);
+        error_of(bucket.copy("file-out", "docs/stolen").await);
+        assert!(!outside.path().join("new").exists());
+        assert!(!dir.path().join("docs/stolen").exists());
+        assert!(outside.path().join("secret").exists());
+
+        let listing = error_of(keys(&bucket, ""));
+        assert!(listing.contains("leads out of the folder"), "{listing}");
+    }
+
+    #[tokio::test]
+    async fn a_symbolic_link_to_a_file_inside_is_listed_as_that_file() {
+        let (dir, bucket) = folder();
+        put(dir.path(), "real/a", "body");
+        symlink(dir.path().join("real/a"), dir.path().join("link")).expect("symlink");
+        let listed: Vec<ObjectMeta> = Walk::new(bucket.clone(), String::new())
+            .collect::<Result<_>>()
+            .expect("listing");
+        assert_eq!(
+            listed.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+            ["link", "real/a"]
+        );
+        assert_eq!(listed[0].etag, listed[1].etag, "the same file");
+        let head = bucket.head("link").await.expect("head").expect("present");
+        assert_eq!(head.etag, listed[0].etag);
+    }
+
+    /// Names a file system treats specially or a naive path join would misread; the
+    /// conformance suite runs copy and delete over the names both backends share.
+    #[tokio::test]
+    async fn hostile_names_are_keys_exactly_as_named_on_disk() {
+        let (dir, bucket) = folder();
+        let names = [
+            "docs/a b",
+            "docs/a+b%20",
+            "docs/ünï/cödé",
+            "docs/new\nline",
+            "docs/tab\there",
+            "docs/a..b",
+            "docs/...",
+            "docs/.hidden",
+            "docs/back\\slash",
+            "docs/ctl\u{1}x",
+        ];
+        for name in names {
+            put(dir.path(), name, name);
+        }
+        let mut sorted = names.map(str::to_owned).to_vec();
+        sorted.sort();
+        assert_eq!(keys(&bucket, "docs/").expect("listing"), sorted);
+        for name in names {
+            let head = bucket.head(name).await.expect("head").expect("present");
+            assert_eq!(head.size, name.len() as i64, "{name:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn head_tells_files_from_folders_and_absence() {
+        let (dir, bucket) = folder();
+        put(dir.path(), "docs/a", "12345");
+        let head = bucket.head("docs/a").await.expect("head").expect("present");
+        assert_eq!(head.size, 5);
+        let listed = keys_meta(&bucket);
+        assert_eq!(
+            listed,
+            vec![head.clone()],
+            "listing and HEAD agree on every fact"
+        );
+        assert_eq!(
+            bucket.head("docs").await.expect("head"),
+            None,
+            "a folder is no object"
+        );
+        assert_eq!(bucket.head("docs/b").await.expect("head"), None);
+        assert_eq!(bucket.head("docs/a/below").await.expect("head"), None);
+
+        // A rewrite with the same size is a new ETag.
+        let replacement = dir.path().join("docs/.replacement");
+        fs::write(&replacement, "54321").expect("write");
+        fs::rename(&replacement, dir.path().join("docs/a")).expect("replace");
+        let again = bucket.head("docs/a").await.expect("head").expect("present");
+        assert_ne!(again.etag, head.etag);
+    }
+
+    fn keys_meta(bucket: &FolderBucket) -> Vec<ObjectMeta> {
+        Walk::new(bucket.clone(), String::new())
+            .collect::<Result<_>>()
+            .expect("listing")
+    }
+
+    #[tokio::test]
+    async fn a_copy_never_replaces_a_file_and_keeps_the_source() {
+        let (dir, bucket) = folder();
+        put(dir.path(), "docs/a", "v2");
+        put(dir.path(), "quarantine/docs/a", "v1");
+        let error = error_of(bucket.copy("docs/a", "quarantine/docs/a").await);
+        assert!(error.contains("already exists"), "{error}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("quarantine/docs/a")).expect("read"),
+            "v1"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("docs/a")).expect("read"),
+            "v2"
+        );
+        let error = error_of(bucket.copy("docs/none", "docs/b").await);
+        assert!(error.contains("\"docs/none\" does not exist"), "{error}");
+        // No temporary file is left behind by either refusal.
+        assert_eq!(
+            keys(&bucket, "").expect("listing"),
+            ["docs/a", "quarantine/docs/a"]
+        );
+    }
+
+    #[test]
+    fn rename_noreplace_refuses_a_taken_name_and_keeps_both_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        fs::write(&from, "new").expect("write");
+        fs::write(&to, "old").expect("write");
+        let error = rename_noreplace(&from, &to).expect_err("taken");
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&from).expect("kept"), "new");
+        assert_eq!(fs::read_to_string(&to).expect("kept"), "old");
+        fs::remove_file(&to).expect("free the name");
+        rename_noreplace(&from, &to).expect("free name");
+        assert!(!from.exists());
+        assert_eq!(fs::read_to_string(&to).expect("moved"), "new");
+    }
+
+    #[test]
+    fn unlink_if_same_leaves_a_changed_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("a");
+        fs::write(&path, "v1").expect("write");
+        let seen = etag_of(&fs::metadata(&path).expect("stat"));
+        let replacement = dir.path().join("b");
+        fs::write(&replacement, "v2").expect("write");
+        fs::rename(&replacement, &path).expect("replace");
+        assert!(!unlink_if_same(&path, Some(&seen)).expect("checked"));
+        assert!(path.exists());
+        let now = etag_of(&fs::metadata(&path).expect("stat"));
+        assert!(unlink_if_same(&path, Some(&now)).expect("same"));
+        assert!(!path.exists());
+        assert!(unlink_if_same(&path, None).expect("a missing file is deleted already"));
+    }
+
+    #[tokio::test]
+    async fn delete_leaves_the_folders_and_the_listing_ignores_them() {
+        let (dir, bucket) = folder();
+        put(dir.path(), "docs/sub/a", "a");
+        bucket.delete("docs/sub/a").await.expect("delete");
+        assert!(dir.path().join("docs/sub").is_dir());
+        assert_eq!(keys(&bucket, "").expect("listing"), Vec::<String>::new());
+        bucket
+            .delete("docs/sub/a")
+            .await
+            .expect("deleting a missing key is no error");
+    }
+
+    #[tokio::test]
+    async fn ping_needs_a_readable_folder() {
+        let (dir, bucket) = folder();
+        bucket.ping().await.expect("a folder");
+        put(dir.path(), "file", "x");
+        let error = error_of(FolderBucket::new(&dir.path().join("file")).ping().await);
+        assert!(error.contains("not a folder"), "{error}");
+        let error = error_of(FolderBucket::new(&dir.path().join("none")).ping().await);
+        assert!(error.contains("none"), "{error}");
+        assert_eq!(bucket.url(), format!("file://{}", dir.path().display()));
+        assert_eq!(
+            FolderBucket::new(Path::new("/srv/up/")).url(),
+            "file:///srv/up"
+        );
+        assert_eq!(
+            FolderBucket::new(Path::new("/")).object_url("a"),
+            "file:///a"
+        );
+    }
+
+    mod byte_order {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Path components over characters on both sides of `/` (0x2F): `-` and `.` below it,
+        /// digits, letters, `~` and a two-byte character above it.
+        fn component() -> impl Strategy<Value = String> {
+            proptest::string::string_regex("[-.0a~é]{1,3}")
+                .expect("regex")
+                .prop_filter("not . or ..", |c| c != "." && c != "..")
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            proptest::collection::vec(component(), 1..4).prop_map(|parts| parts.join("/"))
+        }
+
+        /// Keys that can coexist as files: none is a folder of another.
+        fn tree(keys: Vec<String>) -> Vec<String> {
+            let mut kept: Vec<String> = Vec::new();
+            for key in keys {
+                let clash = kept.iter().any(|k| {
+                    *k == key
+                        || k.starts_with(&format!("{key}/"))
+                        || key.starts_with(&format!("{k}/"))
+                });
+                if !clash {
+                    kept.push(key);
+                }
+            }
+            kept
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+            #[test]
+            fn the_walk_lists_exactly_the_sorted_keys(
+                keys in proptest::collection::vec(key(), 1..16),
+                cut in any::<prop::sample::Index>(),
+                pick in any::<prop::sample::Index>(),
+            ) {
+                let keys = tree(keys);
+                let (dir, bucket) = folder();
+                for key in &keys {
+                    put(dir.path(), key, "x");
+                }
+                let mut expected = keys.clone();
+                expected.sort();
+                prop_assert_eq!(super::keys(&bucket, "").expect("listing"), expected.clone());
+
+                // A prefix cut anywhere in a key, inside a name or at a `/`.
+                let picked = &keys[pick.index(keys.len())];
+                let bounds: Vec<usize> = (0..=picked.len()).filter(|i| picked.is_char_boundary(*i)).collect();
+                let prefix = &picked[..bounds[cut.index(bounds.len())]];
+                let filtered: Vec<String> = expected.into_iter().filter(|k| k.starts_with(prefix)).collect();
+                prop_assert_eq!(super::keys(&bucket, prefix).expect("listing"), filtered, "prefix {:?}", prefix);
+            }
+        }
+    }
+}
