@@ -6,13 +6,13 @@ use crate::bucket::s3::S3Bucket;
 use crate::catalog::Catalog;
 use crate::catalog::postgres::PgCatalog;
 use crate::cli::{Cli, Command, SweepArgs};
-use crate::config::{Config, Overrides, redact_url};
+use crate::config::{Config, Overrides};
 use crate::error::{Error, Result};
 use crate::execute::AfterUpload;
 use crate::model::Status;
 use crate::report::{self, Format};
 use crate::sweep::{Options, Progress, Quiet, Sweep};
-use crate::{explain, progress};
+use crate::{explain, progress, redact};
 use chrono::Utc;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::sync::Arc;
@@ -95,7 +95,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             bucket.ping().await?;
             println!(
                 "ok: database {} (table {}), bucket {} (prefix {:?})",
-                redact_url(config.database.url.as_deref().unwrap_or_default()),
+                redact::url(config.database.url.as_deref().unwrap_or_default()),
                 config.database.table.quoted(),
                 bucket.url(),
                 config.storage.prefix
@@ -105,7 +105,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     crate::events::sqs::client(&config.events, config.storage.region.as_deref())
                         .await;
                 crate::events::sqs::check_queue(&client, queue_url).await?;
-                println!("ok: queue {queue_url}");
+                println!("ok: queue {}", redact::url(queue_url));
             }
             Ok(OK)
         }

@@ -444,7 +444,7 @@ impl Config {
                     "database.url",
                     format!(
                         "{} is not a postgres:// URL (the only database supported so far)",
-                        redact_url(url)
+                        crate::redact::url(url)
                     ),
                 ));
             }
@@ -680,24 +680,6 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A URL fit for logs and errors: the password replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -813,14 +795,5 @@ mod tests {
         assert_eq!(c.database.statuses.status("new"), Some(Status::Pending));
         assert_eq!(c.database.statuses.status("pending"), None);
         assert_eq!(c.database.statuses.word(Status::Processed), "ready");
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/app"),
-            "postgres://app:***@db:5432/app"
-        );
-        assert_eq!(redact_url("postgres://app@db/app"), "postgres://app@db/app");
     }
 }

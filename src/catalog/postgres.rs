@@ -2,9 +2,10 @@
 //! config validated and this module quotes.
 
 use super::{AuditEntry, Catalog, KeyEvent, SweepLock, SweepRecord, Transaction};
-use crate::config::{DatabaseConfig, StatusWords, redact_url};
+use crate::config::{DatabaseConfig, StatusWords};
 use crate::error::{Error, Result};
 use crate::model::{Job, JobState, ObjectMeta, Record, Status};
+use crate::redact;
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use sqlx::Connection;
@@ -45,7 +46,7 @@ impl PgCatalog {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await
-            .map_err(|e| Error::database(format!("connecting to {}", redact_url(url)), e))?;
+            .map_err(|e| Error::database(format!("connecting to {}", redact::url(url)), e))?;
         let table = config.table.quoted();
         let types = column_types(&pool, config, &table).await?;
         let jobs_table: Option<String> =

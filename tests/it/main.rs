@@ -8,4 +8,5 @@ mod explain;
 mod helpers;
 mod operations;
 mod processing;
+mod secrets;
 mod sweep;
