@@ -21,7 +21,11 @@ use std::sync::Arc;
 pub const OK: i32 = 0;
 pub const DRIFT: i32 = 3;
 
+/// Credentials the AWS SDK reads from the environment by itself: hidden like configured secrets.
+const SECRET_ENV: [&str; 2] = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+
 pub async fn run(cli: Cli) -> Result<i32> {
+    redact::remember_env(&SECRET_ENV);
     let overrides = Overrides {
         config_file: cli.global.config.clone(),
         database_url: cli.global.database_url.clone(),
@@ -38,6 +42,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         ));
     }
     let config = Config::load(&overrides)?;
+    redact::remember(config.secrets());
     match cli.command.unwrap_or(Command::Sweep(cli.sweep)) {
         Command::Sweep(args) => sweep(&config, &args).await,
         Command::Explain { id_or_key, format } => {

@@ -428,6 +428,26 @@ impl Config {
         Ok(config)
     }
 
+    /// The secret values this configuration holds (passwords and tokens in its URLs, the webhook's
+    /// whole query), so that `redact::text` hides them wherever a client library repeats them.
+    pub fn secrets(&self) -> Vec<String> {
+        let urls = [
+            &self.database.url,
+            &self.storage.endpoint_url,
+            &self.events.queue_url,
+            &self.events.endpoint_url,
+        ];
+        let mut secrets: Vec<String> = urls
+            .into_iter()
+            .flatten()
+            .flat_map(|url| crate::redact::secrets_in_url(url))
+            .collect();
+        if let Some(url) = &self.processing.url {
+            secrets.extend(crate::redact::secrets_in_endpoint(url));
+        }
+        secrets
+    }
+
     /// Checks that span keys, or that serde cannot express.
     pub fn validate(&self) -> Result<()> {
         let db = &self.database;

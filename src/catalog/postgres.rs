@@ -1,5 +1,6 @@
 //! The catalog on PostgreSQL. All SQL of the app table is built once, here, from identifiers that
-//! config validated and this module quotes.
+//! config validated and this module quotes. Free text (a job's last error, an audit detail, a
+//! sweep's error) is written through `redact::text`: the tables are read by people too.
 
 use super::{AuditEntry, Catalog, KeyEvent, SweepLock, SweepRecord, Transaction};
 use crate::config::{DatabaseConfig, StatusWords};
@@ -270,7 +271,7 @@ impl Catalog for PgCatalog {
         .bind(i64::try_from(sweep.records_scanned).unwrap_or(i64::MAX))
         .bind(&sweep.counts)
         .bind(sweep.outcome)
-        .bind(&sweep.error)
+        .bind(sweep.error.as_deref().map(redact::text))
         .execute(&self.pool)
         .await
         .map_err(|e| Error::database("recording the sweep in reconciler.sweeps", e))?;
@@ -477,7 +478,7 @@ impl Transaction for PgTransaction<'_> {
         .bind(&entry.key)
         .bind(&entry.old_status)
         .bind(&entry.new_status)
-        .bind(&entry.detail)
+        .bind(redact::text(&entry.detail))
         .execute(&mut *self.tx)
         .await
         .map_err(|e| Error::database("writing reconciler.audit_log", e))?;
@@ -532,7 +533,7 @@ impl Transaction for PgTransaction<'_> {
         .bind(job.next_attempt_at)
         .bind(job.lease_until)
         .bind(&job.leased_by)
-        .bind(&job.last_error)
+        .bind(job.last_error.as_deref().map(redact::text))
         .execute(&mut *self.tx)
         .await
         .map_err(|e| Error::database(format!("writing the job of {:?}", job.doc_id), e))?;
