@@ -595,7 +595,10 @@ impl Config {
                 Some(url) => {
                     return Err(Error::config(
                         "processing.url",
-                        format!("{url:?} is not an http:// or https:// URL"),
+                        format!(
+                            "{:?} is not an http:// or https:// URL",
+                            crate::redact::endpoint(url)
+                        ),
                     ));
                 }
                 None => {

@@ -152,3 +152,19 @@ async fn a_database_password_in_the_query_or_holding_url_delimiters_is_never_pri
         }
     }
 }
+
+#[tokio::test]
+async fn a_webhook_url_refused_by_the_config_is_named_without_its_query() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let run = Reconcile::new(&db, &bucket)
+        .set("processing.hook", "webhook")
+        .set("processing.url", "ftp://h/hook?sig2=QUERYSECRET123")
+        .run(&["check-config"])
+        .await;
+    let stderr = run.stderr.trim();
+    assert_eq!(run.code, 2, "{stderr}");
+    assert!(stderr.contains("processing.url"), "{stderr}");
+    assert!(stderr.contains("ftp://h/hook?***"), "{stderr}");
+    assert_no_secret("check-config's stderr", stderr, &["QUERYSECRET123"]);
+}
