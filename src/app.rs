@@ -7,14 +7,14 @@ use crate::bucket::s3::S3Bucket;
 use crate::catalog::postgres::PgCatalog;
 use crate::catalog::{Catalog, Scope};
 use crate::cli::{Cli, Command, SweepArgs};
-use crate::config::{BucketLocation, Config, Overrides, redact_url};
+use crate::config::{BucketLocation, Config, Overrides};
 use crate::error::{Error, Result};
 use crate::execute::AfterUpload;
 use crate::model::Status;
 use crate::processing::IfRunning;
 use crate::report::{self, Format};
 use crate::sweep::{Options, Progress, Quiet, Sweep};
-use crate::{explain, progress};
+use crate::{explain, progress, redact};
 use chrono::Utc;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::sync::Arc;
@@ -23,7 +23,11 @@ use std::sync::Arc;
 pub const OK: i32 = 0;
 pub const DRIFT: i32 = 3;
 
+/// Credentials the AWS SDK reads from the environment by itself: hidden like configured secrets.
+const SECRET_ENV: [&str; 2] = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+
 pub async fn run(cli: Cli) -> Result<i32> {
+    redact::remember_env(&SECRET_ENV);
     let overrides = Overrides {
         config_file: cli.global.config.clone(),
         database_url: cli.global.database_url.clone(),
@@ -40,6 +44,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         ));
     }
     let config = Config::load(&overrides)?;
+    redact::remember(config.secrets());
     match cli.command.unwrap_or(Command::Sweep(cli.sweep)) {
         Command::Sweep(args) => sweep(&config, &args).await,
         Command::Explain { id_or_key, format } => {
@@ -105,7 +110,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             bucket.ping().await?;
             println!(
                 "ok: database {} (table {}), bucket {} (prefix {:?})",
-                redact_url(config.database.url.as_deref().unwrap_or_default()),
+                redact::url(config.database.url.as_deref().unwrap_or_default()),
                 config.database.table.quoted(),
                 bucket.url(),
                 config.storage.prefix
@@ -115,7 +120,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                     crate::events::sqs::client(&config.events, config.storage.region.as_deref())
                         .await;
                 crate::events::sqs::check_queue(&client, queue_url).await?;
-                println!("ok: queue {queue_url}");
+                println!("ok: queue {}", redact::url(queue_url));
             }
             Ok(OK)
         }

@@ -507,6 +507,26 @@ impl Config {
         Ok(config)
     }
 
+    /// The secret values this configuration holds (passwords and tokens in its URLs, the webhook's
+    /// whole query), so that `redact::text` hides them wherever a client library repeats them.
+    pub fn secrets(&self) -> Vec<String> {
+        let urls = [
+            &self.database.url,
+            &self.storage.endpoint_url,
+            &self.events.queue_url,
+            &self.events.endpoint_url,
+        ];
+        let mut secrets: Vec<String> = urls
+            .into_iter()
+            .flatten()
+            .flat_map(|url| crate::redact::secrets_in_url(url))
+            .collect();
+        if let Some(url) = &self.processing.url {
+            secrets.extend(crate::redact::secrets_in_endpoint(url));
+        }
+        secrets
+    }
+
     /// Checks that span keys, or that serde cannot express.
     pub fn validate(&self) -> Result<()> {
         let db = &self.database;
@@ -523,7 +543,7 @@ impl Config {
                     "database.url",
                     format!(
                         "{} is not a postgres:// URL (the only database supported so far)",
-                        redact_url(url)
+                        crate::redact::url(url)
                     ),
                 ));
             }
@@ -671,7 +691,10 @@ impl Config {
                 Some(url) => {
                     return Err(Error::config(
                         "processing.url",
-                        format!("{url:?} is not an http:// or https:// URL"),
+                        format!(
+                            "{:?} is not an http:// or https:// URL",
+                            crate::redact::endpoint(url)
+                        ),
                     ));
                 }
                 None => {
@@ -791,24 +814,6 @@ fn from_figment(error: figment::Error) -> Error {
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// A URL fit for logs and errors: the password replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
 }
 
 #[cfg(test)]
@@ -983,14 +988,5 @@ mod tests {
             ));
             assert_eq!(key_of(result), key, "{setting}");
         }
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/app"),
-            "postgres://app:***@db:5432/app"
-        );
-        assert_eq!(redact_url("postgres://app@db/app"), "postgres://app@db/app");
     }
 }

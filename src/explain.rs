@@ -93,12 +93,14 @@ pub async fn explain(
 }
 
 pub fn print(explanation: &Explanation, format: Format, out: &mut dyn Write) -> Result<()> {
+    // Errors kept in the job and the audit log may predate the redaction of the tables.
     let text = match format {
         Format::Json | Format::Jsonl => serde_json::to_string_pretty(explanation)
             .map_err(|e| Error::io("writing the explanation", e.into()))?,
         Format::Table => table(explanation),
     };
-    writeln!(out, "{text}").map_err(|e| Error::io("writing the explanation", e))
+    writeln!(out, "{}", crate::redact::text(&text))
+        .map_err(|e| Error::io("writing the explanation", e))
 }
 
 fn time(t: DateTime<Utc>) -> String {

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod processing;
 pub mod progress;
+pub mod redact;
 pub mod report;
 pub mod server;
 pub mod sweep;

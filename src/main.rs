@@ -1,5 +1,5 @@
 use clap::Parser;
-use upload_reconciler::{app, cli::Cli, telemetry};
+use upload_reconciler::{app, cli::Cli, redact, telemetry};
 
 fn main() {
     let cli = Cli::parse();
@@ -14,7 +14,7 @@ fn main() {
     let code = match runtime.block_on(app::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("reconcile: {e}");
+            eprintln!("reconcile: {}", redact::text(&e.to_string()));
             e.exit_code()
         }
     };

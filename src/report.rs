@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::{Finding, FindingKind, Outcome};
+use crate::redact;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use std::io::Write;
@@ -105,8 +106,8 @@ struct Line<'a> {
     applied: bool,
     result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    detail: &'a str,
+    reason: Option<String>,
+    detail: String,
 }
 
 impl<'a> Line<'a> {
@@ -118,11 +119,12 @@ impl<'a> Line<'a> {
             action: finding.action.as_str(),
             applied: *outcome == Outcome::Applied,
             result: outcome.as_str(),
+            // Why an action failed is often a client library's error text, URLs and all.
             reason: match outcome {
-                Outcome::Skipped(reason) | Outcome::Failed(reason) => Some(reason),
+                Outcome::Skipped(reason) | Outcome::Failed(reason) => Some(redact::text(reason)),
                 _ => None,
             },
-            detail: &finding.detail,
+            detail: redact::text(&finding.detail),
         }
     }
 }
@@ -263,7 +265,7 @@ impl Sink for Table<'_> {
         }
         self.rows += 1;
         let line = Line::new(finding, outcome);
-        let mut detail = line.detail.to_owned();
+        let mut detail = line.detail;
         if let Some(reason) = line.reason {
             detail.push_str(&format!(" [{reason}]"));
         }

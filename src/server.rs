@@ -82,7 +82,10 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     if let Err(e) = state.catalog.ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n"));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", crate::redact::text(&e.to_string())),
+        );
     }
     if state.health.last_sweep_failed() {
         return (

@@ -1,7 +1,9 @@
 //! Logging setup: everything goes to stderr, so stdout carries only the report.
 
 use crate::cli::{Global, LogFormat};
+use std::io::Write;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 pub fn init_logging(global: &Global) {
     // aws-config warns at length while it walks the credential chain (IMDS and so on); what
@@ -16,9 +18,47 @@ pub fn init_logging(global: &Global) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(RedactedStderr);
     match global.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Every log line passes through `redact::text` on its way to stderr: sqlx, reqwest and the AWS
+/// SDK put URLs and headers in their messages at every level, and this is the one exit they share.
+struct RedactedStderr;
+
+impl<'a> MakeWriter<'a> for RedactedStderr {
+    type Writer = RedactedLine;
+
+    fn make_writer(&'a self) -> RedactedLine {
+        RedactedLine(Vec::new())
+    }
+}
+
+/// One formatted event (tracing-subscriber writes each in one go), redacted and written when
+/// dropped: a URL is never cut in two between writes.
+struct RedactedLine(Vec<u8>);
+
+impl Write for RedactedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactedLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let line = crate::redact::text(&String::from_utf8_lossy(&self.0));
+        // A log line that cannot be written has nowhere else to go.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }

@@ -1,12 +1,14 @@
 //! The catalog on PostgreSQL. All SQL of the app table is built once, here, from identifiers that
-//! config validated and this module quotes.
+//! config validated and this module quotes. Free text (a job's last error, an audit detail, a
+//! sweep's error) is written through `redact::text`: the tables are read by people too.
 
 use super::{
     AuditEntry, Catalog, KeyEvent, Pruned, Retention, Scope, SweepLock, SweepRecord, Transaction,
 };
-use crate::config::{DatabaseConfig, StatusWords, redact_url};
+use crate::config::{DatabaseConfig, StatusWords};
 use crate::error::{Error, Result};
 use crate::model::{Job, JobState, ObjectMeta, Record, Status};
+use crate::redact;
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use sqlx::Connection;
@@ -60,7 +62,7 @@ impl PgCatalog {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await
-            .map_err(|e| Error::database(format!("connecting to {}", redact_url(url)), e))?;
+            .map_err(|e| Error::database(format!("connecting to {}", redact::url(url)), e))?;
         let table = config.table.quoted();
         let types = column_types(&pool, config, &table).await?;
         let jobs_table: Option<String> =
@@ -545,7 +547,7 @@ impl Catalog for PgCatalog {
         .bind(i64::try_from(sweep.records_scanned).unwrap_or(i64::MAX))
         .bind(&sweep.counts)
         .bind(sweep.outcome)
-        .bind(&sweep.error)
+        .bind(sweep.error.as_deref().map(redact::text))
         .bind(&self.scope_name)
         .execute(&self.pool)
         .await
@@ -793,7 +795,7 @@ impl Transaction for PgTransaction<'_> {
         .bind(&entry.key)
         .bind(&entry.old_status)
         .bind(&entry.new_status)
-        .bind(&entry.detail)
+        .bind(redact::text(&entry.detail))
         .bind(&self.catalog.scope_name)
         .execute(&mut *self.tx)
         .await
@@ -854,7 +856,7 @@ impl Transaction for PgTransaction<'_> {
         .bind(job.next_attempt_at)
         .bind(job.lease_until)
         .bind(&job.leased_by)
-        .bind(&job.last_error)
+        .bind(job.last_error.as_deref().map(redact::text))
         .bind(&self.catalog.scope_name)
         .execute(&mut *self.tx)
         .await

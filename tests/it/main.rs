@@ -14,4 +14,5 @@ mod lookups;
 mod operations;
 mod poison;
 mod processing;
+mod secrets;
 mod sweep;
