@@ -181,6 +181,7 @@ async fn main() {
             Utc::now(),
             &mut Quiet,
             sink.as_mut(),
+            upload_reconciler::stop::never(),
         )
         .await
         .expect("sweep");

@@ -60,7 +60,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Daemon { dry_run } => {
             let options = crate::daemon::Options { dry_run };
-            crate::daemon::run(&config, options, crate::daemon::shutdown_signal()).await?;
+            crate::daemon::run(&config, options, crate::stop::signal()).await?;
             Ok(OK)
         }
         Command::Retry { id, failed } => {
@@ -133,8 +133,15 @@ async fn sweep(config: &Config, args: &SweepArgs) -> Result<i32> {
     };
     let out: Box<dyn Write + Send> = Box::new(BufWriter::new(std::io::stdout()));
     let mut sink = report::sink(default_format(args.format), out);
+    // An applying sweep stops between two actions on SIGTERM or SIGINT and says what it applied;
+    // a dry run writes nothing, so the signals' default (end at once) is right for it.
+    let stop = if args.dry_run {
+        crate::stop::never()
+    } else {
+        crate::stop::on_signal()
+    };
     let summary = sweep
-        .run(options, Utc::now(), progress.as_mut(), sink.as_mut())
+        .run(options, Utc::now(), progress.as_mut(), sink.as_mut(), stop)
         .await?;
     if summary.footer.actions.failed > 0 {
         return Err(Error::storage(

@@ -1,6 +1,6 @@
 //! `reconcile daemon`: the sidecar. Every task runs under a supervisor that restarts it with
 //! backoff if it ends or panics; one shutdown signal stops them all, each finishing the batch,
-//! job or sweep in hand, and the log says how each ended.
+//! job or action in hand, and the log says how each ended.
 //!
 //! Tasks: the HTTP server (/metrics, /healthz, /readyz), the scheduled sweeps (one replica at a
 //! time, by a Postgres advisory lock), the event pollers (when `events.queue_url` is set) and the
@@ -73,7 +73,8 @@ pub async fn run(
                             Err(e) => return tracing::error!(error = %e, "cannot bind again"),
                         },
                     };
-                    let stopping = wait_for(stopped);
+                    let mut stopped = stopped;
+                    let stopping = async move { crate::stop::requested(&mut stopped).await };
                     if let Err(e) =
                         server::serve(listener, metrics, catalog, health, stopping).await
                     {
@@ -233,14 +234,14 @@ impl Sweeper {
                 _ = stopped.changed() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            // A sweep in progress is finished before a shutdown is honoured: each of its
-            // actions is its own transaction, but the report and history should be whole.
-            self.sweep_once().await;
+            // A shutdown stops the sweep between two actions (each is its own transaction);
+            // its history row says `interrupted`.
+            self.sweep_once(&stopped).await;
         }
     }
 
     /// One scheduled sweep, if no other replica is sweeping the same table and bucket.
-    pub async fn sweep_once(&self) {
+    pub async fn sweep_once(&self, stop: &watch::Receiver<bool>) {
         let c = &self.config;
         let scope = format!(
             "{}/{}/{}",
@@ -275,7 +276,7 @@ impl Sweeper {
             force: false,
         };
         let result = sweep
-            .run(options, Utc::now(), &mut Quiet, sink.as_mut())
+            .run(options, Utc::now(), &mut Quiet, sink.as_mut(), stop.clone())
             .await;
         lock.release().await;
         match result {
@@ -293,6 +294,8 @@ impl Sweeper {
                     "sweep finished"
                 );
             }
+            // A shutdown, not a failure: readiness stays as it was.
+            Err(Error::Interrupted(interrupted)) => tracing::info!("{interrupted}"),
             Err(Error::SafetyStop(stop)) => {
                 // Deliberate, and nothing was written: an operator's call, not an outage.
                 self.health.sweep_finished(false);
@@ -350,15 +353,6 @@ async fn supervise<F, Fut>(
     }
 }
 
-/// Resolves once `stopped` turns true (or its sender is gone).
-async fn wait_for(mut stopped: watch::Receiver<bool>) {
-    while !*stopped.borrow() {
-        if stopped.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// This host's name for job leases; any stable-enough word does.
 fn host_name() -> String {
     std::env::var("HOSTNAME")
@@ -370,28 +364,4 @@ fn host_name() -> String {
                 .map(|h| h.trim().to_owned())
         })
         .unwrap_or_else(|| "reconcile".into())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

@@ -51,6 +51,47 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// A stop signal (SIGTERM, SIGINT) ended a sweep between two of its actions.
+    #[error("{0}")]
+    Interrupted(Interrupted),
+}
+
+/// How far an interrupted sweep got.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Interrupted {
+    /// Stopped while scanning: nothing was written.
+    Scan,
+    /// Stopped between two actions; `left` were not attempted.
+    Actions {
+        applied: u64,
+        failed: u64,
+        left: u64,
+    },
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Interrupted::Scan => {
+                write!(f, "sweep interrupted during its scan; nothing was written")
+            }
+            Interrupted::Actions {
+                applied,
+                failed,
+                left,
+            } => {
+                write!(f, "sweep interrupted: {applied} action(s) applied")?;
+                if *failed > 0 {
+                    write!(f, ", {failed} failed")?;
+                }
+                write!(
+                    f,
+                    ", {left} skipped (reason `shutdown`), left for the next sweep"
+                )
+            }
+        }
+    }
 }
 
 /// Why the breaker stopped a sweep before its first write.
@@ -114,7 +155,8 @@ impl Error {
             | Error::Migrate(_)
             | Error::Storage { .. }
             | Error::Unordered { .. }
-            | Error::Io { .. } => 1,
+            | Error::Io { .. }
+            | Error::Interrupted(_) => 1,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod processing;
 pub mod progress;
 pub mod report;
 pub mod server;
+pub mod stop;
 pub mod sweep;
 pub mod telemetry;
 

@@ -6,6 +6,7 @@ mod events;
 mod execute;
 mod explain;
 mod helpers;
+mod interrupt;
 mod operations;
 mod processing;
 mod sweep;
