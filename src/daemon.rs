@@ -104,7 +104,10 @@ pub async fn run(
     ));
 
     if !options.dry_run {
-        spawn_pollers(&mut tasks, &config, &catalog, &bucket, &metrics, &stopped).await?;
+        spawn_pollers(
+            &mut tasks, &config, &catalog, &bucket, &metrics, &health, &stopped,
+        )
+        .await?;
         spawn_workers(&mut tasks, &config, &catalog, &metrics, &stopped);
     }
 
@@ -132,6 +135,7 @@ async fn spawn_pollers(
     catalog: &Arc<dyn Catalog>,
     bucket: &Arc<dyn Bucket>,
     metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<()> {
     let Some(queue_url) = config.events.queue_url.clone().filter(|u| !u.is_empty()) else {
@@ -153,6 +157,7 @@ async fn spawn_pollers(
         visibility: config.events.visibility_timeout,
         effects,
         metrics: metrics.clone(),
+        gate: health.events.clone(),
     });
     poller.check_redrive_policy().await?;
     for n in 0..config.events.pollers {

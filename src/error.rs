@@ -57,6 +57,23 @@ pub enum Error {
     Interrupted(Interrupted),
 }
 
+/// A dependency whose failure says nothing about the work that met it: the same work succeeds
+/// once the dependency answers again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    Database,
+    Bucket,
+}
+
+impl Dependency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::Database => "database",
+            Dependency::Bucket => "bucket",
+        }
+    }
+}
+
 /// How far an interrupted sweep got.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Interrupted {
@@ -157,6 +174,22 @@ impl Error {
             | Error::Unordered { .. }
             | Error::Io { .. }
             | Error::Interrupted(_) => 1,
+        }
+    }
+
+    /// The dependency this error is the failure of, if it is one. The policies that retry once
+    /// the dependency answers again (the event pollers') bound their retries themselves: a query
+    /// error that outlives the outage is the work's own.
+    pub fn dependency(&self) -> Option<Dependency> {
+        match self {
+            Error::Database { .. } | Error::Migrate(_) => Some(Dependency::Database),
+            Error::Storage { .. } => Some(Dependency::Bucket),
+            Error::Config { .. }
+            | Error::Usage(_)
+            | Error::Unordered { .. }
+            | Error::SafetyStop(_)
+            | Error::Io { .. }
+            | Error::Interrupted(_) => None,
         }
     }
 }

@@ -8,5 +8,6 @@ mod explain;
 mod helpers;
 mod interrupt;
 mod operations;
+mod outage;
 mod processing;
 mod sweep;
