@@ -183,6 +183,7 @@ async fn main() {
             Utc::now(),
             &mut Quiet,
             sink.as_mut(),
+            upload_reconciler::stop::never(),
         )
         .await
         .expect("sweep");

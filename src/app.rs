@@ -67,7 +67,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Daemon { dry_run } => {
             let options = crate::daemon::Options { dry_run };
-            crate::daemon::run(&config, options, crate::daemon::shutdown_signal()).await?;
+            crate::daemon::run(&config, options, crate::stop::signal()).await?;
             Ok(OK)
         }
         Command::Retry { id, failed } => {
@@ -163,8 +163,15 @@ async fn sweep(config: &Config, args: &SweepArgs) -> Result<i32> {
             ))
         })?)
     };
+    // An applying sweep stops between two actions on SIGTERM or SIGINT and says what it applied;
+    // a dry run writes nothing, so the signals' default (end at once) is right for it.
+    let stop = if args.dry_run {
+        crate::stop::never()
+    } else {
+        crate::stop::on_signal()
+    };
     let result = sweep
-        .run(options, Utc::now(), progress.as_mut(), sink.as_mut())
+        .run(options, Utc::now(), progress.as_mut(), sink.as_mut(), stop)
         .await;
     if let Some(lock) = lock {
         lock.release().await;

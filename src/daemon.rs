@@ -1,6 +1,6 @@
 //! `reconcile daemon`: the sidecar. Every task runs under a supervisor that restarts it with
 //! backoff if it ends or panics; one shutdown signal stops them all, each finishing the batch,
-//! job or sweep in hand, and the log says how each ended.
+//! job or action in hand, and the log says how each ended.
 //!
 //! Tasks: the HTTP server (/metrics, /healthz, /readyz), the scheduled sweeps (one replica at a
 //! time, by a Postgres advisory lock), the event pollers (when `events.queue_url` is set) and the
@@ -73,7 +73,8 @@ pub async fn run(
                             Err(e) => return tracing::error!(error = %e, "cannot bind again"),
                         },
                     };
-                    let stopping = wait_for(stopped);
+                    let mut stopped = stopped;
+                    let stopping = async move { crate::stop::requested(&mut stopped).await };
                     if let Err(e) =
                         server::serve(listener, metrics, catalog, health, stopping).await
                     {
@@ -103,7 +104,10 @@ pub async fn run(
     ));
 
     if !options.dry_run {
-        spawn_pollers(&mut tasks, &config, &catalog, &bucket, &metrics, &stopped).await?;
+        spawn_pollers(
+            &mut tasks, &config, &catalog, &bucket, &metrics, &health, &stopped,
+        )
+        .await?;
         spawn_workers(&mut tasks, &config, &catalog, &metrics, &stopped);
         spawn_housekeeping(&mut tasks, &config, &catalog, &stopped);
     }
@@ -132,6 +136,7 @@ async fn spawn_pollers(
     catalog: &Arc<dyn Catalog>,
     bucket: &Arc<dyn Bucket>,
     metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<()> {
     let Some(queue_url) = config.events.queue_url.clone().filter(|u| !u.is_empty()) else {
@@ -153,6 +158,7 @@ async fn spawn_pollers(
         visibility: config.events.visibility_timeout,
         effects,
         metrics: metrics.clone(),
+        gate: health.events.clone(),
     });
     poller.check_redrive_policy().await?;
     for n in 0..config.events.pollers {
@@ -271,14 +277,14 @@ impl Sweeper {
                 _ = stopped.changed() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            // A sweep in progress is finished before a shutdown is honoured: each of its
-            // actions is its own transaction, but the report and history should be whole.
-            self.sweep_once().await;
+            // A shutdown stops the sweep between two actions (each is its own transaction);
+            // its history row says `interrupted`.
+            self.sweep_once(&stopped).await;
         }
     }
 
     /// One scheduled sweep, if no other replica is sweeping the same table and bucket.
-    pub async fn sweep_once(&self) {
+    pub async fn sweep_once(&self, stop: &watch::Receiver<bool>) {
         let c = &self.config;
         let lock = match self.catalog.try_sweep_lock().await {
             Ok(Some(lock)) => lock,
@@ -307,7 +313,7 @@ impl Sweeper {
             force: false,
         };
         let result = sweep
-            .run(options, Utc::now(), &mut Quiet, sink.as_mut())
+            .run(options, Utc::now(), &mut Quiet, sink.as_mut(), stop.clone())
             .await;
         lock.release().await;
         match result {
@@ -325,6 +331,8 @@ impl Sweeper {
                     "sweep finished"
                 );
             }
+            // A shutdown, not a failure: readiness stays as it was.
+            Err(Error::Interrupted(interrupted)) => tracing::info!("{interrupted}"),
             Err(Error::SafetyStop(stop)) => {
                 // Deliberate, and nothing was written: an operator's call, not an outage.
                 self.health.sweep_finished(false);
@@ -382,15 +390,6 @@ async fn supervise<F, Fut>(
     }
 }
 
-/// Resolves once `stopped` turns true (or its sender is gone).
-async fn wait_for(mut stopped: watch::Receiver<bool>) {
-    while !*stopped.borrow() {
-        if stopped.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// This host's name for job leases; any stable-enough word does.
 fn host_name() -> String {
     std::env::var("HOSTNAME")
@@ -402,28 +401,4 @@ fn host_name() -> String {
                 .map(|h| h.trim().to_owned())
         })
         .unwrap_or_else(|| "reconcile".into())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

@@ -55,6 +55,64 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// A stop signal (SIGTERM, SIGINT) ended a sweep between two of its actions.
+    #[error("{0}")]
+    Interrupted(Interrupted),
+}
+
+/// A dependency whose failure says nothing about the work that met it: the same work succeeds
+/// once the dependency answers again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    Database,
+    Bucket,
+}
+
+impl Dependency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::Database => "database",
+            Dependency::Bucket => "bucket",
+        }
+    }
+}
+
+/// How far an interrupted sweep got.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Interrupted {
+    /// Stopped while scanning: nothing was written.
+    Scan,
+    /// Stopped between two actions; `left` were not attempted.
+    Actions {
+        applied: u64,
+        failed: u64,
+        left: u64,
+    },
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Interrupted::Scan => {
+                write!(f, "sweep interrupted during its scan; nothing was written")
+            }
+            Interrupted::Actions {
+                applied,
+                failed,
+                left,
+            } => {
+                write!(f, "sweep interrupted: {applied} action(s) applied")?;
+                if *failed > 0 {
+                    write!(f, ", {failed} failed")?;
+                }
+                write!(
+                    f,
+                    ", {left} skipped (reason `shutdown`), left for the next sweep"
+                )
+            }
+        }
+    }
 }
 
 /// Why the breaker stopped a sweep before its first write.
@@ -119,7 +177,25 @@ impl Error {
             | Error::Storage { .. }
             | Error::Unordered { .. }
             | Error::Busy(_)
-            | Error::Io { .. } => 1,
+            | Error::Io { .. }
+            | Error::Interrupted(_) => 1,
+        }
+    }
+
+    /// The dependency this error is the failure of, if it is one. The policies that retry once
+    /// the dependency answers again (the event pollers') bound their retries themselves: a query
+    /// error that outlives the outage is the work's own.
+    pub fn dependency(&self) -> Option<Dependency> {
+        match self {
+            Error::Database { .. } | Error::Migrate(_) => Some(Dependency::Database),
+            Error::Storage { .. } => Some(Dependency::Bucket),
+            Error::Config { .. }
+            | Error::Usage(_)
+            | Error::Unordered { .. }
+            | Error::SafetyStop(_)
+            | Error::Busy(_)
+            | Error::Io { .. }
+            | Error::Interrupted(_) => None,
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod progress;
 pub mod redact;
 pub mod report;
 pub mod server;
+pub mod stop;
 pub mod sweep;
 pub mod telemetry;
 

@@ -12,7 +12,7 @@ pub struct Metrics {
     registry: Registry,
     /// `type`: created, removed, test, unknown.
     pub events_received: IntCounterVec,
-    /// `reason`: a parse error's reason, `effect_failed` or `delete_failed`.
+    /// `reason`: a parse error's reason, `effect_failed`, `dependency_down` or `delete_failed`.
     pub events_failed: IntCounterVec,
     /// `reason`: why a well-formed event changed nothing (other_bucket, outside_prefix, ...).
     pub events_ignored: IntCounterVec,
@@ -41,7 +41,7 @@ pub const ACTION_RESULTS: [&str; 4] = ["applied", "failed", "dry_run", "skipped"
 pub const EVENT_TYPES: [&str; 4] = ["created", "removed", "test", "unknown"];
 
 /// Every `reason` of `reconcile_events_failed_total`.
-pub const EVENT_FAILURES: [&str; 10] = [
+pub const EVENT_FAILURES: [&str; 11] = [
     "too_large",
     "not_json",
     "unknown_shape",
@@ -51,6 +51,7 @@ pub const EVENT_FAILURES: [&str; 10] = [
     "bad_eventbridge",
     "bad_key",
     "effect_failed",
+    "dependency_down",
     "delete_failed",
 ];
 

@@ -1,8 +1,10 @@
 //! The daemon's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process answers),
-//! `/readyz` (the database answers and the last sweep did not fail).
+//! `/readyz` (the database answers, no event poller waits for a dependency, and the last sweep did
+//! not fail).
 
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
+use crate::events::gate::Gate;
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
@@ -18,6 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Default)]
 pub struct Health {
     last_sweep_failed: AtomicBool,
+    /// The event pollers' gate: closed while one of them waits for a dependency.
+    pub events: Arc<Gate>,
 }
 
 impl Health {
@@ -81,6 +85,16 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    // First, because it answers at once: a ping to a database that is down can take seconds.
+    if let Some(dependency) = state.health.events.awaited() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the event pollers wait for the {} to answer again\n",
+                dependency.as_str()
+            ),
+        );
+    }
     if let Err(e) = state.catalog.ping().await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

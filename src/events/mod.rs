@@ -1,6 +1,8 @@
 //! The event path: S3 event notifications read from SQS move records forward without waiting for
-//! a sweep. `parse` knows the message shapes, `effect` what one event does, `sqs` the queue.
+//! a sweep. `parse` knows the message shapes, `effect` what one event does, `sqs` the queue,
+//! `gate` how the pollers stop receiving together while a dependency is down.
 
 pub mod effect;
+pub mod gate;
 pub mod parse;
 pub mod sqs;

@@ -2,14 +2,20 @@
 //! keep the visibility of a slow batch extended, back off on errors.
 //!
 //! A message leaves the queue only after every event in it took effect. One that cannot be parsed
-//! or applied stays: SQS makes it visible again and, after the queue's maxReceiveCount, its
-//! redrive policy moves it to the dead-letter queue. Nothing is dropped here.
+//! or whose effect fails on its own stays: SQS makes it visible again and, after the queue's
+//! maxReceiveCount, its redrive policy moves it to the dead-letter queue. Nothing is dropped here.
+//!
+//! A failing dependency is not the message's fault, and must not send healthy events to the
+//! dead-letter queue however long it lasts: the poller keeps the batch in hand (its visibility
+//! extended), closes the pollers' shared gate so that no new batch is received, probes the
+//! dependency with backoff, and once it answers applies the event again and goes on.
 
 use super::effect::{Effect, Effects};
-use super::parse::{self, Message as Parsed};
+use super::gate::Gate;
+use super::parse::{self, Message as Parsed, S3Event};
 use crate::backoff::Backoff;
 use crate::config::EventsConfig;
-use crate::error::{Error, Result, describe_sdk};
+use crate::error::{Dependency, Error, Result, describe_sdk};
 use crate::metrics::Metrics;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{BehaviorVersion, Region};
@@ -25,6 +31,47 @@ use tokio::sync::watch;
 /// SQS's limits: 10 messages a receive, 12 hours of total invisibility per receipt.
 const MAX_BATCH: i32 = 10;
 const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
+
+/// Probing a dependency that is down: full jitter from 1 s up to 30 s between probes.
+const PROBE_BASE: Duration = Duration::from_secs(1);
+const PROBE_MAX: Duration = Duration::from_secs(30);
+
+/// How many times an event may fail while its dependency answers the probe at once before it is
+/// left to the queue: an error that outlives the outage is the event's own.
+pub const FAILURES_WHILE_UP: u32 = 3;
+
+/// What becomes of an event whose effect failed: the retry policy, as data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// A dependency failed, not the message: keep the batch, close the gate, wait until the
+    /// dependency answers, then apply the event again.
+    RetryWhenUp(Dependency),
+    /// The message meets an error of its own: leave it in the queue, to be received again and,
+    /// after the queue's maxReceiveCount, moved to its dead-letter queue.
+    LeaveToRedrive,
+}
+
+/// The policy: `failed_while_up` counts this event's failures right after its dependency
+/// answered a probe.
+pub fn on_failure(error: &Error, failed_while_up: u32) -> OnFailure {
+    match error.dependency() {
+        Some(dependency) if failed_while_up < FAILURES_WHILE_UP => {
+            OnFailure::RetryWhenUp(dependency)
+        }
+        _ => OnFailure::LeaveToRedrive,
+    }
+}
+
+/// How handling one message (or one event) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    /// Every effect committed (or found nothing to do): the message may be deleted.
+    Done,
+    /// Left to the queue and its redrive policy.
+    Kept,
+    /// A stop came while waiting for a dependency: leave the rest of the batch in the queue.
+    Stopped,
+}
 
 pub async fn client(config: &EventsConfig, fallback_region: Option<&str>) -> Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
@@ -62,6 +109,8 @@ pub struct Poller {
     pub visibility: Duration,
     pub effects: Arc<Effects>,
     pub metrics: Arc<Metrics>,
+    /// Shared by every poller of the daemon (and `/readyz`).
+    pub gate: Arc<Gate>,
 }
 
 /// What one batch came to.
@@ -122,14 +171,16 @@ impl Poller {
         Ok(out.messages.unwrap_or_default())
     }
 
-    /// Receive and handle one batch: the unit tests and the loop both drive this.
+    /// Receive and handle one batch, with no stop to listen to: what the tests drive.
     pub async fn poll_once(&self) -> Result<Batch> {
         let messages = self.receive().await?;
-        Ok(self.handle(messages).await)
+        Ok(self.handle(messages, crate::stop::never()).await)
     }
 
-    /// Apply a batch, extending its visibility while it runs long, then delete what took effect.
-    pub async fn handle(&self, messages: Vec<Message>) -> Batch {
+    /// Apply a batch, extending its visibility while it runs long (or waits for a dependency),
+    /// then delete what took effect. A stop while waiting for a dependency ends the batch there:
+    /// what is left comes back once its visibility runs out.
+    pub async fn handle(&self, messages: Vec<Message>, stop: watch::Receiver<bool>) -> Batch {
         if messages.is_empty() {
             return Batch::default();
         }
@@ -140,10 +191,13 @@ impl Poller {
             .filter_map(|(i, m)| m.receipt_handle().map(|r| (i.to_string(), r.to_owned())))
             .collect();
         let work = async {
+            let mut stop = stop;
             let mut done = Vec::new();
             for (i, message) in messages.iter().enumerate() {
-                if self.handle_message(message).await {
-                    done.push(i);
+                match self.handle_message(message, &mut stop).await {
+                    Handled::Done => done.push(i),
+                    Handled::Kept => {}
+                    Handled::Stopped => break,
                 }
             }
             done
@@ -176,8 +230,8 @@ impl Poller {
         }
     }
 
-    /// One message: `true` when every effect is committed and it may be deleted.
-    async fn handle_message(&self, message: &Message) -> bool {
+    /// One message: `Done` when every effect is committed and it may be deleted.
+    async fn handle_message(&self, message: &Message, stop: &mut watch::Receiver<bool>) -> Handled {
         let id = message.message_id().unwrap_or("-");
         let parsed = parse::parse(message.body().unwrap_or_default());
         let events = match parsed {
@@ -188,14 +242,14 @@ impl Poller {
                     .inc();
                 tracing::warn!(message_id = id, reason = e.reason(), error = %e,
                     "cannot parse message; left to the queue's redrive policy");
-                return false;
+                return Handled::Kept;
             }
             Ok(Parsed::Test) => {
                 self.metrics
                     .events_received
                     .with_label_values(&["test"])
                     .inc();
-                return true;
+                return Handled::Done;
             }
             Ok(Parsed::Events(events)) => events,
         };
@@ -204,36 +258,113 @@ impl Poller {
                 .events_received
                 .with_label_values(&[event.kind.label()])
                 .inc();
-            match self.effects.apply(event, Utc::now()).await {
-                Ok(Effect::Applied { kind, action }) => {
-                    self.metrics
-                        .action(kind, action, &crate::model::Outcome::Applied);
-                    if let Some(at) = event.time {
-                        let lag = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
-                        self.metrics.event_lag.observe(lag);
-                    }
-                    tracing::info!(message_id = id, key = %event.key, action = action.as_str(),
-                        "event applied");
+            match self.apply(id, event, stop).await {
+                Handled::Done => {}
+                other => return other,
+            }
+        }
+        Handled::Done
+    }
+
+    /// One event, applied again after each dependency failure once the dependency answers, as
+    /// `on_failure` says.
+    async fn apply(&self, id: &str, event: &S3Event, stop: &mut watch::Receiver<bool>) -> Handled {
+        let mut failed_while_up = 0;
+        loop {
+            let error = match self.effects.apply(event, Utc::now()).await {
+                Ok(effect) => {
+                    self.took_effect(id, event, effect);
+                    return Handled::Done;
                 }
-                Ok(Effect::Ignored(reason)) => {
-                    self.metrics
-                        .events_ignored
-                        .with_label_values(&[reason])
-                        .inc();
-                    tracing::debug!(message_id = id, key = %event.key, reason, "event ignored");
-                }
-                Err(e) => {
+                Err(error) => error,
+            };
+            match on_failure(&error, failed_while_up) {
+                OnFailure::LeaveToRedrive => {
                     self.metrics
                         .events_failed
                         .with_label_values(&["effect_failed"])
                         .inc();
-                    tracing::error!(message_id = id, key = %event.key, error = %e,
+                    tracing::error!(message_id = id, key = %event.key, error = %error,
                         "event could not be applied; the message stays in the queue");
-                    return false;
+                    return Handled::Kept;
+                }
+                OnFailure::RetryWhenUp(dependency) => {
+                    self.metrics
+                        .events_failed
+                        .with_label_values(&["dependency_down"])
+                        .inc();
+                    tracing::warn!(message_id = id, key = %event.key, error = %error,
+                        dependency = dependency.as_str(),
+                        "event could not be applied; holding the batch and receiving no more \
+                         until the {} answers", dependency.as_str());
+                    match self.await_recovery(dependency, stop).await {
+                        None => return Handled::Stopped,
+                        Some(true) => failed_while_up += 1,
+                        Some(false) => {}
+                    }
                 }
             }
         }
-        true
+    }
+
+    fn took_effect(&self, id: &str, event: &S3Event, effect: Effect) {
+        match effect {
+            Effect::Applied { kind, action } => {
+                self.metrics
+                    .action(kind, action, &crate::model::Outcome::Applied);
+                if let Some(at) = event.time {
+                    let lag = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
+                    self.metrics.event_lag.observe(lag);
+                }
+                tracing::info!(message_id = id, key = %event.key, action = action.as_str(),
+                    "event applied");
+            }
+            Effect::Ignored(reason) => {
+                self.metrics
+                    .events_ignored
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::debug!(message_id = id, key = %event.key, reason, "event ignored");
+            }
+        }
+    }
+
+    /// Keep the gate closed and probe `dependency` with backoff until it answers: `Some(true)`
+    /// when the first probe answered (it may never have been down), `Some(false)` after an
+    /// outage, `None` on a stop.
+    async fn await_recovery(
+        &self,
+        dependency: Dependency,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<bool> {
+        let _closed = self.gate.close(dependency);
+        let mut backoff = Backoff::new(PROBE_BASE, PROBE_MAX);
+        let mut probes = 0u32;
+        loop {
+            tokio::select! {
+                _ = crate::stop::requested(stop) => return None,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+            probes += 1;
+            let answer = match dependency {
+                Dependency::Database => self.effects.catalog.ping().await,
+                Dependency::Bucket => self.effects.bucket.ping().await,
+            };
+            match answer {
+                Ok(()) if probes == 1 => return Some(true),
+                Ok(()) => {
+                    tracing::warn!(
+                        dependency = dependency.as_str(),
+                        probes,
+                        "the {} answers again; resuming",
+                        dependency.as_str()
+                    );
+                    return Some(false);
+                }
+                Err(e) => tracing::debug!(dependency = dependency.as_str(), error = %e,
+                    "still no answer"),
+            }
+        }
     }
 
     /// Push the batch's visibility out again; receipts SQS calls invalid are dropped.
@@ -317,10 +448,15 @@ impl Poller {
     }
 
     /// Poll until `shutdown` turns true: a receive in progress is abandoned (its messages become
-    /// visible again), a batch in progress is finished and deleted.
+    /// visible again), a batch in progress is finished and deleted, a batch waiting for a
+    /// dependency is left where it stands. No receive starts while the gate is closed.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         while !*shutdown.borrow() {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = self.gate.opened() => {}
+            }
             let received = tokio::select! {
                 _ = shutdown.changed() => break,
                 received = self.receive() => received,
@@ -328,7 +464,7 @@ impl Poller {
             match received {
                 Ok(messages) => {
                     backoff.reset();
-                    self.handle(messages).await;
+                    self.handle(messages, shutdown.clone()).await;
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -346,4 +482,35 @@ impl Poller {
 
 fn secs(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_dependency_holds_the_event_and_anything_else_goes_to_the_redrive_policy() {
+        let database = Error::database("locking the doc", sqlx::Error::PoolTimedOut);
+        let bucket = Error::storage("HEAD s3://uploads/a", "cannot reach the endpoint");
+        let own = Error::Usage("an error of the message's own".into());
+        let cases = [
+            (&database, 0, OnFailure::RetryWhenUp(Dependency::Database)),
+            (&bucket, 0, OnFailure::RetryWhenUp(Dependency::Bucket)),
+            (
+                &bucket,
+                FAILURES_WHILE_UP - 1,
+                OnFailure::RetryWhenUp(Dependency::Bucket),
+            ),
+            // It keeps failing while the dependency answers: the error is the event's own.
+            (&database, FAILURES_WHILE_UP, OnFailure::LeaveToRedrive),
+            (&own, 0, OnFailure::LeaveToRedrive),
+        ];
+        for (error, failed_while_up, expected) in cases {
+            assert_eq!(
+                on_failure(error, failed_while_up),
+                expected,
+                "{error} after {failed_while_up} failures while up"
+            );
+        }
+    }
 }

@@ -4,6 +4,10 @@
 //!
 //! The scan finishes before the first write so that the breaker can see the whole picture; the
 //! findings wait in a spool file meanwhile, so memory stays flat however many there are.
+//!
+//! A stop (SIGTERM, SIGINT) ends the scan at once, or the actions between two of them: each action
+//! is its own transaction, the rest are reported skipped (`shutdown`) and the history row says
+//! `interrupted`.
 
 pub mod merge;
 mod spool;
@@ -12,7 +16,7 @@ use crate::bucket::Bucket;
 use crate::catalog::{Catalog, SweepRecord};
 use crate::config::SweepConfig;
 use crate::decide::{Decision, Policy, decide};
-use crate::error::{Error, Result, SafetyStop};
+use crate::error::{Error, Interrupted, Result, SafetyStop};
 use crate::execute::{AfterUpload, Executor, Mode};
 use crate::metrics::Metrics;
 use crate::model::{Finding, FindingKind, key_of};
@@ -20,6 +24,7 @@ use crate::report::{Counts, Footer, Header, Sink, Tally};
 use chrono::{DateTime, Utc};
 use merge::{Merge, Pair};
 use spool::Spool;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 pub struct Sweep<'a> {
@@ -146,18 +151,27 @@ impl Sweep<'_> {
         })
     }
 
-    /// A whole sweep: plan, breaker, execute, report. A safety stop still writes the report (with
-    /// nothing applied) before it returns its error.
+    /// A whole sweep: plan, breaker, execute, report. A safety stop, or a `shutdown` between two
+    /// actions, still writes the report (the findings not attempted as skipped) before it returns
+    /// its error.
     pub async fn run(
         &self,
         options: Options,
         now: DateTime<Utc>,
         progress: &mut dyn Progress,
         report: &mut dyn Sink,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<Summary> {
         let sweep_id = Uuid::new_v4();
         let clock = std::time::Instant::now();
-        let mut plan = self.plan(now, progress).await?;
+        // The scan writes nothing: a stop may cut it anywhere.
+        let mut scan_shutdown = shutdown.clone();
+        let mut plan = tokio::select! {
+            plan = self.plan(now, progress) => plan?,
+            _ = crate::stop::requested(&mut scan_shutdown) => {
+                return Err(Error::Interrupted(Interrupted::Scan));
+            }
+        };
         let header = Header {
             sweep_id,
             dry_run: options.dry_run,
@@ -215,13 +229,18 @@ impl Sweep<'_> {
             sweep_id: history.as_ref().map(|h| h.id),
         };
         let mut actions = Tally::default();
+        let mut left = 0u64;
         let executed = async {
             while let Some(finding) = plan.next_finding()? {
-                let outcome = match held {
-                    Some(_) if finding.action.changes_state() => {
-                        crate::model::Outcome::Skipped("safety stop".into())
-                    }
-                    _ => executor.execute(&finding).await,
+                let outcome = if !finding.action.changes_state() {
+                    executor.execute(&finding).await
+                } else if held.is_some() {
+                    crate::model::Outcome::Skipped("safety stop".into())
+                } else if *shutdown.borrow() {
+                    left += 1;
+                    crate::model::Outcome::Skipped("shutdown".into())
+                } else {
+                    executor.execute(&finding).await
                 };
                 actions.add(&outcome);
                 if let Some(m) = self.metrics {
@@ -238,19 +257,29 @@ impl Sweep<'_> {
             actions,
             safety_stop: stop.as_ref().map(ToString::to_string),
         };
+        let interrupted = left > 0;
         if let Some(mut history) = history {
             history.finished_at = Some(footer.finished_at);
             history.counts = serde_json::to_value(&plan.counts).unwrap_or_default();
-            history.outcome = if executed.is_ok() && footer.actions.failed == 0 {
-                "ok"
-            } else {
-                "failed"
+            history.outcome = match (&executed, interrupted, footer.actions.failed) {
+                (Err(_), _, _) => "failed",
+                (Ok(()), true, _) => "interrupted",
+                (Ok(()), false, 0) => "ok",
+                (Ok(()), false, _) => "failed",
             };
             history.error = executed.as_ref().err().map(ToString::to_string);
             self.catalog.sweep_finished(&history).await?;
         }
         executed?;
         report.finish(&footer)?;
+        if interrupted {
+            // Not a sweep that ran to its end: the findings and duration metrics keep the last.
+            return Err(Error::Interrupted(Interrupted::Actions {
+                applied: footer.actions.applied,
+                failed: footer.actions.failed,
+                left,
+            }));
+        }
         if let Some(m) = self.metrics {
             for kind in FindingKind::ALL {
                 let n = i64::try_from(plan.counts.get(kind)).unwrap_or(i64::MAX);

@@ -53,6 +53,7 @@ async fn event_world_with(queue: TestQueue, prefix: &str, after_upload: AfterUpl
             after_upload,
         }),
         metrics: metrics.clone(),
+        gate: Default::default(),
     };
     EventWorld {
         db,

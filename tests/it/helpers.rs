@@ -113,6 +113,20 @@ impl TestDb {
         .expect("read status")
     }
 
+    /// Whether every one of `ids` has `status`.
+    pub async fn all_have_status<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a String>,
+        status: &str,
+    ) -> bool {
+        for id in ids {
+            if self.status(id).await.as_deref() != Some(status) {
+                return false;
+            }
+        }
+        true
+    }
+
     pub async fn set_status(&self, id: &str, status: &str) {
         sqlx::query("UPDATE docs SET status = $2 WHERE id = $1")
             .bind(id)
@@ -503,6 +517,8 @@ pub struct TestQueue {
     pub url: String,
     pub arn: String,
     pub client: aws_sdk_sqs::Client,
+    /// The dead-letter queue's URL, when there is one.
+    pub dead_letters: Option<String>,
 }
 
 pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
@@ -528,13 +544,23 @@ impl TestQueue {
         })
         .to_string();
         let (url, arn) = Self::create(&client, "q", Some(policy)).await;
-        TestQueue { url, arn, client }
+        TestQueue {
+            url,
+            arn,
+            client,
+            dead_letters: Some(dlq.0),
+        }
     }
 
     pub async fn without_dead_letters() -> TestQueue {
         let client = sqs_client(&moto_endpoint());
         let (url, arn) = Self::create(&client, "q", None).await;
-        TestQueue { url, arn, client }
+        TestQueue {
+            url,
+            arn,
+            client,
+            dead_letters: None,
+        }
     }
 
     async fn create(
@@ -579,11 +605,24 @@ impl TestQueue {
 
     /// Messages in the queue, visible and in flight: nothing deleted means nothing lost.
     pub async fn depth(&self) -> u64 {
+        self.depth_of(&self.url).await
+    }
+
+    /// Messages moved to the dead-letter queue.
+    pub async fn dead_letter_depth(&self) -> u64 {
+        let dlq = self
+            .dead_letters
+            .as_deref()
+            .expect("a queue with dead letters");
+        self.depth_of(dlq).await
+    }
+
+    async fn depth_of(&self, url: &str) -> u64 {
         use aws_sdk_sqs::types::QueueAttributeName as A;
         let attrs = self
             .client
             .get_queue_attributes()
-            .queue_url(&self.url)
+            .queue_url(url)
             .attribute_names(A::ApproximateNumberOfMessages)
             .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
             .send()
@@ -887,6 +926,11 @@ impl PausableProxy {
 
     pub fn up(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `db`'s URL through this proxy.
+    pub fn url_of(&self, db: &TestDb) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, db.name)
     }
 }
 

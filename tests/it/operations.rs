@@ -57,10 +57,7 @@ async fn the_daemon_sweeps_on_schedule_consumes_events_and_reports_both_and_its_
         .set("sweep.schedule", "*/2 * * * * *")
         .set("events.queue_url", &queue.url)
         .set("events.wait_time", "1s");
-    reconcile.database_url = format!(
-        "postgres://postgres@127.0.0.1:{}/{}",
-        postgres.port, db.name
-    );
+    reconcile.database_url = postgres.url_of(&db);
     let logs = tempfile::tempdir().expect("temp dir");
     let log = logs.path().join("daemon.log");
     let mut daemon = reconcile.spawn(&["daemon", "-v"], &log);
