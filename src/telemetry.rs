@@ -1,7 +1,7 @@
 //! Logging setup: everything goes to stderr, so stdout carries only the report.
 
 use crate::cli::{Global, LogFormat};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -18,7 +18,10 @@ pub fn init_logging(global: &Global) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(RedactedStderr);
+        .with_writer(RedactedStderr)
+        // Colour codes only for a terminal: in a log file they split `name=value` pairs, which
+        // both readers and the redaction of secret-looking fields rely on.
+        .with_ansi(std::io::stderr().is_terminal());
     match global.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -5,7 +5,8 @@ use crate::helpers::*;
 use std::time::Duration;
 
 /// (sequential scans, index scans) of `table` so far, once every backend of the runs under test
-/// has ended (a backend reports its counts when it ends, or at most every second).
+/// has ended and the counts hold still (a backend reports them when it ends, or at most every
+/// second).
 async fn scans(db: &TestDb, table: &str) -> (i64, i64) {
     eventually(
         Duration::from_secs(10),
@@ -21,6 +22,19 @@ async fn scans(db: &TestDb, table: &str) -> (i64, i64) {
         },
     )
     .await;
+    // A backend may report its counts up to a second late: wait until they hold still.
+    let mut last = counts(db, table).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let now = counts(db, table).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+async fn counts(db: &TestDb, table: &str) -> (i64, i64) {
     sqlx::query_as(
         "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
     )
@@ -44,8 +58,17 @@ async fn scans_since(db: &TestDb, table: &str, before: (i64, i64), idx: i64) -> 
 }
 
 async fn lookups_use_the_index(id_type: &str, ids: &[String], seed: &str) {
+    use sqlx::Connection;
     let db = TestDb::with_docs(None).await;
     let bucket = TestBucket::new().await;
+    // The table is built on a connection of its own, closed before anything is counted: an idle
+    // backend reports its counts only every ten seconds, one that ends reports them at once.
+    let mut seeder = sqlx::PgConnection::connect(&format!(
+        "{}?application_name=reconcile-under-test",
+        db.url()
+    ))
+    .await
+    .expect("connect the seeding session");
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE files (
            id          {id_type} PRIMARY KEY,
@@ -54,7 +77,7 @@ async fn lookups_use_the_index(id_type: &str, ids: &[String], seed: &str) {
            updated_at  timestamptz NOT NULL DEFAULT now()
          )"
     )))
-    .execute(&db.pool)
+    .execute(&mut seeder)
     .await
     .expect("create files");
     // A few thousand settled rows (expired, no object: nothing to do).
@@ -62,7 +85,7 @@ async fn lookups_use_the_index(id_type: &str, ids: &[String], seed: &str) {
         "INSERT INTO files (id, status, created_at) \
          SELECT {seed}, 'expired', now() - interval '2 hours' FROM generate_series(1, 3000) i"
     )))
-    .execute(&db.pool)
+    .execute(&mut seeder)
     .await
     .expect("seed rows");
     // Five with something to do: three stale pending docs, two uploads nobody was told about.
@@ -72,7 +95,7 @@ async fn lookups_use_the_index(id_type: &str, ids: &[String], seed: &str) {
              VALUES (CAST($1 AS {id_type}), 'pending', now() - interval '2 hours')"
         )))
         .bind(id)
-        .execute(&db.pool)
+        .execute(&mut seeder)
         .await
         .expect("insert doc");
         if n >= 3 {
@@ -81,9 +104,10 @@ async fn lookups_use_the_index(id_type: &str, ids: &[String], seed: &str) {
     }
     bucket.put("foo.txt", "not a doc").await;
     sqlx::query("ANALYZE files")
-        .execute(&db.pool)
+        .execute(&mut seeder)
         .await
         .expect("analyze");
+    seeder.close().await.expect("close the seeding session");
     let mut reconcile = Reconcile::new(&db, &bucket)
         .set("database.table", "files")
         .set("sweep.orphan_grace", "0s");
