@@ -12,7 +12,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgPoolOptions;
 use std::time::Instant;
-use upload_reconciler::bucket::Bucket;
+use upload_reconciler::bucket::{Bucket, CopyOutcome, DeleteOutcome};
 use upload_reconciler::catalog::postgres::PgCatalog;
 use upload_reconciler::config::Config;
 use upload_reconciler::model::ObjectMeta;
@@ -74,11 +74,11 @@ impl Bucket for GeneratedBucket {
         Err(Error::storage("bench", "the generated bucket is read-only"))
     }
 
-    async fn copy(&self, _from: &str, _to: &str) -> Result<()> {
+    async fn copy_new(&self, _from: &ObjectMeta, _to: &str) -> Result<CopyOutcome> {
         Err(Error::storage("bench", "the generated bucket is read-only"))
     }
 
-    async fn delete(&self, _key: &str) -> Result<()> {
+    async fn delete_if(&self, _object: &ObjectMeta) -> Result<DeleteOutcome> {
         Err(Error::storage("bench", "the generated bucket is read-only"))
     }
 

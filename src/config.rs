@@ -186,6 +186,9 @@ pub struct StorageConfig {
     pub force_path_style: bool,
     /// Keys per ListObjectsV2 page (1 to 1000).
     pub list_page_size: Option<i32>,
+    /// Advanced: objects larger than this many bytes are copied in parts (UploadPartCopy)
+    /// rather than by one CopyObject; 1 to 5 GiB, default 5 GiB (S3's CopyObject limit).
+    pub multipart_copy_threshold: Option<u64>,
 }
 
 /// Where `storage.bucket` says the objects are.
@@ -606,6 +609,17 @@ impl Config {
             return Err(Error::config(
                 "storage.list_page_size",
                 format!("{size} is outside 1..=1000"),
+            ));
+        }
+        if let Some(bytes) = storage.multipart_copy_threshold
+            && !(1..=crate::bucket::s3::MAX_COPY_OBJECT_BYTES).contains(&bytes)
+        {
+            return Err(Error::config(
+                "storage.multipart_copy_threshold",
+                format!(
+                    "{bytes} is outside 1..={} (bytes; CopyObject copies at most 5 GiB)",
+                    crate::bucket::s3::MAX_COPY_OBJECT_BYTES
+                ),
             ));
         }
 

@@ -2,7 +2,7 @@
 //! row under a lock and takes a fresh look at the object first; if either changed since the sweep
 //! read it, the action is skipped (the next sweep decides again), never forced through.
 
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, CopyOutcome, DeleteOutcome};
 use crate::catalog::{AuditEntry, Catalog, Transaction};
 use crate::error::Result;
 use crate::model::{Action, Finding, JobState, ObjectMeta, Outcome, Record, Status};
@@ -38,7 +38,7 @@ pub struct Executor<'a> {
     pub after_upload: AfterUpload,
     pub catalog: &'a dyn Catalog,
     pub bucket: &'a dyn Bucket,
-    /// Where quarantined objects go: `quarantine_prefix + key`.
+    /// Where quarantined objects go: see [`quarantine_key`].
     pub quarantine_prefix: &'a str,
     pub sweep_id: Option<Uuid>,
 }
@@ -94,7 +94,9 @@ impl Executor<'_> {
     }
 
     /// The checks and writes of one action inside a transaction the caller commits: the event
-    /// path commits the key's event state with it.
+    /// path commits the key's event state with it. A `Changed` answer means the action did not
+    /// happen and the caller must not commit: for `quarantine` and `delete` it can come after the
+    /// audit row was written (the object changed under the copy or the delete).
     pub async fn apply_in(
         &self,
         tx: &mut (dyn Transaction + '_),
@@ -199,10 +201,12 @@ impl Executor<'_> {
                 object.etag.as_deref().unwrap_or("-")
             ));
         }
-        if finding.action == Action::Quarantine {
+        if finding.action == Action::Quarantine
+            && let Some(object) = &object
+        {
             detail.push_str(&format!(
-                "; moved to {}{}",
-                self.quarantine_prefix, finding.key
+                "; moved to {}",
+                quarantine_key(self.quarantine_prefix, object)
             ));
         }
         tx.audit(&AuditEntry {
@@ -218,17 +222,14 @@ impl Executor<'_> {
         })
         .await?;
         // The bucket changes last, after the audit row is written in the still-open transaction:
-        // if they fail, the transaction rolls back and the audit says nothing happened, which is
-        // true. (A failed commit after a successful delete is the one window left; quarantine
-        // keeps a copy for exactly that kind of case.)
-        if let Some(object) = &object {
-            match finding.action {
-                Action::Quarantine => self.quarantine(object).await?,
-                Action::Delete => self.bucket.delete(&object.key).await?,
-                _ => {}
-            }
+        // if they fail or find the object changed, the transaction rolls back and the audit says
+        // nothing happened, which is true. (A failed commit after a successful delete is the one
+        // window left; quarantine keeps a copy for exactly that kind of case.)
+        match (&object, finding.action) {
+            (Some(object), Action::Quarantine) => self.quarantine(object).await,
+            (Some(object), Action::Delete) => self.delete(object).await,
+            _ => Ok(Ok(())),
         }
-        Ok(Ok(()))
     }
 
     /// An upload is confirmed: mark the doc processed, or queue its processing. Returns the status
@@ -252,31 +253,70 @@ impl Executor<'_> {
         }
     }
 
-    /// Copy under the quarantine prefix, check the copy, and only then delete the original: a
-    /// failure at any step leaves the original where it was.
-    async fn quarantine(&self, object: &ObjectMeta) -> Result<()> {
-        let target = format!("{}{}", self.quarantine_prefix, object.key);
-        self.bucket.copy(&object.key, &target).await?;
-        match self.bucket.head(&target).await? {
-            Some(copy) if copy.size == object.size => {}
-            Some(copy) => {
-                return Err(crate::error::Error::storage(
-                    format!("quarantining {}", object.key),
-                    format!(
-                        "the copy at {target} has {} bytes, the original {}; original kept",
-                        copy.size, object.size
-                    ),
-                ));
+    /// Copy under the quarantine prefix (never over another object), check the copy, and only
+    /// then delete the original, if it is still the object copied: a failure or a change at any
+    /// step leaves the original where it was.
+    async fn quarantine(&self, object: &ObjectMeta) -> Result<Result<(), Changed>> {
+        let target = quarantine_key(self.quarantine_prefix, object);
+        match self.bucket.copy_new(object, &target).await? {
+            CopyOutcome::Copied | CopyOutcome::AlreadyCopied => {}
+            CopyOutcome::Taken(other) => {
+                return Ok(Err(Changed(format!(
+                    "the quarantine key {target} holds another object ({} bytes, etag {}); \
+                     nothing moved",
+                    other.size,
+                    other.etag.as_deref().unwrap_or("-")
+                ))));
             }
-            None => {
-                return Err(crate::error::Error::storage(
-                    format!("quarantining {}", object.key),
-                    format!("the copy at {target} is not there; original kept"),
-                ));
+            CopyOutcome::SourceChanged => {
+                return Ok(Err("the object was overwritten since the listing".into()));
             }
         }
-        self.bucket.delete(&object.key).await
+        match self.bucket.delete_if(object).await? {
+            DeleteOutcome::Deleted => Ok(Ok(())),
+            DeleteOutcome::Changed => Ok(Err(Changed(format!(
+                "the object was overwritten before its delete; kept, and its earlier version \
+                 stays copied at {target}"
+            )))),
+        }
     }
+
+    /// Delete the object only if it is still the one the decision saw.
+    async fn delete(&self, object: &ObjectMeta) -> Result<Result<(), Changed>> {
+        match self.bucket.delete_if(object).await? {
+            DeleteOutcome::Deleted => Ok(Ok(())),
+            DeleteOutcome::Changed => Ok(Err(
+                "the object was overwritten before its delete; kept".into()
+            )),
+        }
+    }
+}
+
+/// Where a quarantined object goes: `quarantine_prefix + key + "/" + LastModified (UTC, whole
+/// seconds, `20261126T010743Z`) + "-" + ETag (quotes dropped)`, e.g.
+/// `quarantine/docs/a/20261126T010743Z-9b2cf535f27731c974343645a3985328`. Every copy of one key
+/// sits under `quarantine/KEY/`, one per version: a later orphan at the same key gets a key of
+/// its own. The key is recovered by dropping the prefix and the last `/` part.
+pub fn quarantine_key(prefix: &str, object: &ObjectMeta) -> String {
+    let etag: String = object
+        .etag
+        .as_deref()
+        .unwrap_or("no-etag")
+        .chars()
+        .filter(|c| *c != '"')
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{prefix}{}/{}-{etag}",
+        object.key,
+        object.last_modified.format("%Y%m%dT%H%M%SZ")
+    )
 }
 
 /// The record as locked now must have the status word the sweep read; returns that word.
@@ -292,8 +332,10 @@ fn unchanged(read: &Option<Record>, now: &Option<Record>) -> Result<String, Chan
     }
 }
 
-/// The object as seen now must be the one the listing showed (same ETag and modification time):
-/// an orphan that was just overwritten is somebody's new upload, not an orphan to act on.
+/// The object as seen now must be the one the listing showed (same ETag, size and modification
+/// time): an orphan that was just overwritten is somebody's new upload, not an orphan to act on.
+/// Times compare in whole seconds, the precision both carry: listings may give milliseconds
+/// (garage, AWS), HEAD's `Last-Modified` is an HTTP date.
 fn same_object(
     listed: Option<&ObjectMeta>,
     now: Option<ObjectMeta>,
@@ -302,9 +344,75 @@ fn same_object(
         return Err("the object is gone since the listing".into());
     };
     match listed {
-        Some(listed) if listed.etag == now.etag && listed.last_modified == now.last_modified => {
+        Some(listed)
+            if listed.etag == now.etag
+                && listed.size == now.size
+                && listed.last_modified.timestamp() == now.last_modified.timestamp() =>
+        {
             Ok(now)
         }
         _ => Err("the object was overwritten since the listing".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, TimeZone};
+
+    fn object(key: &str, etag: &str, at: DateTime<Utc>) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size: 3,
+            etag: Some(etag.into()),
+            last_modified: at,
+        }
+    }
+
+    #[test]
+    fn a_listing_in_milliseconds_matches_a_head_in_seconds() {
+        let second = Utc.with_ymd_and_hms(2026, 11, 25, 23, 44, 28).unwrap();
+        let listed = object("a", "\"e1\"", second + chrono::Duration::milliseconds(931));
+        let head = object("a", "\"e1\"", second);
+        assert_eq!(
+            same_object(Some(&listed), Some(head.clone())),
+            Ok(head.clone())
+        );
+        let next_second = object("a", "\"e1\"", second + chrono::Duration::seconds(1));
+        assert!(same_object(Some(&listed), Some(next_second)).is_err());
+        let rewritten = object("a", "\"e2\"", second);
+        assert!(same_object(Some(&listed), Some(rewritten)).is_err());
+        let longer = ObjectMeta { size: 4, ..head };
+        assert!(same_object(Some(&listed), Some(longer)).is_err());
+        assert!(same_object(Some(&listed), None).is_err());
+    }
+
+    #[test]
+    fn quarantine_keys_name_the_version_and_keep_the_key_readable() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 26, 1, 7, 43).unwrap();
+        let plain = object("docs/a b", "\"9b2cf535\"", at);
+        assert_eq!(
+            quarantine_key("quarantine/", &plain),
+            "quarantine/docs/a b/20261126T010743Z-9b2cf535"
+        );
+        let multipart = object("docs/a", "\"9b2c-3\"", at);
+        assert_eq!(
+            quarantine_key("q/", &multipart),
+            "q/docs/a/20261126T010743Z-9b2c-3"
+        );
+        let odd = ObjectMeta {
+            etag: Some("W/\"x/y\"".into()),
+            ..plain.clone()
+        };
+        assert_eq!(
+            quarantine_key("q/", &odd),
+            "q/docs/a b/20261126T010743Z-W_x_y"
+        );
+        let later = object(
+            "docs/a b",
+            "\"9b2cf535\"",
+            at + chrono::Duration::seconds(1),
+        );
+        assert_ne!(quarantine_key("q/", &plain), quarantine_key("q/", &later));
     }
 }

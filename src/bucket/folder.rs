@@ -20,7 +20,7 @@
 //!   symbolic links between the check and the use is not defended against: the folder must be
 //!   writable only by the app and the reconciler.)
 
-use super::Bucket;
+use super::{Bucket, CopyOutcome, DeleteOutcome};
 use crate::error::{Error, Result};
 use crate::model::ObjectMeta;
 use chrono::{DateTime, Utc};
@@ -121,34 +121,63 @@ impl FolderBucket {
         }
     }
 
-    fn copy_now(&self, from: &str, to: &str) -> Result<()> {
+    /// Copy `from` (as the caller saw it) to the new key `to`. The folder has no conditional
+    /// copy, so the source is checked before and after: a copy of a file that changed meanwhile
+    /// is removed again (it is ours: `to` did not exist) and nothing is said copied.
+    fn copy_now(&self, from: &ObjectMeta, to: &str) -> Result<CopyOutcome> {
         let context = format!(
             "copying {} to {}",
-            self.object_url(from),
+            self.object_url(&from.key),
             self.object_url(to)
         );
         let root = self.real_root()?;
-        let source = self.resolve(&root, from, &context)?;
+        let source = self.resolve(&root, &from.key, &context)?;
         let target = self.resolve(&root, to, &context)?;
-        copy_new(&source, &target).map_err(|e| {
-            let message = match e.kind() {
-                io::ErrorKind::AlreadyExists => {
-                    format!("{to:?} already exists; a copy never replaces a file")
-                }
-                _ if absent(&e) && !source.is_file() => format!("{from:?} does not exist"),
-                _ => e.to_string(),
-            };
-            Error::storage(&context, message)
-        })
+        let storage = |e: io::Error| Error::storage(&context, e.to_string());
+        if !still_same(&source, from).map_err(storage)? {
+            return Ok(CopyOutcome::SourceChanged);
+        }
+        if let Some(outcome) = existing_copy(&source, &target, from, to).map_err(storage)? {
+            return Ok(outcome);
+        }
+        match copy_new(&source, &target) {
+            Ok(()) => {}
+            // Taken between the look above and the rename: judge what is there now.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return existing_copy(&source, &target, from, to)
+                    .map_err(storage)?
+                    .ok_or_else(|| Error::storage(&context, format!("{to:?} came and went")));
+            }
+            Err(e) if absent(&e) && !source.is_file() => return Ok(CopyOutcome::SourceChanged),
+            Err(e) => return Err(storage(e)),
+        }
+        if !still_same(&source, from).map_err(storage)? {
+            fs::remove_file(&target).map_err(storage)?;
+            return Ok(CopyOutcome::SourceChanged);
+        }
+        let copied = fs::metadata(&target).map_err(storage)?;
+        if i64::try_from(copied.len()).ok() != Some(from.size) {
+            return Err(Error::storage(
+                &context,
+                format!(
+                    "the copy has {} bytes, the original {}; original kept",
+                    copied.len(),
+                    from.size
+                ),
+            ));
+        }
+        Ok(CopyOutcome::Copied)
     }
 
-    fn delete_now(&self, key: &str) -> Result<()> {
-        let context = format!("deleting {}", self.object_url(key));
+    fn delete_now(&self, object: &ObjectMeta) -> Result<DeleteOutcome> {
+        let context = format!("deleting {}", self.object_url(&object.key));
         let root = self.real_root()?;
-        let path = self.resolve(&root, key, &context)?;
-        unlink_if_same(&path, None)
-            .map(|_| ())
-            .map_err(|e| Error::storage(context, e.to_string()))
+        let path = self.resolve(&root, &object.key, &context)?;
+        match unlink_if_same(&path, object.etag.as_deref()) {
+            Ok(true) => Ok(DeleteOutcome::Deleted),
+            Ok(false) => Ok(DeleteOutcome::Changed),
+            Err(e) => Err(Error::storage(context, e.to_string())),
+        }
     }
 
     fn ping_now(&self) -> Result<()> {
@@ -210,19 +239,21 @@ impl Bucket for FolderBucket {
         .await
     }
 
-    async fn copy(&self, from: &str, to: &str) -> Result<()> {
-        let (from, to) = (from.to_owned(), to.to_owned());
-        self.blocking(format!("copying {}", self.object_url(&from)), move |f| {
-            f.copy_now(&from, &to)
-        })
+    async fn copy_new(&self, from: &ObjectMeta, to: &str) -> Result<CopyOutcome> {
+        let (from, to) = (from.clone(), to.to_owned());
+        self.blocking(
+            format!("copying {}", self.object_url(&from.key)),
+            move |f| f.copy_now(&from, &to),
+        )
         .await
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
-        let key = key.to_owned();
-        self.blocking(format!("deleting {}", self.object_url(&key)), move |f| {
-            f.delete_now(&key)
-        })
+    async fn delete_if(&self, object: &ObjectMeta) -> Result<DeleteOutcome> {
+        let object = object.clone();
+        self.blocking(
+            format!("deleting {}", self.object_url(&object.key)),
+            move |f| f.delete_now(&object),
+        )
         .await
     }
 
@@ -274,6 +305,65 @@ fn absent(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
     )
+}
+
+/// Whether the file at `path` is still the object the caller saw (same ETag where it has one).
+fn still_same(path: &Path, seen: &ObjectMeta) -> io::Result<bool> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(seen.etag.as_ref().is_none_or(|e| *e == etag_of(&m))),
+        Ok(_) => Ok(false),
+        Err(e) if absent(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a file already at `target` means for a copy of `source`: the same bytes are an earlier
+/// copy of this very object (a quarantine stopped after copying), anything else is in the way.
+/// `None` when nothing is there.
+fn existing_copy(
+    source: &Path,
+    target: &Path,
+    from: &ObjectMeta,
+    to: &str,
+) -> io::Result<Option<CopyOutcome>> {
+    let there = match fs::symlink_metadata(target) {
+        Ok(m) => m,
+        Err(e) if absent(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if there.is_file()
+        && i64::try_from(there.len()).ok() == Some(from.size)
+        && same_bytes(source, target)?
+    {
+        return Ok(Some(CopyOutcome::AlreadyCopied));
+    }
+    Ok(Some(CopyOutcome::Taken(object_meta(to.to_owned(), &there))))
+}
+
+/// Byte-for-byte equality of two files, read in blocks.
+fn same_bytes(a: &Path, b: &Path) -> io::Result<bool> {
+    use std::io::Read;
+    let (mut a, mut b) = (
+        io::BufReader::new(File::open(a)?),
+        io::BufReader::new(File::open(b)?),
+    );
+    let (mut x, mut y) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = a.read(&mut x)?;
+        if n == 0 {
+            return Ok(b.read(&mut y[..1])? == 0);
+        }
+        b.read_exact(&mut y[..n]).or_else(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 /// Write `source`'s bytes to the new file `target`, never replacing one, creating its folders.
@@ -689,9 +779,9 @@ mod tests {
         ] {
             for error in [
                 error_of(bucket.head(key).await),
-                error_of(bucket.copy("docs/a", key).await),
-                error_of(bucket.copy(key, "docs/b").await),
-                error_of(bucket.delete(key).await),
+                error_of(bucket.copy_new(&seen("docs/a"), key).await),
+                error_of(bucket.copy_new(&seen(key), "docs/b").await),
+                error_of(bucket.delete_if(&seen(key)).await),
             ] {
                 assert!(
                     error.contains(&format!("refused key {key:?}")),
@@ -719,14 +809,14 @@ mod tests {
                 error.contains("leads it out of the folder"),
                 "{key}: {error}"
             );
-            let error = error_of(bucket.delete(key).await);
+            let error = error_of(bucket.delete_if(&seen(key)).await);
             assert!(
                 error.contains("leads it out of the folder"),
                 "{key}: {error}"
             );
         }
-        error_of(bucket.copy("docs/a", "docs/out/new").await);
-        error_of(bucket.copy("file-out", "docs/stolen").await);
+        error_of(bucket.copy_new(&seen("docs/a"), "docs/out/new").await);
+        error_of(bucket.copy_new(&seen("file-out"), "docs/stolen").await);
         assert!(!outside.path().join("new").exists());
         assert!(!dir.path().join("docs/stolen").exists());
         assert!(outside.path().join("secret").exists());
@@ -815,13 +905,52 @@ mod tests {
             .expect("listing")
     }
 
+    /// An object as a caller might have seen it, with no ETag to hold it to.
+    fn seen(key: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: key.to_owned(),
+            size: 0,
+            etag: None,
+            last_modified: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_is_checked_and_an_identical_earlier_copy_is_recognised() {
+        let (dir, bucket) = folder();
+        put(dir.path(), "docs/a", "body");
+        let a = bucket.head("docs/a").await.expect("head").expect("present");
+        let copied = bucket.copy_new(&a, "quarantine/docs/a/1").await;
+        assert_eq!(copied.expect("copy"), CopyOutcome::Copied);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("quarantine/docs/a/1")).expect("read"),
+            "body"
+        );
+        let again = bucket.copy_new(&a, "quarantine/docs/a/1").await;
+        assert_eq!(again.expect("copy"), CopyOutcome::AlreadyCopied);
+        // The original changed since it was seen: nothing is copied.
+        put(dir.path(), "docs/a", "other body");
+        let changed = bucket.copy_new(&a, "quarantine/docs/a/2").await;
+        assert_eq!(changed.expect("copy"), CopyOutcome::SourceChanged);
+        assert!(!dir.path().join("quarantine/docs/a/2").exists());
+        assert_eq!(
+            bucket.delete_if(&a).await.expect("delete"),
+            DeleteOutcome::Changed
+        );
+        assert!(dir.path().join("docs/a").exists());
+    }
+
     #[tokio::test]
     async fn a_copy_never_replaces_a_file_and_keeps_the_source() {
         let (dir, bucket) = folder();
         put(dir.path(), "docs/a", "v2");
         put(dir.path(), "quarantine/docs/a", "v1");
-        let error = error_of(bucket.copy("docs/a", "quarantine/docs/a").await);
-        assert!(error.contains("already exists"), "{error}");
+        let a = bucket.head("docs/a").await.expect("head").expect("present");
+        let taken = bucket
+            .copy_new(&a, "quarantine/docs/a")
+            .await
+            .expect("copy");
+        assert!(matches!(taken, CopyOutcome::Taken(_)), "{taken:?}");
         assert_eq!(
             fs::read_to_string(dir.path().join("quarantine/docs/a")).expect("read"),
             "v1"
@@ -830,8 +959,8 @@ mod tests {
             fs::read_to_string(dir.path().join("docs/a")).expect("read"),
             "v2"
         );
-        let error = error_of(bucket.copy("docs/none", "docs/b").await);
-        assert!(error.contains("\"docs/none\" does not exist"), "{error}");
+        let gone = bucket.copy_new(&seen("docs/none"), "docs/b").await;
+        assert_eq!(gone.expect("copy"), CopyOutcome::SourceChanged);
         // No temporary file is left behind by either refusal.
         assert_eq!(
             keys(&bucket, "").expect("listing"),
@@ -876,13 +1005,24 @@ mod tests {
     async fn delete_leaves_the_folders_and_the_listing_ignores_them() {
         let (dir, bucket) = folder();
         put(dir.path(), "docs/sub/a", "a");
-        bucket.delete("docs/sub/a").await.expect("delete");
+        let a = bucket
+            .head("docs/sub/a")
+            .await
+            .expect("head")
+            .expect("present");
+        assert_eq!(
+            bucket.delete_if(&a).await.expect("delete"),
+            DeleteOutcome::Deleted
+        );
         assert!(dir.path().join("docs/sub").is_dir());
         assert_eq!(keys(&bucket, "").expect("listing"), Vec::<String>::new());
-        bucket
-            .delete("docs/sub/a")
-            .await
-            .expect("deleting a missing key is no error");
+        assert_eq!(
+            bucket
+                .delete_if(&a)
+                .await
+                .expect("a missing key is no error"),
+            DeleteOutcome::Changed
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,8 @@
 //! The bucket: listing, HEAD, copy and delete behind one narrow trait, so the engine does not
 //! care whether the objects live in S3 or in a local folder.
+//!
+//! The two writes never destroy anything the caller did not see: a copy never replaces an
+//! existing object, and a delete only removes the very object the caller describes.
 
 pub mod folder;
 pub mod s3;
@@ -23,11 +26,36 @@ pub trait Bucket: Send + Sync {
     /// A fresh look at one object; `None` when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
 
-    /// Server-side copy of `from` to `to` in the same bucket.
-    async fn copy(&self, from: &str, to: &str) -> Result<()>;
+    /// Copy the object `from` (as the caller saw it) to the new key `to` in the same bucket,
+    /// never over an existing object, and check the copy against the original before saying
+    /// `Copied`.
+    async fn copy_new(&self, from: &ObjectMeta, to: &str) -> Result<CopyOutcome>;
 
-    async fn delete(&self, key: &str) -> Result<()>;
+    /// Delete `object.key` only while it is still the object described (same ETag).
+    async fn delete_if(&self, object: &ObjectMeta) -> Result<DeleteOutcome>;
 
     /// Check that the bucket exists and these credentials reach it.
     async fn ping(&self) -> Result<()>;
+}
+
+/// What [`Bucket::copy_new`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CopyOutcome {
+    /// The new key holds the original's bytes, checked as far as the storage can tell.
+    Copied,
+    /// The new key already held this very copy (an earlier attempt stopped after copying):
+    /// nothing written.
+    AlreadyCopied,
+    /// The new key holds another object: nothing written.
+    Taken(ObjectMeta),
+    /// The original is no longer the object described (overwritten or gone): nothing written.
+    SourceChanged,
+}
+
+/// What [`Bucket::delete_if`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    /// The key holds another object now, or none: nothing deleted.
+    Changed,
 }

@@ -1,12 +1,16 @@
 //! The bucket on S3 or any S3-compatible server (custom endpoint, path-style addressing).
 
-use super::Bucket;
+use super::{Bucket, CopyOutcome, DeleteOutcome};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result, describe_sdk};
 use crate::model::{ObjectMeta, decode_form};
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
-use aws_sdk_s3::types::EncodingType;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, EncodingType, ServerSideEncryption,
+};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -15,7 +19,19 @@ pub struct S3Bucket {
     client: Client,
     bucket: String,
     page_size: Option<i32>,
+    /// Objects larger than this are copied in parts (UploadPartCopy), not by one CopyObject.
+    multipart_copy_threshold: u64,
 }
+
+/// The largest object one CopyObject may copy (S3's limit, 5 GiB), and so the default and the
+/// ceiling of `storage.multipart_copy_threshold`.
+pub const MAX_COPY_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+/// S3's bounds on a multipart upload: every part but the last at least 5 MiB, none over 5 GiB,
+/// at most 10 000 parts.
+const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+const MAX_PARTS: u64 = 10_000;
 
 /// What CopySource needs escaped: everything but unreserved characters and the path separator.
 const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
@@ -55,12 +71,193 @@ impl S3Bucket {
             client,
             bucket: config.bucket.clone(),
             page_size: config.list_page_size,
+            multipart_copy_threshold: config
+                .multipart_copy_threshold
+                .unwrap_or(MAX_COPY_OBJECT_BYTES),
         }
     }
 
     fn object_url(&self, key: &str) -> String {
         format!("s3://{}/{}", self.bucket, key)
     }
+
+    fn copy_source(&self, key: &str) -> String {
+        format!("{}/{}", self.bucket, utf8_percent_encode(key, COPY_SOURCE))
+    }
+
+    fn copy_error<E>(&self, from: &str, to: &str, error: &SdkError<E, HttpResponse>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        Error::storage(self.copy_context(from, to), describe_sdk(error))
+    }
+
+    fn copy_context(&self, from: &str, to: &str) -> String {
+        format!(
+            "copying {} to {}",
+            self.object_url(from),
+            self.object_url(to)
+        )
+    }
+
+    fn method(&self, size: i64) -> CopyMethod {
+        if u64::try_from(size).unwrap_or(0) > self.multipart_copy_threshold {
+            CopyMethod::Parts
+        } else {
+            CopyMethod::Whole
+        }
+    }
+
+    /// One CopyObject, conditional on the source's ETag and on the destination being free
+    /// (servers that ignore either condition still got the HEAD before). `None`: a condition
+    /// failed, nothing written.
+    async fn copy_whole(&self, from: &ObjectMeta, to: &str) -> Result<Option<Written>> {
+        let copied = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(self.copy_source(&from.key))
+            .set_copy_source_if_match(from.etag.clone())
+            .if_none_match("*")
+            .send()
+            .await;
+        match copied {
+            Ok(out) => {
+                let kms = out.server_side_encryption().is_some_and(|sse| {
+                    matches!(
+                        sse,
+                        ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse
+                    )
+                });
+                let expected_etag = if etag_carries_over(from.etag.as_deref(), kms) {
+                    from.etag.clone()
+                } else {
+                    out.copy_object_result()
+                        .and_then(|r| r.e_tag())
+                        .map(str::to_owned)
+                };
+                Ok(Some(Written { expected_etag }))
+            }
+            Err(e) if object_changed(&e) => Ok(None),
+            Err(e) => Err(self.copy_error(&from.key, to, &e)),
+        }
+    }
+
+    /// A multipart copy: parts copied by byte range, each conditional on the source's ETag (so
+    /// every part comes from the same version), completed only if the destination is free.
+    /// Anything short of completion aborts the upload, so no parts are left behind.
+    async fn copy_in_parts(&self, from: &ObjectMeta, to: &str) -> Result<Option<Written>> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(to)
+            .send()
+            .await
+            .map_err(|e| self.copy_error(&from.key, to, &e))?;
+        let Some(upload_id) = created.upload_id() else {
+            return Err(Error::storage(
+                self.copy_context(&from.key, to),
+                "CreateMultipartUpload answered without an upload id",
+            ));
+        };
+        let copied = self.copy_parts(from, to, upload_id).await;
+        if !matches!(copied, Ok(Some(_))) {
+            let aborted = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(to)
+                .upload_id(upload_id)
+                .send()
+                .await;
+            if let Err(e) = aborted {
+                tracing::warn!(
+                    key = %to, upload_id, error = %describe_sdk(&e),
+                    "could not abort the multipart copy; a bucket lifecycle rule \
+                     (AbortIncompleteMultipartUpload) will remove its parts"
+                );
+            }
+        }
+        copied
+    }
+
+    async fn copy_parts(
+        &self,
+        from: &ObjectMeta,
+        to: &str,
+        upload_id: &str,
+    ) -> Result<Option<Written>> {
+        let size = u64::try_from(from.size).unwrap_or(0);
+        let mut parts = Vec::new();
+        for (number, (first, last)) in (1..).zip(part_ranges(
+            size,
+            part_size(size, self.multipart_copy_threshold),
+        )) {
+            let copied = self
+                .client
+                .upload_part_copy()
+                .bucket(&self.bucket)
+                .key(to)
+                .upload_id(upload_id)
+                .part_number(number)
+                .copy_source(self.copy_source(&from.key))
+                .copy_source_range(format!("bytes={first}-{last}"))
+                .set_copy_source_if_match(from.etag.clone())
+                .send()
+                .await;
+            let etag = match copied {
+                Ok(out) => out
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .map(str::to_owned),
+                Err(e) if object_changed(&e) => return Ok(None),
+                Err(e) => return Err(self.copy_error(&from.key, to, &e)),
+            };
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(etag)
+                    .build(),
+            );
+        }
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(to)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .if_none_match("*")
+            .send()
+            .await;
+        match completed {
+            // A multipart object's ETag is not the original's: the check can only confirm
+            // that the destination holds the object this upload completed.
+            Ok(out) => Ok(Some(Written {
+                expected_etag: out.e_tag().map(str::to_owned),
+            })),
+            Err(e) if object_changed(&e) => Ok(None),
+            Err(e) => Err(self.copy_error(&from.key, to, &e)),
+        }
+    }
+}
+
+/// How an object is copied: in one CopyObject up to the threshold, in parts above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyMethod {
+    Whole,
+    Parts,
+}
+
+/// A copy the server accepted, and the ETag the destination must then show.
+struct Written {
+    expected_etag: Option<String>,
 }
 
 /// State of a paginated listing: where to continue, or done.
@@ -165,42 +362,52 @@ impl Bucket for S3Bucket {
         }
     }
 
-    async fn copy(&self, from: &str, to: &str) -> Result<()> {
-        let source = format!("{}/{}", self.bucket, utf8_percent_encode(from, COPY_SOURCE));
-        self.client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(to)
-            .copy_source(source)
-            .send()
-            .await
-            .map_err(|e| {
-                Error::storage(
-                    format!(
-                        "copying {} to {}",
-                        self.object_url(from),
-                        self.object_url(to)
-                    ),
-                    describe_sdk(&e),
-                )
-            })?;
-        Ok(())
+    async fn copy_new(&self, from: &ObjectMeta, to: &str) -> Result<CopyOutcome> {
+        let method = self.method(from.size);
+        // Moto and garage ignore If-None-Match on copies: this look is what keeps them from
+        // overwriting. (Quarantine keys name one object version, and sweeps hold a lock, so
+        // nothing else writes them between this HEAD and the copy.)
+        if let Some(there) = self.head(to).await? {
+            return Ok(judge_existing(from, there, method));
+        }
+        let written = match method {
+            CopyMethod::Whole => self.copy_whole(from, to).await?,
+            CopyMethod::Parts => self.copy_in_parts(from, to).await?,
+        };
+        let Some(written) = written else {
+            // Refused: the destination was taken meanwhile, or the original changed.
+            return Ok(match self.head(to).await? {
+                Some(there) => judge_existing(from, there, method),
+                None => CopyOutcome::SourceChanged,
+            });
+        };
+        let copy = self.head(to).await?;
+        check_copy(from, copy.as_ref(), written.expected_etag.as_deref()).map_err(|problem| {
+            Error::storage(
+                self.copy_context(&from.key, to),
+                format!("{problem}; the original is kept"),
+            )
+        })?;
+        Ok(CopyOutcome::Copied)
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.client
+    async fn delete_if(&self, object: &ObjectMeta) -> Result<DeleteOutcome> {
+        let deleted = self
+            .client
             .delete_object()
             .bucket(&self.bucket)
-            .key(key)
+            .key(&object.key)
+            .set_if_match(object.etag.clone())
             .send()
-            .await
-            .map_err(|e| {
-                Error::storage(
-                    format!("deleting {}", self.object_url(key)),
-                    describe_sdk(&e),
-                )
-            })?;
-        Ok(())
+            .await;
+        match deleted {
+            Ok(_) => Ok(DeleteOutcome::Deleted),
+            Err(e) if object_changed(&e) => Ok(DeleteOutcome::Changed),
+            Err(e) => Err(Error::storage(
+                format!("deleting {}", self.object_url(&object.key)),
+                describe_sdk(&e),
+            )),
+        }
     }
 
     async fn ping(&self) -> Result<()> {
@@ -212,6 +419,80 @@ impl Bucket for S3Bucket {
             .map_err(|e| Error::storage(format!("reaching {}", self.url()), describe_sdk(&e)))?;
         Ok(())
     }
+}
+
+/// The server refused a conditional request because the object is not the one it was conditional
+/// on: 412 Precondition Failed, 409 ConditionalRequestConflict (a concurrent write to the key), or
+/// a 404 for the object (not for the bucket).
+fn object_changed<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    let code = error.as_service_error().and_then(|e| e.code());
+    match status {
+        Some(412 | 409) => true,
+        Some(404) => code != Some("NoSuchBucket"),
+        _ => false,
+    }
+}
+
+/// Whether a one-request copy keeps the original's ETag: S3's ETag is the MD5 of the bytes only
+/// for objects uploaded in one part and not encrypted with KMS (a multipart ETag ends in `-N`).
+fn etag_carries_over(etag: Option<&str>, kms: bool) -> bool {
+    etag.is_some_and(|etag| !etag.contains('-')) && !kms
+}
+
+/// An object found at the destination before or after the copy: the very copy an earlier
+/// attempt made (same size, and the original's ETag where a copy keeps it), or something else.
+fn judge_existing(from: &ObjectMeta, there: ObjectMeta, method: CopyMethod) -> CopyOutcome {
+    let same_etag = match method {
+        CopyMethod::Whole if etag_carries_over(from.etag.as_deref(), false) => {
+            there.etag == from.etag
+        }
+        _ => true,
+    };
+    if there.size == from.size && same_etag {
+        CopyOutcome::AlreadyCopied
+    } else {
+        CopyOutcome::Taken(there)
+    }
+}
+
+/// The copy as HEAD shows it must have the original's size and the ETag the copy promised.
+fn check_copy(
+    from: &ObjectMeta,
+    copy: Option<&ObjectMeta>,
+    expected_etag: Option<&str>,
+) -> Result<(), String> {
+    let Some(copy) = copy else {
+        return Err("the copy is not there after the copy succeeded".into());
+    };
+    if copy.size != from.size {
+        return Err(format!(
+            "the copy has {} bytes, the original {}",
+            copy.size, from.size
+        ));
+    }
+    if let Some(expected) = expected_etag
+        && copy.etag.as_deref() != Some(expected)
+    {
+        return Err(format!(
+            "the copy's ETag is {}, expected {expected}",
+            copy.etag.as_deref().unwrap_or("(none)")
+        ));
+    }
+    Ok(())
+}
+
+/// The part size of a multipart copy: the threshold (within S3's part bounds), larger when the
+/// object would need more than 10 000 parts.
+fn part_size(size: u64, threshold: u64) -> u64 {
+    threshold
+        .clamp(MIN_PART_BYTES, MAX_PART_BYTES)
+        .max(size.div_ceil(MAX_PARTS))
+}
+
+/// Inclusive byte ranges (`first`, `last`) of `part`-sized pieces covering `size` bytes.
+fn part_ranges(size: u64, part: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..size.div_ceil(part)).map(move |i| (i * part, ((i + 1) * part).min(size) - 1))
 }
 
 /// An object without a modification time cannot be judged old: it stays in grace.
@@ -236,6 +517,92 @@ mod tests {
         );
         assert_eq!(decode_form("%C3%A9/%C3%BC").as_deref(), Some("é/ü"));
         assert_eq!(decode_form("bad%FF"), None);
+    }
+
+    fn object(size: i64, etag: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: "docs/a".into(),
+            size,
+            etag: Some(etag.into()),
+            last_modified: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn parts_cover_the_object_within_s3_bounds() {
+        const GIB: u64 = 1024 * 1024 * 1024;
+        for (size, threshold) in [
+            (6 * 1024 * 1024, 1024 * 1024),
+            (6 * GIB, MAX_COPY_OBJECT_BYTES),
+            (5 * 1024 * GIB, MAX_COPY_OBJECT_BYTES),
+            (5 * 1024 * GIB, 1),
+            (10 * 1024 * 1024 + 1, 5 * 1024 * 1024),
+        ] {
+            let part = part_size(size, threshold);
+            let ranges: Vec<_> = part_ranges(size, part).collect();
+            assert!(ranges.len() as u64 <= MAX_PARTS, "{size} {threshold}");
+            assert_eq!(ranges.first().map(|r| r.0), Some(0));
+            assert_eq!(ranges.last().map(|r| r.1), Some(size - 1));
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].1 + 1, pair[1].0, "contiguous");
+                let length = pair[0].1 - pair[0].0 + 1;
+                assert!((MIN_PART_BYTES..=MAX_PART_BYTES).contains(&length));
+            }
+        }
+        assert_eq!(
+            part_ranges(11, 5).collect::<Vec<_>>(),
+            [(0, 4), (5, 9), (10, 10)]
+        );
+    }
+
+    #[test]
+    fn only_single_part_unencrypted_copies_keep_the_etag() {
+        assert!(etag_carries_over(
+            Some("\"9b2cf535f27731c974343645a3985328\""),
+            false
+        ));
+        assert!(!etag_carries_over(
+            Some("\"9b2cf535f27731c974343645a3985328-3\""),
+            false
+        ));
+        assert!(!etag_carries_over(
+            Some("\"9b2cf535f27731c974343645a3985328\""),
+            true
+        ));
+        assert!(!etag_carries_over(None, false));
+    }
+
+    #[test]
+    fn an_existing_destination_is_ours_only_if_it_matches() {
+        let from = object(10, "\"aa\"");
+        let same = judge_existing(&from, object(10, "\"aa\""), CopyMethod::Whole);
+        assert_eq!(same, CopyOutcome::AlreadyCopied);
+        let other = object(10, "\"bb\"");
+        let taken = judge_existing(&from, other.clone(), CopyMethod::Whole);
+        assert_eq!(taken, CopyOutcome::Taken(other.clone()));
+        // A multipart copy has its own ETag: only the size can tell.
+        let parts = judge_existing(&from, other, CopyMethod::Parts);
+        assert_eq!(parts, CopyOutcome::AlreadyCopied);
+        let shorter = judge_existing(&from, object(9, "\"aa\""), CopyMethod::Parts);
+        assert!(matches!(shorter, CopyOutcome::Taken(_)));
+    }
+
+    #[test]
+    fn a_copy_is_checked_by_size_and_etag() {
+        let from = object(10, "\"aa\"");
+        assert_eq!(
+            check_copy(&from, Some(&object(10, "\"aa\"")), Some("\"aa\"")),
+            Ok(())
+        );
+        assert_eq!(
+            check_copy(&from, Some(&object(10, "\"bb-2\"")), None),
+            Ok(())
+        );
+        let wrong_etag = check_copy(&from, Some(&object(10, "\"bb\"")), Some("\"aa\""));
+        assert!(wrong_etag.is_err_and(|e| e.contains("ETag")));
+        let short = check_copy(&from, Some(&object(9, "\"aa\"")), Some("\"aa\""));
+        assert!(short.is_err_and(|e| e.contains("9 bytes")));
+        assert!(check_copy(&from, None, None).is_err());
     }
 
     #[test]

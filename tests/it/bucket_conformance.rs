@@ -4,9 +4,9 @@
 
 use crate::helpers::*;
 use futures::TryStreamExt;
-use upload_reconciler::bucket::Bucket;
 use upload_reconciler::bucket::folder::FolderBucket;
 use upload_reconciler::bucket::s3::S3Bucket;
+use upload_reconciler::bucket::{Bucket, CopyOutcome, DeleteOutcome};
 use upload_reconciler::config::StorageConfig;
 use upload_reconciler::model::ObjectMeta;
 
@@ -63,13 +63,6 @@ impl Backend {
             }
             Backend::Folder(f) => f.read(key),
         }
-    }
-
-    /// Whether a copy onto an existing key is refused. The folder refuses; S3's CopyObject
-    /// replaces the target until the bucket's copy becomes conditional (issue 8): then this is
-    /// true for both and the flag goes.
-    fn copy_refuses_to_overwrite(&self) -> bool {
-        matches!(self, Backend::Folder(_))
     }
 }
 
@@ -178,10 +171,9 @@ async fn head_sees_what_the_listing_saw_and_none_when_absent(backend: Backend) {
 async fn copy_makes_a_new_key_and_keeps_the_source(backend: Backend) {
     backend.put("docs/a", "body").await;
     let bucket = backend.bucket();
-    bucket
-        .copy("docs/a", "quarantine/docs/a")
-        .await
-        .expect("copy");
+    let a = bucket.head("docs/a").await.expect("head").expect("present");
+    let copied = bucket.copy_new(&a, "quarantine/docs/a").await;
+    assert_eq!(copied.expect("copy"), CopyOutcome::Copied);
     assert_eq!(
         backend.body("quarantine/docs/a").await.as_deref(),
         Some("body")
@@ -204,37 +196,56 @@ async fn copy_onto_an_existing_key(backend: Backend) {
     backend.put("quarantine/docs/a", "v1").await;
     backend.put("docs/a", "v2").await;
     let bucket = backend.bucket();
-    let copied = bucket.copy("docs/a", "quarantine/docs/a").await;
-    if backend.copy_refuses_to_overwrite() {
-        let error = copied
-            .expect_err("a copy never replaces an object")
-            .to_string();
-        assert!(error.contains("quarantine/docs/a"), "{error}");
-        assert_eq!(
-            backend.body("quarantine/docs/a").await.as_deref(),
-            Some("v1")
-        );
-    } else {
-        copied.expect("S3's unconditional copy");
-        assert_eq!(
-            backend.body("quarantine/docs/a").await.as_deref(),
-            Some("v2")
-        );
-    }
+    let a = bucket.head("docs/a").await.expect("head").expect("present");
+    let copied = bucket
+        .copy_new(&a, "quarantine/docs/a")
+        .await
+        .expect("copy");
+    assert!(
+        matches!(&copied, CopyOutcome::Taken(other) if other.key == "quarantine/docs/a"),
+        "{copied:?}"
+    );
+    assert_eq!(
+        backend.body("quarantine/docs/a").await.as_deref(),
+        Some("v1"),
+        "a copy never replaces an object"
+    );
     assert_eq!(backend.body("docs/a").await.as_deref(), Some("v2"));
+    // The same bytes already there are an earlier copy of this very object.
+    backend.put("quarantine/docs/b", "v2").await;
+    let again = bucket
+        .copy_new(&a, "quarantine/docs/b")
+        .await
+        .expect("copy");
+    assert_eq!(again, CopyOutcome::AlreadyCopied);
 }
 
 async fn delete_removes_one_key_and_forgets_a_missing_one(backend: Backend) {
     backend.put("docs/a", "a").await;
     backend.put("docs/ab", "ab").await;
     let bucket = backend.bucket();
-    bucket.delete("docs/a").await.expect("delete");
+    let a = bucket.head("docs/a").await.expect("head").expect("present");
+    assert_eq!(
+        bucket.delete_if(&a).await.expect("delete"),
+        DeleteOutcome::Deleted
+    );
     assert_eq!(bucket.head("docs/a").await.expect("head"), None);
     assert_eq!(keys(bucket.as_ref(), "").await, ["docs/ab"]);
-    bucket
-        .delete("docs/a")
-        .await
-        .expect("deleting a missing key is no error");
+    // A delete only removes the very object described: a new one at the key is spared.
+    backend.put("docs/ab", "a newer ab").await;
+    let old_ab = ObjectMeta {
+        etag: Some("\"not-the-current-etag\"".into()),
+        ..bucket
+            .head("docs/ab")
+            .await
+            .expect("head")
+            .expect("present")
+    };
+    assert_eq!(
+        bucket.delete_if(&old_ab).await.expect("delete"),
+        DeleteOutcome::Changed
+    );
+    assert_eq!(backend.body("docs/ab").await.as_deref(), Some("a newer ab"));
 }
 
 async fn hostile_keys_round_trip(backend: Backend) {
@@ -258,9 +269,15 @@ async fn hostile_keys_round_trip(backend: Backend) {
         let head = bucket.head(key).await.expect("head").expect("present");
         assert_eq!(head.size, key.len() as i64, "{key:?}");
         let copy = format!("quarantine/{key}");
-        bucket.copy(key, &copy).await.expect("copy");
+        assert_eq!(
+            bucket.copy_new(&head, &copy).await.expect("copy"),
+            CopyOutcome::Copied
+        );
         assert_eq!(backend.body(&copy).await.as_deref(), Some(key));
-        bucket.delete(key).await.expect("delete");
+        assert_eq!(
+            bucket.delete_if(&head).await.expect("delete"),
+            DeleteOutcome::Deleted
+        );
         assert_eq!(bucket.head(key).await.expect("head"), None, "{key:?}");
     }
     assert_eq!(keys(bucket.as_ref(), "docs/").await, Vec::<String>::new());

@@ -23,6 +23,34 @@ pub fn moto_endpoint() -> String {
     })
 }
 
+/// The S3 server the bucket tests use: moto, unless `S3_TEST_ENDPOINT` names another one
+/// (`scripts/test-garage`), with `S3_TEST_ACCESS_KEY`, `S3_TEST_SECRET_KEY` and
+/// `S3_TEST_REGION`. Queues stay on moto.
+pub struct S3Target {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+}
+
+pub fn s3_target() -> S3Target {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    match std::env::var("S3_TEST_ENDPOINT") {
+        Ok(endpoint) => S3Target {
+            endpoint,
+            access_key: var("S3_TEST_ACCESS_KEY", "test"),
+            secret_key: var("S3_TEST_SECRET_KEY", "test"),
+            region: var("S3_TEST_REGION", "us-east-1"),
+        },
+        Err(_) => S3Target {
+            endpoint: moto_endpoint(),
+            access_key: "test".into(),
+            secret_key: "test".into(),
+            region: "us-east-1".into(),
+        },
+    }
+}
+
 /// A database of its own, dropped (with its connections) when the test ends.
 pub struct TestDb {
     pub name: String,
@@ -244,18 +272,26 @@ impl Drop for TestDb {
     }
 }
 
-/// A bucket of its own on the moto server.
+/// A bucket of its own on the test S3 server (moto, or [`s3_target`]'s).
 pub struct TestBucket {
     pub name: String,
     pub client: Client,
     pub endpoint: String,
 }
 
+/// A client of the test S3 server at `endpoint` (the server itself, or a proxy in front of it).
 pub fn s3_client(endpoint: &str) -> Client {
+    let target = s3_target();
     let config = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .region(Region::new(target.region))
+        .credentials_provider(Credentials::new(
+            target.access_key,
+            target.secret_key,
+            None,
+            None,
+            "tests",
+        ))
         .endpoint_url(endpoint)
         .force_path_style(true)
         .build();
@@ -264,7 +300,7 @@ pub fn s3_client(endpoint: &str) -> Client {
 
 impl TestBucket {
     pub async fn new() -> TestBucket {
-        Self::on(&moto_endpoint()).await
+        Self::on(&s3_target().endpoint).await
     }
 
     pub async fn on(endpoint: &str) -> TestBucket {
@@ -275,7 +311,7 @@ impl TestBucket {
             .bucket(&name)
             .send()
             .await
-            .expect("create bucket on moto");
+            .unwrap_or_else(|e| panic!("create bucket {name} on {endpoint}: {e:?}"));
         TestBucket {
             name,
             client,
@@ -284,14 +320,51 @@ impl TestBucket {
     }
 
     pub async fn put(&self, key: &str, body: &str) {
+        self.put_bytes(key, body.as_bytes().to_vec()).await;
+    }
+
+    pub async fn put_bytes(&self, key: &str, body: Vec<u8>) {
         self.client
             .put_object()
             .bucket(&self.name)
             .key(key)
-            .body(ByteStream::from(body.as_bytes().to_vec()))
+            .body(ByteStream::from(body))
             .send()
             .await
             .unwrap_or_else(|e| panic!("put {key:?}: {e:?}"));
+    }
+
+    /// An object's bytes.
+    pub async fn get(&self, key: &str) -> Vec<u8> {
+        self.client
+            .get_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("get {key:?}: {e:?}"))
+            .body
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("read {key:?}: {e:?}"))
+            .to_vec()
+    }
+
+    /// An object's ETag and Last-Modified, as HEAD shows them.
+    pub async fn head(&self, key: &str) -> (String, DateTime<Utc>) {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("head {key:?}: {e:?}"));
+        let modified = out
+            .last_modified()
+            .and_then(|t| DateTime::from_timestamp(t.secs(), 0))
+            .expect("Last-Modified");
+        (out.e_tag().expect("ETag").to_owned(), modified)
     }
 
     /// Every key with its ETag, to compare before and after.
@@ -391,15 +464,16 @@ impl Reconcile {
     /// The binary with this database, bucket and settings; everything else of the test's
     /// environment is cleared, so nothing of the developer's leaks in.
     fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let target = s3_target();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", &self.database_url)
             .env("RECONCILE_STORAGE__BUCKET", &self.bucket)
             .env("RECONCILE_SERVER__LISTEN", "127.0.0.1:0")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", &target.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &target.secret_key)
+            .env("AWS_REGION", &target.region)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .args(args)
             .kill_on_drop(true);
@@ -1046,4 +1120,272 @@ impl Reconcile {
             env: Vec::new(),
         }
     }
+}
+
+/// One HTTP request as [`RewritingProxy`] saw it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    /// Path and query, as sent (percent-encoded).
+    pub target: String,
+}
+
+impl SeenRequest {
+    /// The path without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default()
+    }
+}
+
+type BeforeHook =
+    dyn Fn(SeenRequest) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static;
+type RewriteHook = dyn Fn(&SeenRequest, Vec<u8>) -> Vec<u8> + Send + Sync + 'static;
+
+/// A tiny HTTP/1.1 proxy in front of an S3 server that can act before a request is forwarded
+/// and rewrite a response body: the server's answers changed on the wire, not a mocked client.
+/// One request per connection (`Connection: close` both ways), no compression.
+pub struct RewritingProxy {
+    pub endpoint: String,
+    rewritten: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RewritingProxy {
+    /// Listings carry milliseconds in `<LastModified>` (`.123Z`), as garage's and AWS's do,
+    /// where moto's have whole seconds (`.000Z`). HEAD still answers in whole seconds.
+    pub async fn with_listing_milliseconds(upstream: &str) -> RewritingProxy {
+        Self::start(
+            upstream,
+            |_| Box::pin(async {}),
+            |request, body| {
+                if !request.target.contains("list-type=2") {
+                    return body;
+                }
+                let xml = String::from_utf8_lossy(&body);
+                let mut parts = xml.split("<LastModified>");
+                let mut out = parts.next().unwrap_or_default().to_owned();
+                for part in parts {
+                    // `2026-11-25T23:44:28.000Z</LastModified>...`: keep the second, set the rest.
+                    let second = part.get(..19).unwrap_or(part);
+                    let rest = part
+                        .find("</LastModified>")
+                        .map(|end| &part[end..])
+                        .unwrap_or_default();
+                    out.push_str(&format!("<LastModified>{second}.123Z{rest}"));
+                }
+                out.into_bytes()
+            },
+        )
+        .await
+    }
+
+    /// Runs `before` (to its end) ahead of forwarding each request, and `rewrite` over each
+    /// response body.
+    pub async fn start(
+        upstream: &str,
+        before: impl Fn(SeenRequest) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+        rewrite: impl Fn(&SeenRequest, Vec<u8>) -> Vec<u8> + Send + Sync + 'static,
+    ) -> RewritingProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let before: Arc<BeforeHook> = Arc::new(before);
+        let rewrite: Arc<RewriteHook> = Arc::new(rewrite);
+        let rewritten = Arc::new(AtomicUsize::new(0));
+        let counter = rewritten.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, before, rewrite, counter) = (
+                    upstream.clone(),
+                    before.clone(),
+                    rewrite.clone(),
+                    counter.clone(),
+                );
+                tokio::spawn(async move {
+                    let _ = proxy_one(client, &upstream, &*before, &*rewrite, &counter).await;
+                });
+            }
+        });
+        RewritingProxy {
+            endpoint,
+            rewritten,
+            task,
+        }
+    }
+
+    /// How many response bodies the rewrite changed.
+    pub fn rewritten(&self) -> usize {
+        self.rewritten.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for RewritingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP message split into its head lines and its body.
+struct Message {
+    start: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Message {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The message with `Connection: close`, without the headers named in `drop`.
+    fn encode(&self, drop: &[&str]) -> Vec<u8> {
+        let mut out = format!("{}\r\n", self.start);
+        for (name, value) in &self.headers {
+            if !drop.iter().any(|d| name.eq_ignore_ascii_case(d))
+                && !name.eq_ignore_ascii_case("connection")
+            {
+                out.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        out.push_str("Connection: close\r\n\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+}
+
+/// Read one message's head, then `Content-Length` bytes of body, or (`to_eof`) all until the
+/// peer closes. `None` when the connection closed before a whole head.
+async fn read_message(
+    stream: &mut tokio::net::TcpStream,
+    to_eof: bool,
+    bodiless: bool,
+) -> Option<Message> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let start = lines.next()?.to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut message = Message {
+        start,
+        headers,
+        body: buf[head_end + 4..].to_vec(),
+    };
+    let length = message
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok());
+    match length {
+        _ if bodiless => message.body.clear(),
+        Some(length) => {
+            while message.body.len() < length {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    break;
+                }
+                message.body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None if to_eof => {
+            while let Ok(n) = stream.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                message.body.extend_from_slice(&chunk[..n]);
+            }
+            if message
+                .header("transfer-encoding")
+                .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+            {
+                message.body = dechunk(&message.body);
+            }
+        }
+        None => {}
+    }
+    Some(message)
+}
+
+/// The payload of a chunked body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&raw[..line_end]);
+        let size_hex = size_text.split(';').next().unwrap_or("0").trim();
+        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
+            break;
+        };
+        let data = line_end + 2;
+        if size == 0 || raw.len() < data + size {
+            break;
+        }
+        out.extend_from_slice(&raw[data..data + size]);
+        raw = &raw[(data + size + 2).min(raw.len())..];
+    }
+    out
+}
+
+async fn proxy_one(
+    mut client: tokio::net::TcpStream,
+    upstream: &str,
+    before: &BeforeHook,
+    rewrite: &RewriteHook,
+    rewritten: &std::sync::atomic::AtomicUsize,
+) -> Option<()> {
+    use tokio::io::AsyncWriteExt;
+    let request = read_message(&mut client, false, false).await?;
+    let mut words = request.start.split(' ');
+    let seen = SeenRequest {
+        method: words.next()?.to_owned(),
+        target: words.next()?.to_owned(),
+    };
+    before(seen.clone()).await;
+    let mut server = tokio::net::TcpStream::connect(upstream).await.ok()?;
+    server
+        .write_all(&request.encode(&["accept-encoding", "keep-alive"]))
+        .await
+        .ok()?;
+    let bodiless = seen.method == "HEAD";
+    let mut response = read_message(&mut server, true, bodiless).await?;
+    let original = std::mem::take(&mut response.body);
+    response.body = rewrite(&seen, original.clone());
+    if response.body != original {
+        rewritten.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    let status = response.start.split(' ').nth(1).unwrap_or_default();
+    let sized = seen.method != "HEAD" && status != "204" && status != "304";
+    let drop: &[&str] = if sized {
+        &["transfer-encoding", "content-length"]
+    } else {
+        &["transfer-encoding"]
+    };
+    let mut bytes = response.encode(drop);
+    if sized {
+        // The body may have changed: say its real length, after the other headers.
+        let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 2;
+        let length = format!("Content-Length: {}\r\n", response.body.len());
+        bytes.splice(head_end..head_end, length.into_bytes());
+    }
+    client.write_all(&bytes).await.ok()?;
+    client.shutdown().await.ok()
 }

@@ -1,5 +1,6 @@
 //! Integration tests over real Postgres and moto's S3 (started by scripts/test).
 
+mod bucket;
 mod bucket_conformance;
 mod config;
 mod daemon;
