@@ -1,6 +1,7 @@
 //! Integration tests over real Postgres and moto's S3 (started by scripts/test).
 
 mod bucket_conformance;
+mod catalog_conformance;
 mod config;
 mod daemon;
 mod deployments;
@@ -14,4 +15,5 @@ mod lookups;
 mod operations;
 mod poison;
 mod processing;
+mod sqlite;
 mod sweep;
