@@ -564,9 +564,15 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn try_sweep_lock(&self) -> Result<Option<Box<dyn SweepLock>>> {
-        // The lock is a row of the reconciler's file: only applying paths ask for it, so making
-        // the file here writes nothing a dry run would not.
+        // The lock is a row of the reconciler's file. A dry run (`daemon --dry-run`) takes it
+        // too, and must not create that file: without it nothing was ever applied here, and a
+        // sweep that applies creates it (`migrate`) before its first write. Until then there is
+        // nothing to exclude, save two first-ever applying runs started together (README).
         if !self.migrated() {
+            if !self.side_path.exists() {
+                return Ok(Some(Box::new(NoSweepLockYet)));
+            }
+            // Made by another process since this one connected.
             self.migrate().await?;
         }
         let context = "taking the sweep lock in reconciler.locks";
@@ -990,6 +996,14 @@ async fn renew_sweep_lock(pool: SqlitePool, name: String, owner: String) {
             tracing::warn!(error = %e, lock = %name, "could not renew the sweep lock");
         }
     }
+}
+
+/// The sweep lock before the reconciler's file exists: nothing to hold.
+struct NoSweepLockYet;
+
+#[async_trait::async_trait]
+impl SweepLock for NoSweepLockYet {
+    async fn release(self: Box<Self>) {}
 }
 
 struct SqliteSweepLock {

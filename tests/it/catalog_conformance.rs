@@ -339,6 +339,8 @@ async fn sweep_lock_excludes_a_second_holder_until_released(backend: Backend) {
     let catalog = backend.catalog().await;
     let replica = backend.catalog().await;
     let other_deployment = backend.catalog_of("uploads", "avatars/").await;
+    // As an applying run finds them: the reconciler's tables made.
+    catalog.migrate().await.expect("migrate");
     let held = catalog
         .try_sweep_lock()
         .await

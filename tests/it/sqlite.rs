@@ -118,7 +118,9 @@ async fn a_sqlite_app_database_is_audited_then_fixed_then_clean() {
     }
     .set("storage.prefix", "docs/")
     .set("sweep.orphan_grace", "0s")
-    .set("sweep.orphan_action", "adopt");
+    .set("sweep.orphan_action", "adopt")
+    // For the daemon: a sweep every second.
+    .set("sweep.schedule", "* * * * * *");
     let expected = triples(&[
         ("stale_pending", "stale", "expire"),
         ("stale_pending", "stale iso", "expire"),
@@ -144,6 +146,30 @@ async fn a_sqlite_app_database_is_audited_then_fixed_then_clean() {
         "a dry run changed the app's database file"
     );
     assert!(!side_file.exists(), "a dry run created the side file");
+
+    // The dry-run daemon sweeps (taking the sweep lock) without creating the side file either.
+    let logs = tempfile::tempdir().expect("temporary folder");
+    let log = logs.path().join("daemon.log");
+    let mut daemon = reconcile.spawn(&["daemon", "--dry-run", "-v"], &log);
+    let addr = daemon_address(&log).await;
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the dry-run daemon's first sweep",
+        || async {
+            let body = http_get(&addr, "/metrics").await.1;
+            metric_value(&body, "reconcile_findings{kind=\"stale_pending\"}") == Some(5.0)
+        },
+    )
+    .await;
+    daemon.kill().await.expect("stop the daemon");
+    assert!(
+        std::fs::read(&app_db).expect("read the database file") == bytes_before,
+        "a dry-run daemon changed the app's database file"
+    );
+    assert!(
+        !side_file.exists(),
+        "a dry-run daemon created the side file"
+    );
 
     let apply = reconcile.run(&["--format", "json"]).await;
     assert_eq!(apply.code, 0, "{}", apply.stderr);
