@@ -118,6 +118,7 @@ impl SqliteCatalog {
                     e,
                 )
             })?;
+        check_encoding(&pool, &app_path).await?;
         let table = config.table.quoted();
         check_columns(&pool, config, &table).await?;
         Ok(SqliteCatalog {
@@ -215,6 +216,25 @@ async fn attach_when_wanted(
             .bind(side.to_string_lossy().into_owned())
             .execute(&mut *conn)
             .await?;
+    }
+    Ok(())
+}
+
+/// BINARY compares the bytes of the database's text encoding: only in UTF-8 is that S3's order.
+async fn check_encoding(pool: &SqlitePool, app_path: &Path) -> Result<()> {
+    let encoding: String = sqlx::query_scalar("PRAGMA encoding")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| Error::database(format!("reading {}", app_path.display()), e))?;
+    if encoding != "UTF-8" {
+        return Err(Error::config(
+            "database.url",
+            format!(
+                "{} stores text as {encoding}: its ids would not sort in the UTF-8 byte order \
+                 of the bucket's keys (only UTF-8 SQLite databases are supported)",
+                app_path.display()
+            ),
+        ));
     }
     Ok(())
 }
@@ -1152,34 +1172,22 @@ mod tests {
         );
     }
 
-    /// The byte order of ids is SQLite's BINARY collation over UTF-8: what S3 lists.
-    #[tokio::test]
-    async fn records_come_in_utf8_byte_order() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("app.db");
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true);
-        let mut conn = SqliteConnection::connect_with(&options)
-            .await
-            .expect("create app db");
-        // NOCASE would put `a` and `B` the other way round: BINARY must win.
-        sqlx::query(
-            "CREATE TABLE docs (id TEXT COLLATE NOCASE, status TEXT, \
-             created_at TEXT, updated_at TEXT)",
-        )
-        .execute(&mut conn)
-        .await
-        .expect("create docs");
-        let ids = [
-            "a/b", "B", "a", "a-b", "é", "z", "a0", "Z", "~", "a.b", "ä/x",
-        ];
-        for id in ids {
-            sqlx::query("INSERT INTO docs (id, status, created_at) VALUES (?1, 'pending', CURRENT_TIMESTAMP)")
-                .bind(id)
+    /// A `docs` table made by `statements` in a new database at `path` (opened with `options`),
+    /// and the catalog over it.
+    async fn catalog_over(
+        path: &Path,
+        options: SqliteConnectOptions,
+        statements: &[&str],
+    ) -> Result<SqliteCatalog> {
+        let mut conn =
+            SqliteConnection::connect_with(&options.filename(path).create_if_missing(true))
+                .await
+                .expect("create app db");
+        for statement in statements {
+            sqlx::query(AssertSqlSafe(*statement))
                 .execute(&mut conn)
                 .await
-                .expect("insert");
+                .expect("make the app's table");
         }
         conn.close().await.expect("close");
         let config = DatabaseConfig {
@@ -1191,7 +1199,48 @@ mod tests {
             bucket: "b".into(),
             prefix: String::new(),
         };
-        let catalog = SqliteCatalog::connect(&config, scope)
+        SqliteCatalog::connect(&config, scope).await
+    }
+
+    #[tokio::test]
+    async fn a_utf16_database_is_refused_naming_the_url() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let utf16 = SqliteConnectOptions::new().pragma("encoding", "'UTF-16le'");
+        let create = "CREATE TABLE docs (id TEXT, status TEXT, created_at TEXT, updated_at TEXT)";
+        match catalog_over(&dir.path().join("utf16.db"), utf16, &[create]).await {
+            Err(Error::Config { key, message }) => {
+                assert_eq!(key, "database.url");
+                assert!(message.contains("UTF-16le"), "{message}");
+            }
+            Err(other) => panic!("expected a configuration error, got {other}"),
+            Ok(_) => panic!("a UTF-16 database was accepted"),
+        }
+    }
+
+    /// The byte order of ids is SQLite's BINARY collation over UTF-8: what S3 lists.
+    #[tokio::test]
+    async fn records_come_in_utf8_byte_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.db");
+        let ids = [
+            "a/b", "B", "a", "a-b", "é", "z", "a0", "Z", "~", "a.b", "ä/x",
+        ];
+        let inserts: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                format!(
+                    "INSERT INTO docs (id, status, created_at) \
+                     VALUES ('{id}', 'pending', CURRENT_TIMESTAMP)"
+                )
+            })
+            .collect();
+        // NOCASE would put `a` and `B` the other way round: BINARY must win.
+        let mut statements = vec![
+            "CREATE TABLE docs (id TEXT COLLATE NOCASE, status TEXT, \
+             created_at TEXT, updated_at TEXT)",
+        ];
+        statements.extend(inserts.iter().map(String::as_str));
+        let catalog = catalog_over(&path, SqliteConnectOptions::new(), &statements)
             .await
             .expect("connect");
         let read: Vec<String> = catalog
