@@ -370,13 +370,22 @@ fn app_time(
 /// A time as SQLite apps store it, from its stored type (`typeof()`) and its text:
 /// `CURRENT_TIMESTAMP` text (`2026-11-25 10:00:00`, UTC), ISO-8601 with `T` or a space, with or
 /// without fractional seconds, with `Z`, an offset or no zone (UTC, as SQLite's own functions
-/// read it), a bare date, or Unix seconds (integer or real, or their text). `None` when it is
-/// none of these: the caller treats such a time as unknown.
+/// read it), a bare date, or Unix seconds (integer or real, or their text of 10+ digits). `None`
+/// when it is none of these: the caller treats such a time as unknown.
 pub fn parse_timestamp(kind: &str, text: Option<&str>) -> Option<DateTime<Utc>> {
     let text = text?.trim();
     match kind {
         "integer" | "real" => unix_seconds(text),
-        "text" => unix_seconds(text).or_else(|| text_time(text)),
+        // Unix seconds as text only with ten digits or more (any time since 2001): a shorter
+        // number is as likely a compact date (`20261125`), and misread it would look old.
+        "text"
+            if text.split('.').next().is_some_and(|whole| {
+                whole.len() >= 10 && whole.bytes().all(|b| b.is_ascii_digit())
+            }) =>
+        {
+            unix_seconds(text)
+        }
+        "text" => text_time(text),
         _ => None,
     }
 }
@@ -1121,6 +1130,10 @@ mod tests {
             ("text", Some("1795600800"), Some("2026-11-25T10:00:00Z")),
             ("integer", Some("0"), Some("1970-01-01T00:00:00Z")),
             // Unreadable: the caller keeps such a row in grace.
+            ("text", Some("1795600800.5"), Some("2026-11-25T10:00:00.5Z")),
+            // Too short to be a recent Unix time as text: a compact date, perhaps.
+            ("text", Some("20261125"), None),
+            ("text", Some("-1795600800"), None),
             ("text", Some("yesterday"), None),
             ("text", Some("25/11/2026 10:00"), None),
             ("text", Some(""), None),
