@@ -119,6 +119,17 @@ impl SqliteCatalog {
                 )
             })?;
         check_encoding(&pool, &app_path).await?;
+        if migrated.load(AtomicOrdering::SeqCst) {
+            // A side file whose first migration did not finish holds no tables yet: read as
+            // before any migration until `migrate` completes it.
+            let jobs: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM reconciler.sqlite_master WHERE type = 'table' AND name = 'jobs'",
+            )
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| Error::database(format!("reading {}", side_path.display()), e))?;
+            migrated.store(jobs > 0, AtomicOrdering::SeqCst);
+        }
         let table = config.table.quoted();
         check_columns(&pool, config, &table).await?;
         Ok(SqliteCatalog {
@@ -1228,6 +1239,41 @@ mod tests {
             Err(other) => panic!("expected a configuration error, got {other}"),
             Ok(_) => panic!("a UTF-16 database was accepted"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_side_file_left_without_tables_is_read_as_unmigrated_then_completed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("app.db");
+        // As a first migration that died before its first statement leaves it.
+        std::fs::write(side_file(&path), b"").expect("empty side file");
+        let catalog = catalog_over(
+            &path,
+            SqliteConnectOptions::new(),
+            &[
+                "CREATE TABLE docs (id TEXT, status TEXT, created_at TEXT, updated_at TEXT)",
+                "INSERT INTO docs VALUES ('a', 'pending', CURRENT_TIMESTAMP, NULL)",
+            ],
+        )
+        .await
+        .expect("connect");
+        assert_eq!(ids(&catalog).await, ["a"]);
+        assert_eq!(catalog.job("a").await.expect("job"), None);
+        let lock = catalog
+            .try_sweep_lock()
+            .await
+            .expect("the lock completes the migration")
+            .expect("free");
+        assert_eq!(ids(&catalog).await, ["a"]);
+        lock.release().await;
+    }
+
+    async fn ids(catalog: &SqliteCatalog) -> Vec<String> {
+        catalog
+            .records()
+            .map(|r| r.expect("record").id)
+            .collect()
+            .await
     }
 
     /// The byte order of ids is SQLite's BINARY collation over UTF-8: what S3 lists.
