@@ -5,6 +5,7 @@ use crate::bucket::Bucket;
 use crate::bucket::folder::FolderBucket;
 use crate::bucket::s3::S3Bucket;
 use crate::catalog::postgres::PgCatalog;
+use crate::catalog::sqlite::SqliteCatalog;
 use crate::catalog::{Catalog, Scope};
 use crate::cli::{Cli, Command, SweepArgs};
 use crate::config::{BucketLocation, Config, Overrides};
@@ -208,9 +209,12 @@ pub async fn connect(config: &Config) -> Result<(Arc<dyn Catalog>, Arc<dyn Bucke
 }
 
 async fn connect_catalog(config: &Config) -> Result<Arc<dyn Catalog>> {
-    Ok(Arc::new(
-        PgCatalog::connect(&config.database, scope(config)).await?,
-    ))
+    let url = config.database.url.as_deref().unwrap_or_default();
+    Ok(if url.starts_with("sqlite:") {
+        Arc::new(SqliteCatalog::connect(&config.database, scope(config)).await?)
+    } else {
+        Arc::new(PgCatalog::connect(&config.database, scope(config)).await?)
+    })
 }
 
 /// The deployment this config describes: what its catalog's rows and sweep lock belong to.

@@ -541,11 +541,15 @@ impl Config {
                 ));
             }
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {}
+            Some(url) if url.starts_with("sqlite:") => {
+                crate::catalog::sqlite::path_of(url)
+                    .map_err(|message| Error::config("database.url", message))?;
+            }
             Some(url) => {
                 return Err(Error::config(
                     "database.url",
                     format!(
-                        "{} is not a postgres:// URL (the only database supported so far)",
+                        "{} is neither a postgres:// nor a sqlite:// URL",
                         crate::redact::url(url)
                     ),
                 ));
@@ -919,6 +923,21 @@ mod tests {
             key_of(Config::from_toml("[database]\nurl = \"postgres://x/y\"")),
             "storage.bucket"
         );
+    }
+
+    #[test]
+    fn a_sqlite_url_is_a_database_and_other_schemes_are_not() {
+        let with_url = |url: &str| {
+            Config::from_toml(&format!(
+                "[database]\nurl = {url:?}\n[storage]\nbucket = \"file:///srv/up\""
+            ))
+        };
+        for url in ["sqlite:///srv/app.db", "sqlite://app.db"] {
+            assert!(with_url(url).is_ok(), "{url}");
+        }
+        for url in ["sqlite://app.db?mode=ro", "sqlite://", "mysql://x/y"] {
+            assert_eq!(key_of(with_url(url)), "database.url", "{url}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! fits without touching it.
 
 pub mod postgres;
+pub mod sqlite;
 
 use crate::error::Result;
 use crate::model::{Job, ObjectMeta, Record, Status};

@@ -1389,3 +1389,77 @@ async fn proxy_one(
     client.write_all(&bytes).await.ok()?;
     client.shutdown().await.ok()
 }
+
+/// An app's SQLite database in a temporary folder, holding the reference `docs` table with its
+/// times as `CURRENT_TIMESTAMP` text, as SQLite apps commonly write them.
+pub struct TestSqlite {
+    dir: tempfile::TempDir,
+    pub pool: sqlx::SqlitePool,
+}
+
+impl TestSqlite {
+    pub async fn with_docs() -> TestSqlite {
+        let dir = tempfile::tempdir().expect("create a temporary folder");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("app.db"))
+            .create_if_missing(true);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .expect("create the SQLite database");
+        sqlx::query(
+            "CREATE TABLE docs (
+               id          TEXT PRIMARY KEY,
+               title       TEXT NOT NULL DEFAULT '',
+               status      TEXT NOT NULL DEFAULT 'pending',
+               created_at  TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+               updated_at  TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+             )",
+        )
+        .execute(&pool)
+        .await
+        .expect("create docs");
+        TestSqlite { dir, pool }
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("app.db")
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.path().display())
+    }
+
+    /// Insert a doc created `age` ago, its times as `CURRENT_TIMESTAMP` text.
+    pub async fn doc(&self, id: &str, status: &str, age: Duration) {
+        let created_at = Utc::now() - chrono::Duration::from_std(age).expect("small age");
+        self.doc_at(
+            id,
+            status,
+            &created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        )
+        .await;
+    }
+
+    /// Insert a doc whose created_at is `created_at` as written.
+    pub async fn doc_at(&self, id: &str, status: &str, created_at: &str) {
+        sqlx::query(
+            "INSERT INTO docs (id, status, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(created_at)
+        .execute(&self.pool)
+        .await
+        .expect("insert doc");
+    }
+
+    pub async fn status(&self, id: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT status FROM docs WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .expect("read status")
+    }
+}

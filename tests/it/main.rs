@@ -2,6 +2,7 @@
 
 mod bucket;
 mod bucket_conformance;
+mod catalog_conformance;
 mod config;
 mod daemon;
 mod deployments;
@@ -18,4 +19,5 @@ mod outage;
 mod poison;
 mod processing;
 mod secrets;
+mod sqlite;
 mod sweep;

@@ -1,0 +1,480 @@
+//! One set of tests for the `Catalog` trait, run against every implementation: Postgres and
+//! SQLite. Each case is a function over a `Backend`; `conformance!` makes one test per case and
+//! backend (`catalog_conformance::<case>::postgres`, `...::sqlite`).
+
+use crate::helpers::*;
+use chrono::{DateTime, SubsecRound, Utc};
+use futures::TryStreamExt;
+use std::time::Duration;
+use upload_reconciler::catalog::postgres::PgCatalog;
+use upload_reconciler::catalog::sqlite::SqliteCatalog;
+use upload_reconciler::catalog::{AuditEntry, Catalog, KeyEvent, Retention, Scope};
+use upload_reconciler::config::DatabaseConfig;
+use upload_reconciler::model::{JobState, ObjectMeta, Status};
+
+/// A database under test, and a way to write and read its app table from outside the trait.
+enum Backend {
+    Postgres(TestDb),
+    Sqlite(TestSqlite),
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+impl Backend {
+    async fn postgres() -> Backend {
+        Backend::Postgres(TestDb::with_docs(None).await)
+    }
+
+    async fn sqlite() -> Backend {
+        Backend::Sqlite(TestSqlite::with_docs().await)
+    }
+
+    /// The catalog of the deployment at `bucket` and `prefix` on this database's `docs`.
+    async fn catalog_of(&self, bucket: &str, prefix: &str) -> Box<dyn Catalog> {
+        let scope = Scope {
+            table: "\"docs\"".into(),
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+        };
+        match self {
+            Backend::Postgres(db) => {
+                let config = DatabaseConfig {
+                    url: Some(db.url()),
+                    ..DatabaseConfig::default()
+                };
+                Box::new(PgCatalog::connect(&config, scope).await.expect("connect"))
+            }
+            Backend::Sqlite(db) => {
+                let config = DatabaseConfig {
+                    url: Some(db.url()),
+                    ..DatabaseConfig::default()
+                };
+                Box::new(
+                    SqliteCatalog::connect(&config, scope)
+                        .await
+                        .expect("connect"),
+                )
+            }
+        }
+    }
+
+    async fn catalog(&self) -> Box<dyn Catalog> {
+        self.catalog_of("uploads", "docs/").await
+    }
+
+    async fn doc(&self, id: &str, status: &str, age: Duration) {
+        match self {
+            Backend::Postgres(db) => db.doc(id, status, age).await,
+            Backend::Sqlite(db) => db.doc(id, status, age).await,
+        }
+    }
+
+    async fn status(&self, id: &str) -> Option<String> {
+        match self {
+            Backend::Postgres(db) => db.status(id).await,
+            Backend::Sqlite(db) => db.status(id).await,
+        }
+    }
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test]
+            async fn postgres() {
+                super::$case(super::Backend::postgres().await).await
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                super::$case(super::Backend::sqlite().await).await
+            }
+        }
+    )*};
+}
+
+conformance!(
+    records_stream_in_utf8_byte_order,
+    lock_set_and_create_change_the_app_table_only_on_commit,
+    audit_trail_round_trips,
+    job_claims_count_attempts_and_respect_leases,
+    key_event_state_keeps_the_newest_sequencer,
+    sweep_lock_excludes_a_second_holder_until_released,
+    scopes_on_one_database_do_not_see_each_others_rows,
+    prune_deletes_only_what_is_old_enough,
+);
+
+/// Times as both databases keep them (microseconds).
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+async fn records_stream_in_utf8_byte_order(backend: Backend) {
+    // Mixed case, `-` (0x2D) `.` (0x2E) `/` (0x2F), digits, and multi-byte UTF-8: a locale's
+    // collation or NOCASE would order these differently.
+    let ids = [
+        "a/b", "B", "a", "a-b", "é", "z", "a0", "Z", "~", "a.b", "ä/x", "日本",
+    ];
+    for id in ids {
+        backend.doc(id, "pending", HOUR).await;
+    }
+    let catalog = backend.catalog().await;
+    for catalog_state in ["before migrating", "after migrating"] {
+        let read: Vec<String> = catalog
+            .records()
+            .map_ok(|r| r.id)
+            .try_collect()
+            .await
+            .expect("records");
+        let mut expected: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        assert_eq!(read, expected, "{catalog_state}");
+        catalog.migrate().await.expect("migrate");
+    }
+}
+
+async fn lock_set_and_create_change_the_app_table_only_on_commit(backend: Backend) {
+    backend.doc("a", "pending", HOUR).await;
+    let catalog = backend.catalog().await;
+    catalog.migrate().await.expect("migrate");
+
+    let record = catalog
+        .record("a")
+        .await
+        .expect("record")
+        .expect("a exists");
+    assert_eq!(record.status, Some(Status::Pending));
+    let age = Utc::now() - record.created_at;
+    assert!(
+        age > chrono::Duration::minutes(59) && age < chrono::Duration::minutes(61),
+        "created an hour ago, read as {}",
+        record.created_at
+    );
+    assert_eq!(catalog.record("nope").await.expect("record"), None);
+
+    let mut tx = catalog.begin().await.expect("begin");
+    let locked = tx.lock_record("a").await.expect("lock").expect("a exists");
+    assert_eq!(locked.raw_status, "pending");
+    assert_eq!(tx.lock_record("nope").await.expect("lock"), None);
+    tx.set_status("a", Status::Uploaded).await.expect("set");
+    assert!(
+        tx.create_record("b", Status::Missing)
+            .await
+            .expect("create")
+    );
+    assert!(
+        !tx.create_record("a", Status::Missing)
+            .await
+            .expect("create")
+    );
+    tx.commit().await.expect("commit");
+    assert_eq!(backend.status("a").await.as_deref(), Some("uploaded"));
+    assert_eq!(backend.status("b").await.as_deref(), Some("missing"));
+
+    // Dropped without commit: rolled back.
+    let mut tx = catalog.begin().await.expect("begin");
+    tx.set_status("a", Status::Failed).await.expect("set");
+    drop(tx);
+    assert_eq!(backend.status("a").await.as_deref(), Some("uploaded"));
+    assert_eq!(
+        catalog.ids_with_status(Status::Missing).await.expect("ids"),
+        vec!["b".to_owned()]
+    );
+}
+
+async fn audit_trail_round_trips(backend: Backend) {
+    let catalog = backend.catalog().await;
+    assert_eq!(
+        catalog.audit_trail("a", "docs/a").await.expect("trail"),
+        None,
+        "no trail before the reconciler's tables exist"
+    );
+    catalog.migrate().await.expect("migrate");
+    let entry = |doc_id: &str, action: &str| AuditEntry {
+        at: now(),
+        sweep_id: Some(uuid::Uuid::new_v4()),
+        finding: "stale_pending".into(),
+        action: action.into(),
+        doc_id: doc_id.into(),
+        key: format!("docs/{doc_id}"),
+        old_status: Some("pending".into()),
+        new_status: None,
+        detail: "a detail with 'quotes' and é".into(),
+    };
+    let first = entry("a", "mark_expired");
+    let second = AuditEntry {
+        sweep_id: None,
+        ..entry("a", "quarantine")
+    };
+    let mut tx = catalog.begin().await.expect("begin");
+    tx.audit(&first).await.expect("audit");
+    tx.audit(&entry("other", "mark_expired"))
+        .await
+        .expect("audit");
+    tx.audit(&second).await.expect("audit");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        catalog.audit_trail("a", "docs/a").await.expect("trail"),
+        Some(vec![first, second])
+    );
+}
+
+async fn job_claims_count_attempts_and_respect_leases(backend: Backend) {
+    let catalog = backend.catalog().await;
+    catalog.migrate().await.expect("migrate");
+    let t0 = now();
+    let object = ObjectMeta {
+        key: "docs/a".into(),
+        size: 42,
+        etag: Some("\"e\"".into()),
+        last_modified: t0,
+    };
+    let mut tx = catalog.begin().await.expect("begin");
+    tx.enqueue_job("a", "docs/a", Some(&object), t0)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    assert_eq!(catalog.queue_depth().await.expect("depth"), 1);
+
+    let lease = Duration::from_secs(60);
+    let claimed = catalog
+        .claim_job("w1", t0, lease)
+        .await
+        .expect("claim")
+        .expect("a due job");
+    assert_eq!(claimed.doc_id, "a");
+    assert_eq!(claimed.state, JobState::Running);
+    assert_eq!(claimed.attempts, 1, "the claim counts the attempt");
+    assert_eq!(claimed.leased_by.as_deref(), Some("w1"));
+    assert_eq!(claimed.size, Some(42));
+    assert_eq!(
+        claimed.lease_until,
+        Some(t0 + chrono::Duration::seconds(60))
+    );
+
+    assert_eq!(
+        catalog
+            .claim_job("w2", t0 + chrono::Duration::seconds(30), lease)
+            .await
+            .expect("claim"),
+        None,
+        "leased to w1"
+    );
+    let reclaimed = catalog
+        .claim_job("w2", t0 + chrono::Duration::seconds(61), lease)
+        .await
+        .expect("claim")
+        .expect("the lease ran out");
+    assert_eq!(reclaimed.attempts, 2);
+    assert_eq!(reclaimed.leased_by.as_deref(), Some("w2"));
+
+    // Written back under the job's lock; a done job is claimed no more.
+    let mut tx = catalog.begin().await.expect("begin");
+    let mut job = tx.lock_job("a").await.expect("lock").expect("job");
+    assert_eq!(job, reclaimed);
+    job.state = JobState::Done;
+    job.lease_until = None;
+    tx.save_job(&job).await.expect("save");
+    tx.commit().await.expect("commit");
+    assert_eq!(catalog.job("a").await.expect("job"), Some(job));
+    assert_eq!(
+        catalog
+            .claim_job("w3", t0 + chrono::Duration::hours(1), lease)
+            .await
+            .expect("claim"),
+        None
+    );
+    assert_eq!(catalog.queue_depth().await.expect("depth"), 0);
+
+    // Queued again: a fresh budget.
+    let mut tx = catalog.begin().await.expect("begin");
+    tx.enqueue_job("a", "docs/a", None, t0)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    let again = catalog
+        .claim_job("w4", t0, lease)
+        .await
+        .expect("claim")
+        .expect("queued again");
+    assert_eq!(again.attempts, 1);
+}
+
+/// Apply an event to `docs/a`: lock its state, return the sequencer seen, store the event.
+async fn apply_event(
+    catalog: &dyn Catalog,
+    sequencer: Option<&str>,
+    kind: &'static str,
+) -> Option<String> {
+    let mut tx = catalog.begin().await.expect("begin");
+    let seen = tx.lock_key_events("docs/a").await.expect("lock");
+    tx.store_key_event(&KeyEvent {
+        key: "docs/a".into(),
+        sequencer: sequencer.map(str::to_owned),
+        kind,
+        time: sequencer.map(|_| now()),
+    })
+    .await
+    .expect("store");
+    tx.commit().await.expect("commit");
+    seen
+}
+
+async fn key_event_state_keeps_the_newest_sequencer(backend: Backend) {
+    let catalog = backend.catalog().await;
+    catalog.migrate().await.expect("migrate");
+    let newest = Some("0055AED6DCD90281E5".to_owned());
+    assert_eq!(
+        apply_event(catalog.as_ref(), newest.as_deref(), "created").await,
+        None
+    );
+    // An event without a sequencer keeps the one known.
+    assert_eq!(apply_event(catalog.as_ref(), None, "removed").await, newest);
+    assert_eq!(apply_event(catalog.as_ref(), None, "removed").await, newest);
+    let mut tx = catalog.begin().await.expect("begin");
+    assert_eq!(tx.lock_key_events("docs/b").await.expect("lock"), None);
+}
+
+async fn sweep_lock_excludes_a_second_holder_until_released(backend: Backend) {
+    let catalog = backend.catalog().await;
+    let replica = backend.catalog().await;
+    let other_deployment = backend.catalog_of("uploads", "avatars/").await;
+    // As an applying run finds them: the reconciler's tables made.
+    catalog.migrate().await.expect("migrate");
+    let held = catalog
+        .try_sweep_lock()
+        .await
+        .expect("try")
+        .expect("free at first");
+    assert!(
+        replica.try_sweep_lock().await.expect("try").is_none(),
+        "held by the first"
+    );
+    let other = other_deployment
+        .try_sweep_lock()
+        .await
+        .expect("try")
+        .expect("another deployment's lock is its own");
+    held.release().await;
+    let again = replica
+        .try_sweep_lock()
+        .await
+        .expect("try")
+        .expect("free after release");
+    again.release().await;
+    other.release().await;
+}
+
+async fn scopes_on_one_database_do_not_see_each_others_rows(backend: Backend) {
+    backend.doc("a", "uploaded", HOUR).await;
+    let docs = backend.catalog_of("uploads", "docs/").await;
+    let avatars = backend.catalog_of("uploads", "avatars/").await;
+    docs.migrate().await.expect("migrate");
+    avatars.migrate().await.expect("migrate");
+    let t0 = now();
+    let mut tx = docs.begin().await.expect("begin");
+    tx.enqueue_job("a", "docs/a", None, t0)
+        .await
+        .expect("enqueue");
+    tx.audit(&AuditEntry {
+        at: t0,
+        sweep_id: None,
+        finding: "orphan_object".into(),
+        action: "adopt".into(),
+        doc_id: "a".into(),
+        key: "docs/a".into(),
+        old_status: None,
+        new_status: Some("uploaded".into()),
+        detail: String::new(),
+    })
+    .await
+    .expect("audit");
+    tx.commit().await.expect("commit");
+
+    assert_eq!(avatars.job("a").await.expect("job"), None);
+    assert_eq!(avatars.queue_depth().await.expect("depth"), 0);
+    assert_eq!(
+        avatars
+            .claim_job("w", t0, Duration::from_secs(60))
+            .await
+            .expect("claim"),
+        None
+    );
+    assert_eq!(
+        avatars.audit_trail("a", "docs/a").await.expect("trail"),
+        Some(vec![])
+    );
+    let record = avatars
+        .record("a")
+        .await
+        .expect("record")
+        .expect("same table");
+    assert_eq!(
+        record.job, None,
+        "another deployment's job is not this record's"
+    );
+
+    assert_eq!(
+        docs.record("a").await.expect("record").expect("a").job,
+        Some(JobState::Queued)
+    );
+    assert!(
+        docs.claim_job("w", t0, Duration::from_secs(60))
+            .await
+            .expect("claim")
+            .is_some()
+    );
+}
+
+async fn prune_deletes_only_what_is_old_enough(backend: Backend) {
+    let catalog = backend.catalog().await;
+    catalog.migrate().await.expect("migrate");
+    let t0 = now();
+    let mut tx = catalog.begin().await.expect("begin");
+    for id in ["done", "queued", "failed"] {
+        tx.enqueue_job(id, &format!("docs/{id}"), None, t0)
+            .await
+            .expect("enqueue");
+    }
+    for (id, state) in [("done", JobState::Done), ("failed", JobState::Failed)] {
+        let mut job = tx.lock_job(id).await.expect("lock").expect("job");
+        job.state = state;
+        tx.save_job(&job).await.expect("save");
+    }
+    tx.lock_key_events("docs/done").await.expect("lock");
+    tx.note_object(&ObjectMeta {
+        key: "docs/done".into(),
+        size: 1,
+        etag: None,
+        last_modified: t0,
+    })
+    .await
+    .expect("note");
+    tx.commit().await.expect("commit");
+
+    let keep_a_day = Retention {
+        finished_jobs: Duration::from_secs(86_400),
+        key_events: Duration::from_secs(86_400),
+        objects: Duration::from_secs(86_400),
+    };
+    let pruned = catalog.prune(&keep_a_day, Utc::now()).await.expect("prune");
+    assert_eq!(pruned, Default::default(), "nothing is a day old");
+
+    let keep_nothing = Retention {
+        finished_jobs: Duration::ZERO,
+        key_events: Duration::ZERO,
+        objects: Duration::ZERO,
+    };
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let pruned = catalog.prune(&keep_nothing, later).await.expect("prune");
+    assert_eq!(
+        (pruned.finished_jobs, pruned.key_events, pruned.objects),
+        (1, 1, 1)
+    );
+    assert_eq!(catalog.job("done").await.expect("job"), None);
+    assert!(catalog.job("queued").await.expect("job").is_some());
+    assert!(
+        catalog.job("failed").await.expect("job").is_some(),
+        "failed jobs stay for retry"
+    );
+}
