@@ -44,9 +44,15 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 .into(),
         ));
     }
+    let command = cli.command.unwrap_or(Command::Sweep(cli.sweep));
+    // The demo writes the configuration of the sandbox it builds: there is none to load yet.
+    if let Command::Demo { dir } = command {
+        return demo(dir).await;
+    }
     let config = Config::load(&overrides)?;
     redact::remember(config.secrets());
-    match cli.command.unwrap_or(Command::Sweep(cli.sweep)) {
+    match command {
+        Command::Demo { .. } => Err(Error::Usage("`demo` takes no configuration".into())),
         Command::Sweep(args) => sweep(&config, &args).await,
         Command::Explain { id_or_key, format } => {
             let (catalog, bucket) = connect(&config).await?;
@@ -126,6 +132,46 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(OK)
         }
     }
+}
+
+/// `reconcile demo`: build the sandbox, then the three sweeps a new user would run on it, each
+/// through the sandbox's own config file, exactly as `reconcile --config ...` runs them.
+async fn demo(dir: Option<std::path::PathBuf>) -> Result<i32> {
+    let sandbox = crate::demo::create(dir, Utc::now()).await?;
+    let config_file = sandbox.join(crate::demo::CONFIG_FILE);
+    let config = Config::load(&Overrides {
+        config_file: Some(config_file.clone()),
+        ..Overrides::default()
+    })?;
+    let table = |dry_run| SweepArgs {
+        dry_run,
+        format: Some(Format::Table),
+        ..SweepArgs::default()
+    };
+    let steps = [
+        (
+            "1. The audit (--dry-run): every inconsistency, nothing written",
+            true,
+        ),
+        (
+            "2. Apply: each action re-checked, written and audited",
+            false,
+        ),
+        ("3. A second audit: nothing left to do", true),
+    ];
+    for (title, dry_run) in steps {
+        println!("\n== {title}\n");
+        sweep(&config, &table(dry_run)).await?;
+    }
+    println!(
+        "\nThe sandbox stays in {dir}: a SQLite database (app.db, and the reconciler's own \
+         tables in app.db.reconciler.db) and a folder as the bucket (uploads/). Try:\n\n  \
+         reconcile --config {config} --dry-run\n  \
+         reconcile --config {config} explain contract-7.pdf\n",
+        dir = sandbox.display(),
+        config = config_file.display(),
+    );
+    Ok(OK)
 }
 
 async fn sweep(config: &Config, args: &SweepArgs) -> Result<i32> {

@@ -109,6 +109,14 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and reach the database and the bucket.
     CheckConfig,
+    /// A first run with nothing to set up: a sandbox (a SQLite database and a local folder)
+    /// seeded with every failure mode, audited, repaired and audited again. The sandbox stays,
+    /// for the real commands to be tried on it.
+    Demo {
+        /// Where to build the sandbox: a new or empty folder (default: a new temporary one).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decide;
+pub mod demo;
 pub mod error;
 pub mod events;
 pub mod execute;

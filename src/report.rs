@@ -57,6 +57,9 @@ pub struct Header {
     pub sweep_id: Uuid,
     pub dry_run: bool,
     pub bucket: String,
+    /// Where the bucket is, as people write it (`s3://uploads`, `file:///srv/uploads`): the
+    /// table's first line. The JSON report keeps the contract's `bucket` name.
+    pub location: String,
     pub prefix: String,
     pub started_at: DateTime<Utc>,
     pub objects_listed: u64,
@@ -237,8 +240,8 @@ impl Sink for Table<'_> {
     fn begin(&mut self, h: &Header) -> Result<()> {
         let mode = if h.dry_run { "Dry run" } else { "Sweep" };
         let mut text = format!(
-            "{mode} of s3://{} (prefix {:?}) at {}\n{} objects listed, {} records scanned\n\n",
-            h.bucket,
+            "{mode} of {} (prefix {:?}) at {}\n{} objects listed, {} records scanned\n\n",
+            h.location,
             h.prefix,
             time(h.started_at),
             h.objects_listed,
@@ -311,6 +314,7 @@ mod tests {
             sweep_id: Uuid::nil(),
             dry_run: true,
             bucket: "uploads".into(),
+            location: "s3://uploads".into(),
             prefix: "".into(),
             started_at: DateTime::from_timestamp(1_795_000_000, 0).expect("valid time"),
             objects_listed: 4,

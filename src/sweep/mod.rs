@@ -176,6 +176,7 @@ impl Sweep<'_> {
             sweep_id,
             dry_run: options.dry_run,
             bucket: self.bucket.name().to_owned(),
+            location: self.bucket.url(),
             prefix: self.prefix.to_owned(),
             started_at: plan.started_at,
             objects_listed: plan.objects_listed,
