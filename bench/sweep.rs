@@ -156,9 +156,12 @@ async fn main() {
          [storage]\nbucket = \"bench\"\n[sweep]\norphan_grace = \"1h\"\n"
     ))
     .expect("bench config");
-    let catalog = PgCatalog::connect(&config.database, upload_reconciler::app::scope(&config))
-        .await
-        .expect("connect");
+    let catalog = PgCatalog::connect(
+        &config.database,
+        upload_reconciler::adapters::scope(&config),
+    )
+    .await
+    .expect("connect");
     let bucket = GeneratedBucket {
         rows,
         modified: Utc::now() - chrono::Duration::hours(2),

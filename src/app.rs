@@ -1,14 +1,9 @@
 //! The commands: load the config, connect the adapters the config names, run, and say which exit
 //! code the outcome deserves.
 
-use crate::bucket::Bucket;
-use crate::bucket::folder::FolderBucket;
-use crate::bucket::s3::S3Bucket;
-use crate::catalog::postgres::PgCatalog;
-use crate::catalog::sqlite::SqliteCatalog;
-use crate::catalog::{Catalog, Scope};
+use crate::adapters::{connect, connect_catalog};
 use crate::cli::{Cli, Command, SweepArgs};
-use crate::config::{BucketLocation, Config, Overrides};
+use crate::config::{Config, Overrides};
 use crate::error::{Error, Result};
 use crate::execute::AfterUpload;
 use crate::model::Status;
@@ -18,7 +13,6 @@ use crate::sweep::{Options, Progress, Quiet, Sweep};
 use crate::{explain, progress, redact};
 use chrono::Utc;
 use std::io::{BufWriter, IsTerminal, Write};
-use std::sync::Arc;
 
 /// Exit codes of a command that ran to its end (errors carry their own).
 pub const OK: i32 = 0;
@@ -244,41 +238,5 @@ fn default_format(format: Option<Format>) -> Format {
         Format::Table
     } else {
         Format::Json
-    })
-}
-
-/// The one place that picks adapters from the config.
-pub async fn connect(config: &Config) -> Result<(Arc<dyn Catalog>, Arc<dyn Bucket>)> {
-    let catalog = connect_catalog(config).await?;
-    let bucket = connect_bucket(config).await?;
-    Ok((catalog, bucket))
-}
-
-async fn connect_catalog(config: &Config) -> Result<Arc<dyn Catalog>> {
-    let url = config.database.url.as_deref().unwrap_or_default();
-    Ok(if url.starts_with("sqlite:") {
-        Arc::new(SqliteCatalog::connect(&config.database, scope(config)).await?)
-    } else {
-        Arc::new(PgCatalog::connect(&config.database, scope(config)).await?)
-    })
-}
-
-/// The deployment this config describes: what its catalog's rows and sweep lock belong to.
-pub fn scope(config: &Config) -> Scope {
-    Scope {
-        table: config.database.table.quoted(),
-        bucket: config.storage.bucket.clone(),
-        prefix: config.storage.prefix.clone(),
-    }
-}
-
-async fn connect_bucket(config: &Config) -> Result<Arc<dyn Bucket>> {
-    let location = config
-        .storage
-        .location()
-        .map_err(|message| Error::config("storage.bucket", message))?;
-    Ok(match location {
-        BucketLocation::S3(_) => Arc::new(S3Bucket::connect(&config.storage).await?),
-        BucketLocation::Folder(root) => Arc::new(FolderBucket::new(root)),
     })
 }

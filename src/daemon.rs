@@ -42,7 +42,7 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let (catalog, bucket) = crate::app::connect(config).await?;
+    let (catalog, bucket) = crate::adapters::connect(config).await?;
     if !options.dry_run {
         catalog.migrate().await?;
     }

@@ -4,6 +4,7 @@
 //! events -> decide -> execute: both paths share the decision and the executor.
 //! `decide` is pure; the adapters (`catalog`, `bucket`) do all I/O.
 
+pub mod adapters;
 pub mod app;
 pub mod backoff;
 pub mod bucket;

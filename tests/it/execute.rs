@@ -28,9 +28,12 @@ async fn world(sweep_settings: &str) -> World {
         bucket.name
     ))
     .expect("valid config");
-    let catalog = PgCatalog::connect(&config.database, upload_reconciler::app::scope(&config))
-        .await
-        .expect("connect");
+    let catalog = PgCatalog::connect(
+        &config.database,
+        upload_reconciler::adapters::scope(&config),
+    )
+    .await
+    .expect("connect");
     catalog.migrate().await.expect("migrate");
     let s3 = S3Bucket::with_client(s3_client(&bucket.endpoint), &config.storage);
     World {

@@ -503,7 +503,7 @@ impl Reconcile {
     }
 }
 
-/// The scope a deployment's rows carry in the reconciler's tables (`app::scope`'s name).
+/// The scope a deployment's rows carry in the reconciler's tables (`adapters::scope`'s name).
 pub fn scope_of(table: &str, bucket: &str, prefix: &str) -> String {
     format!("\"{table}\"/{bucket}/{prefix}")
 }

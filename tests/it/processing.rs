@@ -28,9 +28,12 @@ async fn jobs(ids: &[&str]) -> Jobs {
     ))
     .expect("valid config");
     let catalog = Arc::new(
-        PgCatalog::connect(&config.database, upload_reconciler::app::scope(&config))
-            .await
-            .expect("connect"),
+        PgCatalog::connect(
+            &config.database,
+            upload_reconciler::adapters::scope(&config),
+        )
+        .await
+        .expect("connect"),
     );
     catalog.migrate().await.expect("migrate");
     let clock = Arc::new(ManualClock::new(Utc::now()));

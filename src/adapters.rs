@@ -1,0 +1,50 @@
+//! The one place that picks the adapters a config names: the catalog from the database URL
+//! (`postgres://`, `sqlite://`), the bucket from `storage.bucket` (an S3 bucket name, or
+//! `file:///path` for a local folder). Commands and the daemon get their adapters here and
+//! nowhere else; a new backend plugs in here.
+
+use crate::bucket::Bucket;
+use crate::bucket::folder::FolderBucket;
+use crate::bucket::s3::S3Bucket;
+use crate::catalog::postgres::PgCatalog;
+use crate::catalog::sqlite::SqliteCatalog;
+use crate::catalog::{Catalog, Scope};
+use crate::config::{BucketLocation, Config};
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// Both adapters of a deployment.
+pub async fn connect(config: &Config) -> Result<(Arc<dyn Catalog>, Arc<dyn Bucket>)> {
+    let catalog = connect_catalog(config).await?;
+    let bucket = connect_bucket(config).await?;
+    Ok((catalog, bucket))
+}
+
+pub async fn connect_catalog(config: &Config) -> Result<Arc<dyn Catalog>> {
+    let url = config.database.url.as_deref().unwrap_or_default();
+    Ok(if url.starts_with("sqlite:") {
+        Arc::new(SqliteCatalog::connect(&config.database, scope(config)).await?)
+    } else {
+        Arc::new(PgCatalog::connect(&config.database, scope(config)).await?)
+    })
+}
+
+/// The deployment this config describes: what its catalog's rows and sweep lock belong to.
+pub fn scope(config: &Config) -> Scope {
+    Scope {
+        table: config.database.table.quoted(),
+        bucket: config.storage.bucket.clone(),
+        prefix: config.storage.prefix.clone(),
+    }
+}
+
+pub async fn connect_bucket(config: &Config) -> Result<Arc<dyn Bucket>> {
+    let location = config
+        .storage
+        .location()
+        .map_err(|message| Error::config("storage.bucket", message))?;
+    Ok(match location {
+        BucketLocation::S3(_) => Arc::new(S3Bucket::connect(&config.storage).await?),
+        BucketLocation::Folder(root) => Arc::new(FolderBucket::new(root)),
+    })
+}
