@@ -5,6 +5,7 @@
 
 use crate::bucket::Bucket;
 use crate::bucket::folder::FolderBucket;
+#[cfg(feature = "s3")]
 use crate::bucket::s3::S3Bucket;
 use crate::catalog::postgres::PgCatalog;
 use crate::catalog::sqlite::SqliteCatalog;
@@ -44,7 +45,18 @@ pub async fn connect_bucket(config: &Config) -> Result<Arc<dyn Bucket>> {
         .location()
         .map_err(|message| Error::config("storage.bucket", message))?;
     Ok(match location {
+        #[cfg(feature = "s3")]
         BucketLocation::S3(_) => Arc::new(S3Bucket::connect(&config.storage).await?),
+        #[cfg(not(feature = "s3"))]
+        BucketLocation::S3(name) => {
+            return Err(Error::config(
+                "storage.bucket",
+                format!(
+                    "{name:?} is an S3 bucket, and this reconcile was built without S3 support \
+                     (cargo's `s3` feature, on by default); use a file:/// folder or a default build"
+                ),
+            ));
+        }
         BucketLocation::Folder(root) => Arc::new(FolderBucket::new(root)),
     })
 }

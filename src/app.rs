@@ -116,6 +116,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 bucket.url(),
                 config.storage.prefix
             );
+            #[cfg(feature = "s3")]
             if let Some(queue_url) = config.events.queue_url.as_deref().filter(|u| !u.is_empty()) {
                 let client =
                     crate::events::sqs::client(&config.events, config.storage.region.as_deref())

@@ -532,6 +532,19 @@ impl Config {
 
     /// Checks that span keys, or that serde cannot express.
     pub fn validate(&self) -> Result<()> {
+        #[cfg(not(feature = "s3"))]
+        if self
+            .events
+            .queue_url
+            .as_deref()
+            .is_some_and(|u| !u.is_empty())
+        {
+            return Err(Error::config(
+                "events.queue_url",
+                "this reconcile was built without S3 and SQS support (cargo's `s3` feature, on \
+                 by default): it cannot consume a queue",
+            ));
+        }
         let db = &self.database;
         match db.url.as_deref() {
             None | Some("") => {
@@ -616,13 +629,13 @@ impl Config {
             ));
         }
         if let Some(bytes) = storage.multipart_copy_threshold
-            && !(1..=crate::bucket::s3::MAX_COPY_OBJECT_BYTES).contains(&bytes)
+            && !(1..=crate::bucket::MAX_COPY_OBJECT_BYTES).contains(&bytes)
         {
             return Err(Error::config(
                 "storage.multipart_copy_threshold",
                 format!(
                     "{bytes} is outside 1..={} (bytes; CopyObject copies at most 5 GiB)",
-                    crate::bucket::s3::MAX_COPY_OBJECT_BYTES
+                    crate::bucket::MAX_COPY_OBJECT_BYTES
                 ),
             ));
         }
@@ -705,6 +718,17 @@ impl Config {
         let processing = &self.processing;
         match processing.hook {
             HookKind::Webhook => match processing.url.as_deref() {
+                #[cfg(not(feature = "tls"))]
+                Some(url) if url.starts_with("https://") => {
+                    return Err(Error::config(
+                        "processing.url",
+                        format!(
+                            "{:?} needs TLS, and this reconcile was built without it (cargo's \
+                             `tls` feature, on by default)",
+                            crate::redact::endpoint(url)
+                        ),
+                    ));
+                }
                 Some(url) if url.starts_with("http://") || url.starts_with("https://") => {}
                 Some(url) => {
                     return Err(Error::config(

@@ -12,7 +12,9 @@ use crate::bucket::Bucket;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::{Error, Result};
+#[cfg(feature = "s3")]
 use crate::events::effect::Effects;
+#[cfg(feature = "s3")]
 use crate::events::sqs::{self, Poller};
 use crate::execute::AfterUpload;
 use crate::metrics::Metrics;
@@ -130,6 +132,21 @@ pub async fn run(
     Ok(())
 }
 
+/// Without S3 support there is no queue to consume; config refuses `events.queue_url` then.
+#[cfg(not(feature = "s3"))]
+async fn spawn_pollers(
+    _: &mut JoinSet<()>,
+    _: &Arc<Config>,
+    _: &Arc<dyn Catalog>,
+    _: &Arc<dyn Bucket>,
+    _: &Arc<Metrics>,
+    _: &Arc<Health>,
+    _: &watch::Receiver<bool>,
+) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(feature = "s3")]
 async fn spawn_pollers(
     tasks: &mut JoinSet<()>,
     config: &Arc<Config>,

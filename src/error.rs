@@ -231,6 +231,7 @@ pub fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
+#[cfg(feature = "s3")]
 /// One readable line for an AWS SDK error (S3 and SQS alike): the service's error code and
 /// message, or what went wrong on the way (connection, timeout), never the SDK's debug dump.
 pub fn describe_sdk<E>(

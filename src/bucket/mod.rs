@@ -5,9 +5,14 @@
 //! existing object, and a delete only removes the very object the caller describes.
 
 pub mod folder;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use crate::error::Result;
+
+/// The largest object one S3 CopyObject may copy (S3's limit, 5 GiB), and so the default and the
+/// ceiling of `storage.multipart_copy_threshold` (which config checks in every build).
+pub const MAX_COPY_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 use crate::model::ObjectMeta;
 use futures::stream::BoxStream;
 

@@ -23,9 +23,7 @@ pub struct S3Bucket {
     multipart_copy_threshold: u64,
 }
 
-/// The largest object one CopyObject may copy (S3's limit, 5 GiB), and so the default and the
-/// ceiling of `storage.multipart_copy_threshold`.
-pub const MAX_COPY_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+pub use super::MAX_COPY_OBJECT_BYTES;
 
 /// S3's bounds on a multipart upload: every part but the last at least 5 MiB, none over 5 GiB,
 /// at most 10 000 parts.

@@ -5,4 +5,5 @@
 pub mod effect;
 pub mod gate;
 pub mod parse;
+#[cfg(feature = "s3")]
 pub mod sqs;
