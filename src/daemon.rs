@@ -3,16 +3,18 @@
 //! job or action in hand, and the log says how each ended.
 //!
 //! Tasks: the HTTP server (/metrics, /healthz, /readyz), the scheduled sweeps (one replica at a
-//! time, by a Postgres advisory lock), the event pollers (when `events.queue_url` is set) and the
+//! time, by a Postgres advisory lock), the event pollers (when `events.queue_url` is set; the file
+//! watcher instead when the bucket is a local folder) and the
 //! processing workers (when a hook is configured). `--dry-run` is audit mode: dry-run sweeps and
 //! the server only; nothing is consumed and nothing is written anywhere.
 
 use crate::backoff::Backoff;
 use crate::bucket::Bucket;
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{BucketLocation, Config};
 use crate::error::{Error, Result};
 use crate::events::effect::Effects;
+use crate::events::folder::{self, FolderWatcher};
 use crate::events::sqs::{self, Poller};
 use crate::execute::AfterUpload;
 use crate::metrics::Metrics;
@@ -139,11 +141,6 @@ async fn spawn_pollers(
     health: &Arc<Health>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<()> {
-    let Some(queue_url) = config.events.queue_url.clone().filter(|u| !u.is_empty()) else {
-        tracing::info!("events.queue_url is not set: no event consumption, sweeps only");
-        return Ok(());
-    };
-    let client = sqs::client(&config.events, config.storage.region.as_deref()).await;
     let effects = Arc::new(Effects {
         catalog: catalog.clone(),
         bucket: bucket.clone(),
@@ -151,6 +148,34 @@ async fn spawn_pollers(
         settings: config.sweep.clone(),
         after_upload: AfterUpload::from_config(&config.processing),
     });
+    if let Ok(BucketLocation::Folder(root)) = config.storage.location() {
+        // A folder's events are its file notifications (config validation refuses a queue here).
+        let watcher = Arc::new(FolderWatcher {
+            root: root.to_owned(),
+            filter: folder::Filter {
+                prefix: config.storage.prefix.clone(),
+                quarantine_prefix: config.sweep.quarantine_prefix.clone(),
+            },
+            effects,
+            metrics: metrics.clone(),
+            gate: health.events.clone(),
+        });
+        tasks.spawn(supervise(
+            "folder watcher",
+            0,
+            stopped.clone(),
+            move |stopped| {
+                let watcher = watcher.clone();
+                async move { watcher.run(stopped).await }
+            },
+        ));
+        return Ok(());
+    }
+    let Some(queue_url) = config.events.queue_url.clone().filter(|u| !u.is_empty()) else {
+        tracing::info!("events.queue_url is not set: no event consumption, sweeps only");
+        return Ok(());
+    };
+    let client = sqs::client(&config.events, config.storage.region.as_deref()).await;
     let poller = Arc::new(Poller {
         client,
         queue_url,

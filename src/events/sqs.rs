@@ -266,103 +266,31 @@ impl Poller {
         Handled::Done
     }
 
-    /// One event, applied again after each dependency failure once the dependency answers, as
-    /// `on_failure` says.
+    /// One event, applied again after each dependency failure once the dependency answers.
     async fn apply(&self, id: &str, event: &S3Event, stop: &mut watch::Receiver<bool>) -> Handled {
-        let mut failed_while_up = 0;
-        loop {
-            let error = match self.effects.apply(event, Utc::now()).await {
-                Ok(effect) => {
-                    self.took_effect(id, event, effect);
-                    return Handled::Done;
-                }
-                Err(error) => error,
-            };
-            match on_failure(&error, failed_while_up) {
-                OnFailure::LeaveToRedrive => {
-                    self.metrics
-                        .events_failed
-                        .with_label_values(&["effect_failed"])
-                        .inc();
-                    tracing::error!(message_id = id, key = %event.key, error = %error,
-                        "event could not be applied; the message stays in the queue");
-                    return Handled::Kept;
-                }
-                OnFailure::RetryWhenUp(dependency) => {
-                    self.metrics
-                        .events_failed
-                        .with_label_values(&["dependency_down"])
-                        .inc();
-                    tracing::warn!(message_id = id, key = %event.key, error = %error,
-                        dependency = dependency.as_str(),
-                        "event could not be applied; holding the batch and receiving no more \
-                         until the {} answers", dependency.as_str());
-                    match self.await_recovery(dependency, stop).await {
-                        None => return Handled::Stopped,
-                        Some(true) => failed_while_up += 1,
-                        Some(false) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    fn took_effect(&self, id: &str, event: &S3Event, effect: Effect) {
-        match effect {
-            Effect::Applied { kind, action } => {
-                self.metrics
-                    .action(kind, action, &crate::model::Outcome::Applied);
-                if let Some(at) = event.time {
-                    let lag = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
-                    self.metrics.event_lag.observe(lag);
-                }
-                tracing::info!(message_id = id, key = %event.key, action = action.as_str(),
-                    "event applied");
-            }
-            Effect::Ignored(reason) => {
-                self.metrics
-                    .events_ignored
-                    .with_label_values(&[reason])
-                    .inc();
-                tracing::debug!(message_id = id, key = %event.key, reason, "event ignored");
-            }
-        }
-    }
-
-    /// Keep the gate closed and probe `dependency` with backoff until it answers: `Some(true)`
-    /// when the first probe answered (it may never have been down), `Some(false)` after an
-    /// outage, `None` on a stop.
-    async fn await_recovery(
-        &self,
-        dependency: Dependency,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Option<bool> {
-        let _closed = self.gate.close(dependency);
-        let mut backoff = Backoff::new(PROBE_BASE, PROBE_MAX);
-        let mut probes = 0u32;
-        loop {
-            tokio::select! {
-                _ = crate::stop::requested(stop) => return None,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-            }
-            probes += 1;
-            let answer = match dependency {
-                Dependency::Database => self.effects.catalog.ping().await,
-                Dependency::Bucket => self.effects.bucket.ping().await,
-            };
-            match answer {
-                Ok(()) if probes == 1 => return Some(true),
-                Ok(()) => {
-                    tracing::warn!(
-                        dependency = dependency.as_str(),
-                        probes,
-                        "the {} answers again; resuming",
-                        dependency.as_str()
-                    );
-                    return Some(false);
-                }
-                Err(e) => tracing::debug!(dependency = dependency.as_str(), error = %e,
-                    "still no answer"),
+        let attempt = || async {
+            let effect = self.effects.apply(event, Utc::now()).await?;
+            took_effect(&self.metrics, id, event, effect);
+            Ok(())
+        };
+        let holding = "holding the batch and receiving no more";
+        match apply_holding(
+            &self.effects,
+            &self.gate,
+            &self.metrics,
+            &event.key,
+            holding,
+            stop,
+            attempt,
+        )
+        .await
+        {
+            Held::Applied => Handled::Done,
+            Held::Stopped => Handled::Stopped,
+            Held::Failed(error) => {
+                tracing::error!(message_id = id, key = %event.key, error = %error,
+                    "event could not be applied; the message stays in the queue");
+                Handled::Kept
             }
         }
     }
@@ -476,6 +404,121 @@ impl Poller {
                     }
                 }
             }
+        }
+    }
+}
+
+/// How applying an event under the retry policy ended.
+pub(super) enum Held {
+    Applied,
+    /// An error of the event's own (counted as `effect_failed`); the caller says what becomes of it.
+    Failed(Error),
+    /// A stop came while a dependency was awaited.
+    Stopped,
+}
+
+/// Run `attempt` (one event's effect) again after each dependency failure, once the dependency
+/// answers, as `on_failure` says: counted as `dependency_down`, logged with `holding` saying
+/// what waits meanwhile.
+pub(super) async fn apply_holding<F, Fut>(
+    effects: &Effects,
+    gate: &Gate,
+    metrics: &Metrics,
+    key: &str,
+    holding: &str,
+    stop: &mut watch::Receiver<bool>,
+    mut attempt: F,
+) -> Held
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut failed_while_up = 0;
+    loop {
+        let error = match attempt().await {
+            Ok(()) => return Held::Applied,
+            Err(error) => error,
+        };
+        match on_failure(&error, failed_while_up) {
+            OnFailure::LeaveToRedrive => {
+                metrics
+                    .events_failed
+                    .with_label_values(&["effect_failed"])
+                    .inc();
+                return Held::Failed(error);
+            }
+            OnFailure::RetryWhenUp(dependency) => {
+                metrics
+                    .events_failed
+                    .with_label_values(&["dependency_down"])
+                    .inc();
+                tracing::warn!(key, error = %error, dependency = dependency.as_str(),
+                    "event could not be applied; {holding} until the {} answers",
+                    dependency.as_str());
+                match await_recovery(effects, gate, dependency, stop).await {
+                    None => return Held::Stopped,
+                    Some(true) => failed_while_up += 1,
+                    Some(false) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Count and log what one event did; `id` names where it came from (a message id, a path).
+pub(super) fn took_effect(metrics: &Metrics, id: &str, event: &S3Event, effect: Effect) {
+    match effect {
+        Effect::Applied { kind, action } => {
+            metrics.action(kind, action, &crate::model::Outcome::Applied);
+            if let Some(at) = event.time {
+                let lag = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
+                metrics.event_lag.observe(lag);
+            }
+            tracing::info!(message_id = id, key = %event.key, action = action.as_str(),
+                "event applied");
+        }
+        Effect::Ignored(reason) => {
+            metrics.events_ignored.with_label_values(&[reason]).inc();
+            tracing::debug!(message_id = id, key = %event.key, reason, "event ignored");
+        }
+    }
+}
+
+/// Keep the gate closed and probe `dependency` with backoff until it answers: `Some(true)`
+/// when the first probe answered (it may never have been down), `Some(false)` after an
+/// outage, `None` on a stop.
+async fn await_recovery(
+    effects: &Effects,
+    gate: &Gate,
+    dependency: Dependency,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<bool> {
+    let _closed = gate.close(dependency);
+    let mut backoff = Backoff::new(PROBE_BASE, PROBE_MAX);
+    let mut probes = 0u32;
+    loop {
+        tokio::select! {
+            _ = crate::stop::requested(stop) => return None,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+        probes += 1;
+        let answer = match dependency {
+            Dependency::Database => effects.catalog.ping().await,
+            Dependency::Bucket => effects.bucket.ping().await,
+        };
+        match answer {
+            Ok(()) if probes == 1 => return Some(true),
+            Ok(()) => {
+                tracing::warn!(
+                    dependency = dependency.as_str(),
+                    probes,
+                    "the {} answers again; resuming",
+                    dependency.as_str()
+                );
+                return Some(false);
+            }
+            Err(e) => tracing::debug!(dependency = dependency.as_str(), error = %e,
+                "still no answer"),
         }
     }
 }

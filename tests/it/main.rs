@@ -9,6 +9,7 @@ mod events;
 mod execute;
 mod explain;
 mod folder;
+mod folder_events;
 mod helpers;
 mod housekeeping;
 mod interrupt;
