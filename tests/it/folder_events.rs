@@ -163,3 +163,50 @@ async fn a_queue_beside_a_folder_bucket_is_refused_naming_the_key() {
     assert!(run.stderr.contains("events.queue_url"), "{}", run.stderr);
     assert!(run.stderr.contains("local folder"), "{}", run.stderr);
 }
+
+#[tokio::test]
+async fn a_file_that_lands_while_the_database_is_down_takes_effect_once_it_answers() {
+    let db = TestDb::with_docs(None).await;
+    let folder = TestFolder::new();
+    db.doc("during", "pending", MINUTE).await;
+    let postgres = PausableProxy::start("127.0.0.1:5432").await;
+    let mut reconcile = daemon_on(&db, &folder, NO_SWEEP);
+    reconcile.database_url = postgres.url_of(&db);
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("daemon.log");
+    let mut daemon = reconcile.spawn(&["daemon", "-v"], &log);
+    let addr = daemon_address(&log).await;
+    eventually(Duration::from_secs(30), "the watch to start", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("watching the folder")
+    })
+    .await;
+
+    postgres.down();
+    folder.put("docs/during", "landed during the outage");
+    eventually(Duration::from_secs(30), "the event held", || async {
+        let (_, body) = http_get(&addr, "/metrics").await;
+        metric_value(
+            &body,
+            "reconcile_events_failed_total{reason=\"dependency_down\"}",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert_ne!(
+        http_get(&addr, "/readyz").await.0,
+        200,
+        "ready while the database is down"
+    );
+    postgres.up();
+    eventually(
+        Duration::from_secs(60),
+        "during processed after the outage",
+        || async { db.status("during").await.as_deref() == Some("processed") },
+    )
+    .await;
+    signal(&daemon, "TERM");
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(30)).await, 0);
+}
