@@ -120,10 +120,14 @@ impl FolderWatcher {
     /// watch cannot be set up or the notifications end.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (root, _watcher) = match self.watch(tx) {
-            Ok(watching) => watching,
-            Err(e) => return tracing::error!(error = %e, "cannot watch the folder"),
-        };
+        // Setting up a recursive watch walks the whole tree: off the async threads.
+        let configured = self.root.clone();
+        let (root, _watcher) =
+            match tokio::task::spawn_blocking(move || watch(&configured, tx)).await {
+                Ok(Ok(watching)) => watching,
+                Ok(Err(e)) => return tracing::error!(error = %e, "cannot watch the folder"),
+                Err(e) => return tracing::error!(error = %e, "the watch set-up failed"),
+            };
         tracing::info!(folder = %root.display(), "watching the folder for files");
         // Key -> (landed?, due); the latest notification wins and restarts the wait.
         let mut pending: HashMap<String, (bool, Instant)> = HashMap::new();
@@ -160,24 +164,6 @@ impl FolderWatcher {
                 "stopping with file events not yet applied; the next sweep catches up"
             );
         }
-    }
-
-    fn watch(
-        &self,
-        tx: mpsc::UnboundedSender<notify::Result<notify::Event>>,
-    ) -> Result<(PathBuf, notify::RecommendedWatcher)> {
-        let context = format!("watching file://{}", self.root.display());
-        let root = std::fs::canonicalize(&self.root)
-            .map_err(|e| Error::storage(&context, e.to_string()))?;
-        let mut watcher = notify::recommended_watcher(move |event| {
-            // The receiver is gone only when the watch is being dropped.
-            let _ = tx.send(event);
-        })
-        .map_err(|e| Error::storage(&context, e.to_string()))?;
-        watcher
-            .watch(&root, RecursiveMode::Recursive)
-            .map_err(|e| Error::storage(&context, e.to_string()))?;
-        Ok((root, watcher))
     }
 
     /// Note what one notification changes.
@@ -282,6 +268,24 @@ impl FolderWatcher {
         took_effect(&self.metrics, "file", &event, effect);
         Ok(())
     }
+}
+
+/// Watch the folder at `root` (resolved), recursively, sending every notification to `tx`.
+fn watch(
+    root: &Path,
+    tx: mpsc::UnboundedSender<notify::Result<notify::Event>>,
+) -> Result<(PathBuf, notify::RecommendedWatcher)> {
+    let context = format!("watching file://{}", root.display());
+    let root = std::fs::canonicalize(root).map_err(|e| Error::storage(&context, e.to_string()))?;
+    let mut watcher = notify::recommended_watcher(move |event| {
+        // The receiver is gone only when the watch is being dropped.
+        let _ = tx.send(event);
+    })
+    .map_err(|e| Error::storage(&context, e.to_string()))?;
+    watcher
+        .watch(&root, RecursiveMode::Recursive)
+        .map_err(|e| Error::storage(&context, e.to_string()))?;
+    Ok((root, watcher))
 }
 
 async fn sleep_until(due: Option<Instant>) {
