@@ -600,6 +600,22 @@ impl Config {
         match storage.location() {
             Err(message) => return Err(Error::config("storage.bucket", message)),
             Ok(BucketLocation::Folder(_)) => {
+                // A folder's events are its file notifications; no S3 event names it.
+                if self
+                    .events
+                    .queue_url
+                    .as_deref()
+                    .is_some_and(|u| !u.is_empty())
+                {
+                    return Err(Error::config(
+                        "events.queue_url",
+                        format!(
+                            "is set, but storage.bucket names a local folder ({}), whose events \
+                             come from file notifications; remove events.queue_url",
+                            storage.bucket
+                        ),
+                    ));
+                }
                 // An S3 setting beside a folder is a contradiction, not a detail to ignore: the
                 // operator meant one of the two.
                 let s3_only = [

@@ -3,17 +3,18 @@
 //! job or action in hand, and the log says how each ended.
 //!
 //! Tasks: the HTTP server (/metrics, /healthz, /readyz), the scheduled sweeps (one replica at a
-//! time, by a Postgres advisory lock), the event pollers (when `events.queue_url` is set) and the
+//! time, by a Postgres advisory lock), the event pollers (when `events.queue_url` is set; the file
+//! watcher instead when the bucket is a local folder) and the
 //! processing workers (when a hook is configured). `--dry-run` is audit mode: dry-run sweeps and
 //! the server only; nothing is consumed and nothing is written anywhere.
 
 use crate::backoff::Backoff;
 use crate::bucket::Bucket;
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{BucketLocation, Config};
 use crate::error::{Error, Result};
-#[cfg(feature = "s3")]
 use crate::events::effect::Effects;
+use crate::events::folder::{self, FolderWatcher};
 #[cfg(feature = "s3")]
 use crate::events::sqs::{self, Poller};
 use crate::execute::AfterUpload;
@@ -132,21 +133,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Without S3 support there is no queue to consume; config refuses `events.queue_url` then.
-#[cfg(not(feature = "s3"))]
-async fn spawn_pollers(
-    _: &mut JoinSet<()>,
-    _: &Arc<Config>,
-    _: &Arc<dyn Catalog>,
-    _: &Arc<dyn Bucket>,
-    _: &Arc<Metrics>,
-    _: &Arc<Health>,
-    _: &watch::Receiver<bool>,
-) -> Result<()> {
-    Ok(())
-}
-
-#[cfg(feature = "s3")]
+/// The event sources: a folder bucket's file notifications, or the SQS pollers of
+/// `events.queue_url` (config refuses a queue beside a folder).
 async fn spawn_pollers(
     tasks: &mut JoinSet<()>,
     config: &Arc<Config>,
@@ -156,11 +144,6 @@ async fn spawn_pollers(
     health: &Arc<Health>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<()> {
-    let Some(queue_url) = config.events.queue_url.clone().filter(|u| !u.is_empty()) else {
-        tracing::info!("events.queue_url is not set: no event consumption, sweeps only");
-        return Ok(());
-    };
-    let client = sqs::client(&config.events, config.storage.region.as_deref()).await;
     let effects = Arc::new(Effects {
         catalog: catalog.clone(),
         bucket: bucket.clone(),
@@ -168,6 +151,61 @@ async fn spawn_pollers(
         settings: config.sweep.clone(),
         after_upload: AfterUpload::from_config(&config.processing),
     });
+    if let Ok(BucketLocation::Folder(root)) = config.storage.location() {
+        // A folder's events are its file notifications (config validation refuses a queue here).
+        let watcher = Arc::new(FolderWatcher {
+            root: root.to_owned(),
+            filter: folder::Filter {
+                prefix: config.storage.prefix.clone(),
+                quarantine_prefix: config.sweep.quarantine_prefix.clone(),
+            },
+            effects,
+            metrics: metrics.clone(),
+            gate: health.events.clone(),
+        });
+        tasks.spawn(supervise(
+            "folder watcher",
+            0,
+            stopped.clone(),
+            move |stopped| {
+                let watcher = watcher.clone();
+                async move { watcher.run(stopped).await }
+            },
+        ));
+        return Ok(());
+    }
+    let Some(queue_url) = config.events.queue_url.clone().filter(|u| !u.is_empty()) else {
+        tracing::info!("events.queue_url is not set: no event consumption, sweeps only");
+        return Ok(());
+    };
+    spawn_sqs_pollers(tasks, config, queue_url, effects, metrics, health, stopped).await
+}
+
+/// Without S3 support there is no queue to consume (config refuses `events.queue_url` then).
+#[cfg(not(feature = "s3"))]
+async fn spawn_sqs_pollers(
+    _: &mut JoinSet<()>,
+    _: &Arc<Config>,
+    _: String,
+    _: Arc<Effects>,
+    _: &Arc<Metrics>,
+    _: &Arc<Health>,
+    _: &watch::Receiver<bool>,
+) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(feature = "s3")]
+async fn spawn_sqs_pollers(
+    tasks: &mut JoinSet<()>,
+    config: &Arc<Config>,
+    queue_url: String,
+    effects: Arc<Effects>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    stopped: &watch::Receiver<bool>,
+) -> Result<()> {
+    let client = sqs::client(&config.events, config.storage.region.as_deref()).await;
     let poller = Arc::new(Poller {
         client,
         queue_url,

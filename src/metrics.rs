@@ -41,7 +41,7 @@ pub const ACTION_RESULTS: [&str; 4] = ["applied", "failed", "dry_run", "skipped"
 pub const EVENT_TYPES: [&str; 4] = ["created", "removed", "test", "unknown"];
 
 /// Every `reason` of `reconcile_events_failed_total`.
-pub const EVENT_FAILURES: [&str; 11] = [
+pub const EVENT_FAILURES: [&str; 12] = [
     "too_large",
     "not_json",
     "unknown_shape",
@@ -53,6 +53,7 @@ pub const EVENT_FAILURES: [&str; 11] = [
     "effect_failed",
     "dependency_down",
     "delete_failed",
+    "notifications_lost",
 ];
 
 /// Every `reason` of `reconcile_events_ignored_total`.

@@ -31,6 +31,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use tempfile::TempPath;
 
+/// The name prefix of the temporary files a copy writes before renaming them into place.
+pub const TEMP_PREFIX: &str = ".reconcile-";
+
 /// Objects the folder walk may read ahead of the sweep.
 const LIST_BUFFER: usize = 256;
 
@@ -385,7 +388,7 @@ fn copy_new(source: &Path, target: &Path) -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no parent folder"))?;
     fs::create_dir_all(folder)?;
     let mut temp = tempfile::Builder::new()
-        .prefix(".reconcile-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(folder)?;
     io::copy(&mut input, temp.as_file_mut())?;
     temp.as_file().set_permissions(metadata.permissions())?;

@@ -10,12 +10,13 @@
 //! extended), closes the pollers' shared gate so that no new batch is received, probes the
 //! dependency with backoff, and once it answers applies the event again and goes on.
 
-use super::effect::{Effect, Effects};
+use super::effect::Effects;
 use super::gate::Gate;
+use super::hold::{Held, apply_holding, took_effect};
 use super::parse::{self, Message as Parsed, S3Event};
 use crate::backoff::Backoff;
 use crate::config::EventsConfig;
-use crate::error::{Dependency, Error, Result, describe_sdk};
+use crate::error::{Error, Result, describe_sdk};
 use crate::metrics::Metrics;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{BehaviorVersion, Region};
@@ -31,36 +32,6 @@ use tokio::sync::watch;
 /// SQS's limits: 10 messages a receive, 12 hours of total invisibility per receipt.
 const MAX_BATCH: i32 = 10;
 const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
-
-/// Probing a dependency that is down: full jitter from 1 s up to 30 s between probes.
-const PROBE_BASE: Duration = Duration::from_secs(1);
-const PROBE_MAX: Duration = Duration::from_secs(30);
-
-/// How many times an event may fail while its dependency answers the probe at once before it is
-/// left to the queue: an error that outlives the outage is the event's own.
-pub const FAILURES_WHILE_UP: u32 = 3;
-
-/// What becomes of an event whose effect failed: the retry policy, as data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnFailure {
-    /// A dependency failed, not the message: keep the batch, close the gate, wait until the
-    /// dependency answers, then apply the event again.
-    RetryWhenUp(Dependency),
-    /// The message meets an error of its own: leave it in the queue, to be received again and,
-    /// after the queue's maxReceiveCount, moved to its dead-letter queue.
-    LeaveToRedrive,
-}
-
-/// The policy: `failed_while_up` counts this event's failures right after its dependency
-/// answered a probe.
-pub fn on_failure(error: &Error, failed_while_up: u32) -> OnFailure {
-    match error.dependency() {
-        Some(dependency) if failed_while_up < FAILURES_WHILE_UP => {
-            OnFailure::RetryWhenUp(dependency)
-        }
-        _ => OnFailure::LeaveToRedrive,
-    }
-}
 
 /// How handling one message (or one event) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,103 +237,31 @@ impl Poller {
         Handled::Done
     }
 
-    /// One event, applied again after each dependency failure once the dependency answers, as
-    /// `on_failure` says.
+    /// One event, applied again after each dependency failure once the dependency answers.
     async fn apply(&self, id: &str, event: &S3Event, stop: &mut watch::Receiver<bool>) -> Handled {
-        let mut failed_while_up = 0;
-        loop {
-            let error = match self.effects.apply(event, Utc::now()).await {
-                Ok(effect) => {
-                    self.took_effect(id, event, effect);
-                    return Handled::Done;
-                }
-                Err(error) => error,
-            };
-            match on_failure(&error, failed_while_up) {
-                OnFailure::LeaveToRedrive => {
-                    self.metrics
-                        .events_failed
-                        .with_label_values(&["effect_failed"])
-                        .inc();
-                    tracing::error!(message_id = id, key = %event.key, error = %error,
-                        "event could not be applied; the message stays in the queue");
-                    return Handled::Kept;
-                }
-                OnFailure::RetryWhenUp(dependency) => {
-                    self.metrics
-                        .events_failed
-                        .with_label_values(&["dependency_down"])
-                        .inc();
-                    tracing::warn!(message_id = id, key = %event.key, error = %error,
-                        dependency = dependency.as_str(),
-                        "event could not be applied; holding the batch and receiving no more \
-                         until the {} answers", dependency.as_str());
-                    match self.await_recovery(dependency, stop).await {
-                        None => return Handled::Stopped,
-                        Some(true) => failed_while_up += 1,
-                        Some(false) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    fn took_effect(&self, id: &str, event: &S3Event, effect: Effect) {
-        match effect {
-            Effect::Applied { kind, action } => {
-                self.metrics
-                    .action(kind, action, &crate::model::Outcome::Applied);
-                if let Some(at) = event.time {
-                    let lag = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
-                    self.metrics.event_lag.observe(lag);
-                }
-                tracing::info!(message_id = id, key = %event.key, action = action.as_str(),
-                    "event applied");
-            }
-            Effect::Ignored(reason) => {
-                self.metrics
-                    .events_ignored
-                    .with_label_values(&[reason])
-                    .inc();
-                tracing::debug!(message_id = id, key = %event.key, reason, "event ignored");
-            }
-        }
-    }
-
-    /// Keep the gate closed and probe `dependency` with backoff until it answers: `Some(true)`
-    /// when the first probe answered (it may never have been down), `Some(false)` after an
-    /// outage, `None` on a stop.
-    async fn await_recovery(
-        &self,
-        dependency: Dependency,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Option<bool> {
-        let _closed = self.gate.close(dependency);
-        let mut backoff = Backoff::new(PROBE_BASE, PROBE_MAX);
-        let mut probes = 0u32;
-        loop {
-            tokio::select! {
-                _ = crate::stop::requested(stop) => return None,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-            }
-            probes += 1;
-            let answer = match dependency {
-                Dependency::Database => self.effects.catalog.ping().await,
-                Dependency::Bucket => self.effects.bucket.ping().await,
-            };
-            match answer {
-                Ok(()) if probes == 1 => return Some(true),
-                Ok(()) => {
-                    tracing::warn!(
-                        dependency = dependency.as_str(),
-                        probes,
-                        "the {} answers again; resuming",
-                        dependency.as_str()
-                    );
-                    return Some(false);
-                }
-                Err(e) => tracing::debug!(dependency = dependency.as_str(), error = %e,
-                    "still no answer"),
+        let attempt = || async {
+            let effect = self.effects.apply(event, Utc::now()).await?;
+            took_effect(&self.metrics, id, event, effect);
+            Ok(())
+        };
+        let holding = "holding the batch and receiving no more";
+        match apply_holding(
+            &self.effects,
+            &self.gate,
+            &self.metrics,
+            &event.key,
+            holding,
+            stop,
+            attempt,
+        )
+        .await
+        {
+            Held::Applied => Handled::Done,
+            Held::Stopped => Handled::Stopped,
+            Held::Failed(error) => {
+                tracing::error!(message_id = id, key = %event.key, error = %error,
+                    "event could not be applied; the message stays in the queue");
+                Handled::Kept
             }
         }
     }
@@ -482,35 +381,4 @@ impl Poller {
 
 fn secs(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failing_dependency_holds_the_event_and_anything_else_goes_to_the_redrive_policy() {
-        let database = Error::database("locking the doc", sqlx::Error::PoolTimedOut);
-        let bucket = Error::storage("HEAD s3://uploads/a", "cannot reach the endpoint");
-        let own = Error::Usage("an error of the message's own".into());
-        let cases = [
-            (&database, 0, OnFailure::RetryWhenUp(Dependency::Database)),
-            (&bucket, 0, OnFailure::RetryWhenUp(Dependency::Bucket)),
-            (
-                &bucket,
-                FAILURES_WHILE_UP - 1,
-                OnFailure::RetryWhenUp(Dependency::Bucket),
-            ),
-            // It keeps failing while the dependency answers: the error is the event's own.
-            (&database, FAILURES_WHILE_UP, OnFailure::LeaveToRedrive),
-            (&own, 0, OnFailure::LeaveToRedrive),
-        ];
-        for (error, failed_while_up, expected) in cases {
-            assert_eq!(
-                on_failure(error, failed_while_up),
-                expected,
-                "{error} after {failed_while_up} failures while up"
-            );
-        }
-    }
 }

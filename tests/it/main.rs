@@ -11,6 +11,7 @@ mod events;
 mod execute;
 mod explain;
 mod folder;
+mod folder_events;
 mod helpers;
 mod housekeeping;
 mod interrupt;

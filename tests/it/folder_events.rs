@@ -1,0 +1,212 @@
+//! `reconcile daemon` over a folder bucket: file notifications take the same effect path as S3
+//! events, and the sweep catches what landed while the daemon was down.
+
+use crate::daemon::{signal, wait_exit};
+use crate::helpers::*;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// A sweep that never comes while a test runs: whatever moves, the watcher moved.
+const NO_SWEEP: &str = "0 0 0 1 1 * 2099";
+
+fn daemon_on(db: &TestDb, folder: &TestFolder, schedule: &str) -> Reconcile {
+    Reconcile::on_folder(db, folder)
+        .set("storage.prefix", "docs/")
+        .set("sweep.quarantine_prefix", "docs/quarantine/")
+        .set("sweep.schedule", schedule)
+}
+
+async fn created_events(addr: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    metric_value(&body, "reconcile_events_received_total{type=\"created\"}").unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn files_landing_in_the_folder_move_their_records_and_a_removed_file_marks_its_doc_missing() {
+    let db = TestDb::with_docs(None).await;
+    let folder = TestFolder::new();
+    let landing = [
+        "plain",
+        "slow",
+        "renamed",
+        "nested/ünï cødé dir/with space ü.pdf",
+    ];
+    for id in landing {
+        db.doc(id, "pending", MINUTE).await;
+    }
+    db.doc("quarantine/q", "pending", MINUTE).await;
+    db.doc("kept", "processed", HOUR).await;
+    folder.put("docs/kept", "kept");
+    let reconcile = daemon_on(&db, &folder, NO_SWEEP);
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("daemon.log");
+    let mut daemon = reconcile.spawn(&["daemon", "-v"], &log);
+    let addr = daemon_address(&log).await;
+    eventually(Duration::from_secs(30), "the watch to start", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("watching the folder")
+    })
+    .await;
+
+    // Files that must change nothing: outside the prefix, in quarantine, a copy's temporary file.
+    folder.put("plain", "outside the prefix");
+    folder.put("docs/quarantine/q", "quarantined");
+    folder.put("docs/.reconcile-x1y2z3", "a copy in progress");
+
+    let written = Instant::now();
+    folder.put("docs/plain", "plain body");
+    eventually(Duration::from_secs(10), "plain processed", || async {
+        db.status("plain").await.as_deref() == Some("processed")
+    })
+    .await;
+    eprintln!("file to processed record: {:?}", written.elapsed());
+
+    // Written slowly: open, a chunk, a pause longer than the debounce, more chunks, then close.
+    let path = folder.path().join("docs/slow");
+    let mut file = std::fs::File::create(&path).expect("create slow file");
+    for chunk in 0..3 {
+        file.write_all(format!("chunk {chunk};").as_bytes())
+            .expect("write a chunk");
+        file.flush().expect("flush");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            db.status("slow").await.as_deref(),
+            Some("pending"),
+            "a file still being written was taken as uploaded"
+        );
+    }
+    drop(file);
+    eventually(Duration::from_secs(10), "slow processed", || async {
+        db.status("slow").await.as_deref() == Some("processed")
+    })
+    .await;
+
+    // Renamed into place from a temporary name outside the prefix.
+    folder.put("incoming/renamed.part", "renamed body");
+    std::fs::rename(
+        folder.path().join("incoming/renamed.part"),
+        folder.path().join("docs/renamed"),
+    )
+    .expect("rename into place");
+    // A hostile name in folders made just now.
+    folder.put("docs/nested/ünï cødé dir/with space ü.pdf", "hostile");
+    for id in ["renamed", "nested/ünï cødé dir/with space ü.pdf"] {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{id} processed"),
+            || async { db.status(id).await.as_deref() == Some("processed") },
+        )
+        .await;
+    }
+
+    std::fs::remove_file(folder.path().join("docs/kept")).expect("remove a file");
+    eventually(Duration::from_secs(10), "kept marked missing", || async {
+        db.status("kept").await.as_deref() == Some("missing")
+    })
+    .await;
+
+    // Each landed doc counted once; the quarantined, outside and temporary files not at all.
+    assert_eq!(created_events(&addr).await, landing.len() as f64);
+    assert_eq!(db.status("quarantine/q").await.as_deref(), Some("pending"));
+    let (_, body) = http_get(&addr, "/metrics").await;
+    assert_eq!(
+        metric_value(&body, "reconcile_events_received_total{type=\"removed\"}"),
+        Some(1.0)
+    );
+    assert!(
+        metric_value(&body, "reconcile_event_lag_seconds_count").unwrap_or(0.0) >= 5.0,
+        "{body}"
+    );
+    signal(&daemon, "TERM");
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn files_that_landed_while_the_daemon_was_down_are_left_to_the_next_sweep() {
+    let db = TestDb::with_docs(None).await;
+    let folder = TestFolder::new();
+    db.doc("early", "pending", MINUTE).await;
+    folder.put("docs/early", "landed before the daemon started");
+    let reconcile = daemon_on(&db, &folder, "*/2 * * * * *");
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("daemon.log");
+    let mut daemon = reconcile.spawn(&["daemon", "-v"], &log);
+    let addr = daemon_address(&log).await;
+    eventually(
+        Duration::from_secs(30),
+        "the sweep to adopt early",
+        || async { db.status("early").await.as_deref() == Some("processed") },
+    )
+    .await;
+    assert_eq!(
+        created_events(&addr).await,
+        0.0,
+        "the watcher replayed old files"
+    );
+    signal(&daemon, "TERM");
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn a_queue_beside_a_folder_bucket_is_refused_naming_the_key() {
+    let db = TestDb::with_docs(None).await;
+    let folder = TestFolder::new();
+    let run = Reconcile::on_folder(&db, &folder)
+        .set(
+            "events.queue_url",
+            "http://127.0.0.1:1/000000000000/uploads",
+        )
+        .run(&["daemon"])
+        .await;
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("events.queue_url"), "{}", run.stderr);
+    assert!(run.stderr.contains("local folder"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn a_file_that_lands_while_the_database_is_down_takes_effect_once_it_answers() {
+    let db = TestDb::with_docs(None).await;
+    let folder = TestFolder::new();
+    db.doc("during", "pending", MINUTE).await;
+    let postgres = PausableProxy::start("127.0.0.1:5432").await;
+    let mut reconcile = daemon_on(&db, &folder, NO_SWEEP);
+    reconcile.database_url = postgres.url_of(&db);
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("daemon.log");
+    let mut daemon = reconcile.spawn(&["daemon", "-v"], &log);
+    let addr = daemon_address(&log).await;
+    eventually(Duration::from_secs(30), "the watch to start", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("watching the folder")
+    })
+    .await;
+
+    postgres.down();
+    folder.put("docs/during", "landed during the outage");
+    eventually(Duration::from_secs(30), "the event held", || async {
+        let (_, body) = http_get(&addr, "/metrics").await;
+        metric_value(
+            &body,
+            "reconcile_events_failed_total{reason=\"dependency_down\"}",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert_ne!(
+        http_get(&addr, "/readyz").await.0,
+        200,
+        "ready while the database is down"
+    );
+    postgres.up();
+    eventually(
+        Duration::from_secs(60),
+        "during processed after the outage",
+        || async { db.status("during").await.as_deref() == Some("processed") },
+    )
+    .await;
+    signal(&daemon, "TERM");
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(30)).await, 0);
+}
