@@ -14,6 +14,7 @@ use super::{
 use crate::config::{DatabaseConfig, StatusWords};
 use crate::error::{Error, Result};
 use crate::model::{Job, JobState, ObjectMeta, Record, Status};
+use crate::redact;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use sqlx::sqlite::{
@@ -587,7 +588,7 @@ impl Catalog for SqliteCatalog {
         .bind(i64::try_from(sweep.records_scanned).unwrap_or(i64::MAX))
         .bind(sweep.counts.to_string())
         .bind(sweep.outcome)
-        .bind(&sweep.error)
+        .bind(sweep.error.as_deref().map(redact::text))
         .bind(&self.scope_name)
         .execute(&self.pool)
         .await
@@ -883,7 +884,7 @@ impl Transaction for SqliteTransaction<'_> {
         .bind(&entry.key)
         .bind(&entry.old_status)
         .bind(&entry.new_status)
-        .bind(&entry.detail)
+        .bind(redact::text(&entry.detail))
         .bind(&self.catalog.scope_name)
         .execute(&mut *self.tx)
         .await
@@ -944,7 +945,7 @@ impl Transaction for SqliteTransaction<'_> {
         .bind(stamp(job.next_attempt_at))
         .bind(job.lease_until.map(stamp))
         .bind(&job.leased_by)
-        .bind(&job.last_error)
+        .bind(job.last_error.as_deref().map(redact::text))
         .bind(&self.catalog.scope_name)
         .bind(stamp(Utc::now()))
         .execute(&mut *self.tx)

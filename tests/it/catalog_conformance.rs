@@ -97,6 +97,7 @@ conformance!(
     records_stream_in_utf8_byte_order,
     lock_set_and_create_change_the_app_table_only_on_commit,
     audit_trail_round_trips,
+    free_text_reaches_the_tables_redacted,
     job_claims_count_attempts_and_respect_leases,
     key_event_state_keeps_the_newest_sequencer,
     sweep_lock_excludes_a_second_holder_until_released,
@@ -217,6 +218,39 @@ async fn audit_trail_round_trips(backend: Backend) {
         catalog.audit_trail("a", "docs/a").await.expect("trail"),
         Some(vec![first, second])
     );
+}
+
+/// An error text that repeats a URL with a password (as client libraries do) is stored redacted,
+/// whichever database holds the reconciler's tables.
+async fn free_text_reaches_the_tables_redacted(backend: Backend) {
+    let catalog = backend.catalog().await;
+    catalog.migrate().await.expect("migrate");
+    let leaky = "POST failed: http://app:PW4CONFORMANCE@hook.internal/x?token=TOKEN4CONFORMANCE";
+    let mut tx = catalog.begin().await.expect("begin");
+    tx.audit(&AuditEntry {
+        at: now(),
+        sweep_id: None,
+        finding: "processing_exhausted".into(),
+        action: "fail".into(),
+        doc_id: "a".into(),
+        key: "docs/a".into(),
+        old_status: Some("uploaded".into()),
+        new_status: Some("failed".into()),
+        detail: leaky.into(),
+    })
+    .await
+    .expect("audit");
+    tx.commit().await.expect("commit");
+    let trail = catalog
+        .audit_trail("a", "docs/a")
+        .await
+        .expect("trail")
+        .expect("migrated");
+    let stored = &trail[0].detail;
+    assert!(stored.starts_with("POST failed: http://"), "{stored}");
+    for secret in ["PW4CONFORMANCE", "TOKEN4CONFORMANCE"] {
+        assert!(!stored.contains(secret), "{secret} stored: {stored}");
+    }
 }
 
 async fn job_claims_count_attempts_and_respect_leases(backend: Backend) {
