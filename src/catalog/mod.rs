@@ -101,6 +101,42 @@ pub struct Retention {
     pub objects: std::time::Duration,
 }
 
+impl Retention {
+    /// What housekeeping deletes at `now`, the same on every database: each table, the condition
+    /// on its age column, and the cutoff. Failed jobs stay: the sweep reads them
+    /// (processing_exhausted) and `retry` resets them.
+    pub fn targets(&self, now: DateTime<Utc>) -> [PruneTarget; 3] {
+        let before =
+            |age: std::time::Duration| now - chrono::Duration::from_std(age).unwrap_or_default();
+        [
+            PruneTarget {
+                table: "reconciler.jobs",
+                older: "state = 'done' AND updated_at",
+                cutoff: before(self.finished_jobs),
+            },
+            PruneTarget {
+                table: "reconciler.key_events",
+                older: "updated_at",
+                cutoff: before(self.key_events),
+            },
+            PruneTarget {
+                table: "reconciler.objects",
+                older: "noted_at",
+                cutoff: before(self.objects),
+            },
+        ]
+    }
+}
+
+/// One table to prune: rows of this scope where `older < cutoff`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PruneTarget {
+    pub table: &'static str,
+    /// An SQL condition ending in the age column, valid in both dialects.
+    pub older: &'static str,
+    pub cutoff: DateTime<Utc>,
+}
+
 /// What one pruning pass deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Pruned {

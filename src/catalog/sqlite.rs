@@ -9,7 +9,8 @@
 //! the sweep lock is a row with an owner and an expiry that its holder renews.
 
 use super::{
-    AuditEntry, Catalog, KeyEvent, Pruned, Retention, Scope, SweepLock, SweepRecord, Transaction,
+    AuditEntry, Catalog, KeyEvent, PruneTarget, Pruned, Retention, Scope, SweepLock, SweepRecord,
+    Transaction,
 };
 use crate::config::{DatabaseConfig, StatusWords};
 use crate::error::{Error, Result};
@@ -185,8 +186,13 @@ impl SqliteCatalog {
 
     /// Delete this scope's rows of `table` where `older` is before `cutoff`, in batches, each its
     /// own short write transaction so that the app's writers are never kept waiting long.
-    async fn prune_table(&self, table: &str, older: &str, cutoff: DateTime<Utc>) -> Result<u64> {
+    async fn prune_table(&self, target: &PruneTarget) -> Result<u64> {
         const BATCH: i64 = 1000;
+        let PruneTarget {
+            table,
+            older,
+            cutoff,
+        } = *target;
         let sql = format!(
             "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} \
              WHERE scope = ?1 AND {older} < ?2 LIMIT ?3)"
@@ -729,26 +735,11 @@ impl Catalog for SqliteCatalog {
         if !self.migrated() {
             return Ok(Pruned::default());
         }
-        let before = |age: Duration| now - chrono::Duration::from_std(age).unwrap_or_default();
-        // Failed jobs stay: the sweep reads them (processing_exhausted) and `retry` resets them.
+        let [jobs, key_events, objects] = retention.targets(now);
         Ok(Pruned {
-            finished_jobs: self
-                .prune_table(
-                    "reconciler.jobs",
-                    "state = 'done' AND updated_at",
-                    before(retention.finished_jobs),
-                )
-                .await?,
-            key_events: self
-                .prune_table(
-                    "reconciler.key_events",
-                    "updated_at",
-                    before(retention.key_events),
-                )
-                .await?,
-            objects: self
-                .prune_table("reconciler.objects", "noted_at", before(retention.objects))
-                .await?,
+            finished_jobs: self.prune_table(&jobs).await?,
+            key_events: self.prune_table(&key_events).await?,
+            objects: self.prune_table(&objects).await?,
         })
     }
 
