@@ -170,8 +170,7 @@ async fn main() {
         catalog: &catalog,
         bucket: &bucket,
         prefix: "",
-        settings: &config.sweep,
-        after_upload: upload_reconciler::execute::AfterUpload::MarkProcessed,
+        rules: &config.rules(),
         metrics: None,
     };
     let rss_before = peak_rss_mib();

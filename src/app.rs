@@ -5,7 +5,6 @@ use crate::adapters::{connect, connect_catalog};
 use crate::cli::{Cli, Command, SweepArgs};
 use crate::config::{Config, Overrides};
 use crate::error::{Error, Result};
-use crate::execute::AfterUpload;
 use crate::model::Status;
 use crate::processing::IfRunning;
 use crate::report::{self, Format};
@@ -54,7 +53,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 catalog.as_ref(),
                 bucket.as_ref(),
                 &config.storage.prefix,
-                &config.sweep,
+                &config.sweep.policy(),
                 &id_or_key,
                 Utc::now(),
             )
@@ -85,7 +84,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let done = crate::processing::retry(
                 catalog.as_ref(),
                 &config.storage.prefix,
-                AfterUpload::from_config(&config.processing),
+                config.processing.after_upload(),
                 &ids,
                 if_running,
             )
@@ -175,8 +174,7 @@ async fn sweep(config: &Config, args: &SweepArgs) -> Result<i32> {
         catalog: catalog.as_ref(),
         bucket: bucket.as_ref(),
         prefix: &config.storage.prefix,
-        settings: &config.sweep,
-        after_upload: AfterUpload::from_config(&config.processing),
+        rules: &config.rules(),
         metrics: None,
     };
     let options = Options {

@@ -4,7 +4,9 @@
 
 use crate::decide::Policy;
 use crate::error::{Error, Result};
+use crate::execute::AfterUpload;
 use crate::model::{OrphanAction, Status};
+use crate::rules::{Breaker, Quarantine, Rules};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Deserializer};
@@ -257,12 +259,6 @@ impl Default for SweepConfig {
 }
 
 impl SweepConfig {
-    /// Whether a key lies in the quarantine area, which sweeps and events leave alone: objects
-    /// moved there must not come back as orphans.
-    pub fn in_quarantine(&self, key: &str) -> bool {
-        !self.quarantine_prefix.is_empty() && key.starts_with(&self.quarantine_prefix)
-    }
-
     /// The parsed schedule.
     pub fn cron(&self) -> std::result::Result<cron::Schedule, cron::error::Error> {
         self.schedule.parse()
@@ -274,6 +270,17 @@ impl SweepConfig {
             orphan_grace: self.orphan_grace,
             orphan_action: self.orphan_action,
             processing_timeout: self.processing_timeout,
+        }
+    }
+
+    pub fn quarantine(&self) -> Quarantine {
+        Quarantine::new(self.quarantine_prefix.clone())
+    }
+
+    pub fn breaker(&self) -> Breaker {
+        Breaker {
+            max_action_ratio: self.max_action_ratio,
+            max_action_floor: self.max_action_floor,
         }
     }
 }
@@ -364,6 +371,14 @@ impl Default for ProcessingConfig {
 }
 
 impl ProcessingConfig {
+    /// Without a hook a confirmed upload is done at once; with one, it is queued for the hook.
+    pub fn after_upload(&self) -> AfterUpload {
+        match self.hook {
+            HookKind::None => AfterUpload::MarkProcessed,
+            HookKind::Webhook | HookKind::Command => AfterUpload::Enqueue,
+        }
+    }
+
     /// A worker holds a job this long; past it the job is another worker's to take.
     pub fn lease(&self) -> Duration {
         self.timeout + self.lease_grace
@@ -466,6 +481,16 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The plain values the engine runs by.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            policy: self.sweep.policy(),
+            quarantine: self.sweep.quarantine(),
+            breaker: self.sweep.breaker(),
+            after_upload: self.processing.after_upload(),
+        }
+    }
+
     /// Read the layers in order and validate the result.
     pub fn load(overrides: &Overrides) -> Result<Config> {
         let mut figment = Figment::new();

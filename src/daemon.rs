@@ -17,7 +17,6 @@ use crate::events::effect::Effects;
 use crate::events::folder::{self, FolderWatcher};
 #[cfg(feature = "s3")]
 use crate::events::sqs::{self, Poller};
-use crate::execute::AfterUpload;
 use crate::metrics::Metrics;
 use crate::processing::hook::Hook;
 use crate::processing::worker::Worker;
@@ -148,8 +147,7 @@ async fn spawn_pollers(
         catalog: catalog.clone(),
         bucket: bucket.clone(),
         prefix: config.storage.prefix.clone(),
-        settings: config.sweep.clone(),
-        after_upload: AfterUpload::from_config(&config.processing),
+        rules: config.rules(),
     });
     if let Ok(BucketLocation::Folder(root)) = config.storage.location() {
         // A folder's events are its file notifications (config validation refuses a queue here).
@@ -157,7 +155,7 @@ async fn spawn_pollers(
             root: root.to_owned(),
             filter: folder::Filter {
                 prefix: config.storage.prefix.clone(),
-                quarantine_prefix: config.sweep.quarantine_prefix.clone(),
+                quarantine: config.sweep.quarantine(),
             },
             effects,
             metrics: metrics.clone(),
@@ -356,8 +354,7 @@ impl Sweeper {
             catalog: self.catalog.as_ref(),
             bucket: self.bucket.as_ref(),
             prefix: &c.storage.prefix,
-            settings: &c.sweep,
-            after_upload: AfterUpload::from_config(&c.processing),
+            rules: &c.rules(),
             metrics: Some(&self.metrics),
         };
         // The daemon's report is its metrics and this log line; applied, skipped and failed

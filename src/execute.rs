@@ -6,6 +6,7 @@ use crate::bucket::{Bucket, CopyOutcome, DeleteOutcome};
 use crate::catalog::{AuditEntry, Catalog, Transaction};
 use crate::error::Result;
 use crate::model::{Action, Finding, JobState, ObjectMeta, Outcome, Record, Status};
+use crate::rules::Quarantine;
 use chrono::Utc;
 use uuid::Uuid;
 
@@ -24,22 +25,13 @@ pub enum AfterUpload {
     Enqueue,
 }
 
-impl AfterUpload {
-    pub fn from_config(processing: &crate::config::ProcessingConfig) -> Self {
-        match processing.hook {
-            crate::config::HookKind::None => AfterUpload::MarkProcessed,
-            _ => AfterUpload::Enqueue,
-        }
-    }
-}
-
 pub struct Executor<'a> {
     pub mode: Mode,
     pub after_upload: AfterUpload,
     pub catalog: &'a dyn Catalog,
     pub bucket: &'a dyn Bucket,
-    /// Where quarantined objects go: see [`quarantine_key`].
-    pub quarantine_prefix: &'a str,
+    /// Where quarantined objects go.
+    pub quarantine: &'a Quarantine,
     pub sweep_id: Option<Uuid>,
 }
 
@@ -204,10 +196,7 @@ impl Executor<'_> {
         if finding.action == Action::Quarantine
             && let Some(object) = &object
         {
-            detail.push_str(&format!(
-                "; moved to {}",
-                quarantine_key(self.quarantine_prefix, object)
-            ));
+            detail.push_str(&format!("; moved to {}", self.quarantine.key_for(object)));
         }
         tx.audit(&AuditEntry {
             at: Utc::now(),
@@ -257,7 +246,7 @@ impl Executor<'_> {
     /// then delete the original, if it is still the object copied: a failure or a change at any
     /// step leaves the original where it was.
     async fn quarantine(&self, object: &ObjectMeta) -> Result<Result<(), Changed>> {
-        let target = quarantine_key(self.quarantine_prefix, object);
+        let target = self.quarantine.key_for(object);
         match self.bucket.copy_new(object, &target).await? {
             CopyOutcome::Copied | CopyOutcome::AlreadyCopied => {}
             CopyOutcome::Taken(other) => {
@@ -290,33 +279,6 @@ impl Executor<'_> {
             )),
         }
     }
-}
-
-/// Where a quarantined object goes: `quarantine_prefix + key + "/" + LastModified (UTC, whole
-/// seconds, `20261126T010743Z`) + "-" + ETag (quotes dropped)`, e.g.
-/// `quarantine/docs/a/20261126T010743Z-9b2cf535f27731c974343645a3985328`. Every copy of one key
-/// sits under `quarantine/KEY/`, one per version: a later orphan at the same key gets a key of
-/// its own. The key is recovered by dropping the prefix and the last `/` part.
-pub fn quarantine_key(prefix: &str, object: &ObjectMeta) -> String {
-    let etag: String = object
-        .etag
-        .as_deref()
-        .unwrap_or("no-etag")
-        .chars()
-        .filter(|c| *c != '"')
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!(
-        "{prefix}{}/{}-{etag}",
-        object.key,
-        object.last_modified.format("%Y%m%dT%H%M%SZ")
-    )
 }
 
 /// The record as locked now must have the status word the sweep read; returns that word.
@@ -358,61 +320,24 @@ fn same_object(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, TimeZone};
-
-    fn object(key: &str, etag: &str, at: DateTime<Utc>) -> ObjectMeta {
-        ObjectMeta {
-            key: key.into(),
-            size: 3,
-            etag: Some(etag.into()),
-            last_modified: at,
-        }
-    }
+    use chrono::TimeZone;
 
     #[test]
     fn a_listing_in_milliseconds_matches_a_head_in_seconds() {
         let second = Utc.with_ymd_and_hms(2026, 11, 25, 23, 44, 28).unwrap();
-        let listed = object("a", "\"e1\"", second + chrono::Duration::milliseconds(931));
-        let head = object("a", "\"e1\"", second);
+        let listed =
+            ObjectMeta::sample("a", "\"e1\"", second + chrono::Duration::milliseconds(931));
+        let head = ObjectMeta::sample("a", "\"e1\"", second);
         assert_eq!(
             same_object(Some(&listed), Some(head.clone())),
             Ok(head.clone())
         );
-        let next_second = object("a", "\"e1\"", second + chrono::Duration::seconds(1));
+        let next_second = ObjectMeta::sample("a", "\"e1\"", second + chrono::Duration::seconds(1));
         assert!(same_object(Some(&listed), Some(next_second)).is_err());
-        let rewritten = object("a", "\"e2\"", second);
+        let rewritten = ObjectMeta::sample("a", "\"e2\"", second);
         assert!(same_object(Some(&listed), Some(rewritten)).is_err());
         let longer = ObjectMeta { size: 4, ..head };
         assert!(same_object(Some(&listed), Some(longer)).is_err());
         assert!(same_object(Some(&listed), None).is_err());
-    }
-
-    #[test]
-    fn quarantine_keys_name_the_version_and_keep_the_key_readable() {
-        let at = Utc.with_ymd_and_hms(2026, 11, 26, 1, 7, 43).unwrap();
-        let plain = object("docs/a b", "\"9b2cf535\"", at);
-        assert_eq!(
-            quarantine_key("quarantine/", &plain),
-            "quarantine/docs/a b/20261126T010743Z-9b2cf535"
-        );
-        let multipart = object("docs/a", "\"9b2c-3\"", at);
-        assert_eq!(
-            quarantine_key("q/", &multipart),
-            "q/docs/a/20261126T010743Z-9b2c-3"
-        );
-        let odd = ObjectMeta {
-            etag: Some("W/\"x/y\"".into()),
-            ..plain.clone()
-        };
-        assert_eq!(
-            quarantine_key("q/", &odd),
-            "q/docs/a b/20261126T010743Z-W_x_y"
-        );
-        let later = object(
-            "docs/a b",
-            "\"9b2cf535\"",
-            at + chrono::Duration::seconds(1),
-        );
-        assert_ne!(quarantine_key("q/", &plain), quarantine_key("q/", &later));
     }
 }

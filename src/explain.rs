@@ -2,8 +2,7 @@
 
 use crate::bucket::Bucket;
 use crate::catalog::{AuditEntry, Catalog};
-use crate::config::SweepConfig;
-use crate::decide::{Decision, decide};
+use crate::decide::{Decision, Policy, decide};
 use crate::error::{Error, Result};
 use crate::model::{Job, ObjectMeta, Record, key_of};
 use crate::report::Format;
@@ -38,7 +37,7 @@ pub async fn explain(
     catalog: &dyn Catalog,
     bucket: &dyn Bucket,
     prefix: &str,
-    settings: &SweepConfig,
+    policy: &Policy,
     id_or_key: &str,
     now: DateTime<Utc>,
 ) -> Result<Explanation> {
@@ -56,7 +55,7 @@ pub async fn explain(
     let object = bucket.head(&key).await?;
     let audit_trail = catalog.audit_trail(&id, &key).await?;
     let job = catalog.job(&id).await?;
-    let decision = decide(record.as_ref(), object.as_ref(), now, &settings.policy());
+    let decision = decide(record.as_ref(), object.as_ref(), now, policy);
     let decision = match decision {
         Decision::Consistent => Verdict {
             finding: None,

@@ -24,6 +24,7 @@ pub mod processing;
 pub mod progress;
 pub mod redact;
 pub mod report;
+pub mod rules;
 pub mod server;
 pub mod stop;
 pub mod sweep;

@@ -108,6 +108,19 @@ pub struct ObjectMeta {
     pub last_modified: DateTime<Utc>,
 }
 
+#[cfg(test)]
+impl ObjectMeta {
+    /// A three-byte object, for unit tests.
+    pub fn sample(key: &str, etag: &str, last_modified: DateTime<Utc>) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size: 3,
+            etag: Some(etag.into()),
+            last_modified,
+        }
+    }
+}
+
 /// What a sweep can find. `InGrace` is counted, never acted on and never listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -4,11 +4,11 @@
 use super::parse::{EventKind, S3Event, compare_sequencers};
 use crate::bucket::Bucket;
 use crate::catalog::{Catalog, KeyEvent};
-use crate::config::SweepConfig;
 use crate::decide::{Decision, decide};
 use crate::error::Result;
-use crate::execute::{AfterUpload, Changed, Executor, Mode};
+use crate::execute::{Changed, Executor, Mode};
 use crate::model::{Action, Finding, FindingKind, ObjectMeta};
+use crate::rules::Rules;
 use chrono::{DateTime, Utc};
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -27,8 +27,7 @@ pub struct Effects {
     pub catalog: Arc<dyn Catalog>,
     pub bucket: Arc<dyn Bucket>,
     pub prefix: String,
-    pub settings: SweepConfig,
-    pub after_upload: AfterUpload,
+    pub rules: Rules,
 }
 
 impl Effects {
@@ -39,7 +38,7 @@ impl Effects {
         let Some(id) = event
             .key
             .strip_prefix(&self.prefix)
-            .filter(|_| !self.settings.in_quarantine(&event.key))
+            .filter(|_| !self.rules.quarantine.contains(&event.key))
         else {
             return Ok(Effect::Ignored("outside_prefix"));
         };
@@ -65,12 +64,7 @@ impl Effects {
             }
         }
         let record = tx.lock_record(id).await?;
-        let effect = match decide(
-            record.as_ref(),
-            object.as_ref(),
-            now,
-            &self.settings.policy(),
-        ) {
+        let effect = match decide(record.as_ref(), object.as_ref(), now, &self.rules.policy) {
             // Only what the event itself shows: an object arrived, or an object went away.
             // Grace periods and orphans are the sweep's to judge.
             Decision::Drift {
@@ -93,10 +87,10 @@ impl Effects {
                 };
                 let executor = Executor {
                     mode: Mode::Apply,
-                    after_upload: self.after_upload,
+                    after_upload: self.rules.after_upload,
                     catalog: self.catalog.as_ref(),
                     bucket: self.bucket.as_ref(),
-                    quarantine_prefix: &self.settings.quarantine_prefix,
+                    quarantine: &self.rules.quarantine,
                     sweep_id: None,
                 };
                 match executor.apply_in(tx.as_mut(), &finding).await? {

@@ -23,6 +23,7 @@ use super::parse::{EventKind, S3Event};
 use crate::bucket::folder::TEMP_PREFIX;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::rules::Quarantine;
 use chrono::Utc;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
@@ -84,16 +85,16 @@ pub fn key_of(root: &Path, path: &Path) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct Filter {
     pub prefix: String,
-    pub quarantine_prefix: String,
+    pub quarantine: Quarantine,
 }
 
 impl Filter {
     /// A doc's key: under the prefix, not in quarantine, not one of the bucket's temporary files.
     pub fn watches(&self, key: &str) -> bool {
         let name = key.rsplit('/').next().unwrap_or(key);
-        let quarantined =
-            !self.quarantine_prefix.is_empty() && key.starts_with(&self.quarantine_prefix);
-        key.starts_with(&self.prefix) && !quarantined && !name.starts_with(TEMP_PREFIX)
+        key.starts_with(&self.prefix)
+            && !self.quarantine.contains(key)
+            && !name.starts_with(TEMP_PREFIX)
     }
 
     /// Whether a folder at `key` may hold watched files: it lies under the prefix, or on the way
@@ -416,7 +417,7 @@ mod tests {
     fn only_docs_under_the_prefix_become_events() {
         let filter = Filter {
             prefix: "uploads/".into(),
-            quarantine_prefix: "uploads/_quarantine/".into(),
+            quarantine: Quarantine::new("uploads/_quarantine/"),
         };
         let cases = [
             ("uploads/a", true),
@@ -442,7 +443,7 @@ mod tests {
         }
         let everything = Filter {
             prefix: String::new(),
-            quarantine_prefix: String::new(),
+            quarantine: Quarantine::new(""),
         };
         assert!(everything.watches("a/b") && everything.may_hold("a"));
     }

@@ -14,13 +14,13 @@ mod spool;
 
 use crate::bucket::Bucket;
 use crate::catalog::{Catalog, SweepRecord};
-use crate::config::SweepConfig;
-use crate::decide::{Decision, Policy, decide};
+use crate::decide::{Decision, decide};
 use crate::error::{Error, Interrupted, Result, SafetyStop};
-use crate::execute::{AfterUpload, Executor, Mode};
+use crate::execute::{Executor, Mode};
 use crate::metrics::Metrics;
 use crate::model::{Finding, FindingKind, key_of};
 use crate::report::{Counts, Footer, Header, Sink, Tally};
+use crate::rules::Rules;
 use chrono::{DateTime, Utc};
 use merge::{Merge, Pair};
 use spool::Spool;
@@ -31,8 +31,7 @@ pub struct Sweep<'a> {
     pub catalog: &'a dyn Catalog,
     pub bucket: &'a dyn Bucket,
     pub prefix: &'a str,
-    pub settings: &'a SweepConfig,
-    pub after_upload: AfterUpload,
+    pub rules: &'a Rules,
     /// Where the daemon's sweeps are counted; one-shot sweeps have nobody to tell.
     pub metrics: Option<&'a Metrics>,
 }
@@ -86,7 +85,6 @@ impl Progress for Quiet {
 impl Sweep<'_> {
     /// Merge and decide every key; nothing is written anywhere.
     pub async fn plan(&self, now: DateTime<Utc>, progress: &mut dyn Progress) -> Result<Plan> {
-        let policy: Policy = self.settings.policy();
         let mut merge = Merge::new(
             self.catalog.records(),
             self.bucket.list(self.prefix),
@@ -99,10 +97,10 @@ impl Sweep<'_> {
             progress.scanned(merge.records_scanned, merge.objects_listed);
             let Pair { id, record, object } = pair;
             let key = key_of(self.prefix, &id);
-            if self.settings.in_quarantine(&key) {
+            if self.rules.quarantine.contains(&key) {
                 continue;
             }
-            match decide(record.as_ref(), object.as_ref(), now, &policy) {
+            match decide(record.as_ref(), object.as_ref(), now, &self.rules.policy) {
                 Decision::Consistent => {}
                 Decision::InGrace => counts.add(FindingKind::InGrace),
                 Decision::Drift {
@@ -137,18 +135,11 @@ impl Sweep<'_> {
         })
     }
 
-    /// The breaker: too many changes at once usually means a wrong config (prefix, mapping, a
-    /// bucket restored from elsewhere), not a real mess. Stop before writing anything.
+    /// The breaker's verdict on a plan: stop before writing anything when it trips.
     pub fn breaker(&self, plan: &Plan) -> Option<SafetyStop> {
-        let limit = self.settings.max_action_ratio * plan.records_scanned as f64;
-        let tripped = plan.state_changes > self.settings.max_action_floor
-            && plan.state_changes as f64 > limit;
-        tripped.then_some(SafetyStop {
-            actions: plan.state_changes,
-            records_scanned: plan.records_scanned,
-            max_action_ratio: self.settings.max_action_ratio,
-            max_action_floor: self.settings.max_action_floor,
-        })
+        self.rules
+            .breaker
+            .check(plan.state_changes, plan.records_scanned)
     }
 
     /// A whole sweep: plan, breaker, execute, report. A safety stop, or a `shutdown` between two
@@ -218,7 +209,7 @@ impl Sweep<'_> {
         }
 
         let executor = Executor {
-            after_upload: self.after_upload,
+            after_upload: self.rules.after_upload,
             mode: if options.dry_run {
                 Mode::DryRun
             } else {
@@ -226,7 +217,7 @@ impl Sweep<'_> {
             },
             catalog: self.catalog,
             bucket: self.bucket,
-            quarantine_prefix: &self.settings.quarantine_prefix,
+            quarantine: &self.rules.quarantine,
             sweep_id: history.as_ref().map(|h| h.id),
         };
         let mut actions = Tally::default();

@@ -11,6 +11,7 @@ use upload_reconciler::events::effect::Effects;
 use upload_reconciler::events::sqs::{Batch, Poller};
 use upload_reconciler::execute::AfterUpload;
 use upload_reconciler::metrics::Metrics;
+use upload_reconciler::rules::Rules;
 
 struct EventWorld {
     db: TestDb,
@@ -52,8 +53,10 @@ async fn event_world_with(queue: TestQueue, prefix: &str, after_upload: AfterUpl
             catalog: Arc::new(catalog),
             bucket: Arc::new(s3),
             prefix: prefix.to_owned(),
-            settings: config.sweep.clone(),
-            after_upload,
+            rules: Rules {
+                after_upload,
+                ..config.rules()
+            },
         }),
         metrics: metrics.clone(),
         gate: Default::default(),

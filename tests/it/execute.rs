@@ -7,14 +7,16 @@ use upload_reconciler::bucket::s3::S3Bucket;
 use upload_reconciler::catalog::Catalog;
 use upload_reconciler::catalog::postgres::PgCatalog;
 use upload_reconciler::config::Config;
-use upload_reconciler::execute::{AfterUpload, Executor, Mode};
+use upload_reconciler::execute::{Executor, Mode};
 use upload_reconciler::model::{Finding, Outcome};
+use upload_reconciler::rules::Rules;
 use upload_reconciler::sweep::{Plan, Quiet, Sweep};
 
 struct World {
     db: TestDb,
     bucket: TestBucket,
     config: Config,
+    rules: Rules,
     catalog: PgCatalog,
     s3: S3Bucket,
 }
@@ -39,6 +41,7 @@ async fn world(sweep_settings: &str) -> World {
     World {
         db,
         bucket,
+        rules: config.rules(),
         config,
         catalog,
         s3,
@@ -51,8 +54,7 @@ impl World {
             catalog: &self.catalog,
             bucket: &self.s3,
             prefix: &self.config.storage.prefix,
-            settings: &self.config.sweep,
-            after_upload: AfterUpload::from_config(&self.config.processing),
+            rules: &self.rules,
             metrics: None,
         }
     }
@@ -60,10 +62,10 @@ impl World {
     fn executor(&self) -> Executor<'_> {
         Executor {
             mode: Mode::Apply,
-            after_upload: AfterUpload::from_config(&self.config.processing),
+            after_upload: self.rules.after_upload,
             catalog: &self.catalog,
             bucket: &self.s3,
-            quarantine_prefix: &self.config.sweep.quarantine_prefix,
+            quarantine: &self.rules.quarantine,
             sweep_id: None,
         }
     }

@@ -20,6 +20,7 @@ mod operations;
 mod outage;
 mod poison;
 mod processing;
+mod scenarios;
 mod secrets;
 mod sqlite;
 mod sweep;
