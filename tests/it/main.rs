@@ -18,6 +18,7 @@ mod interrupt;
 mod lookups;
 mod operations;
 mod outage;
+mod permissions;
 mod poison;
 mod processing;
 mod scenarios;

@@ -130,6 +130,16 @@ impl Pair {
         }
     }
 
+    /// Run SQL that both databases understand on the app's database.
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match &self.catalog {
+            Db::Postgres(db) => sqlx::raw_sql(sql).execute(&db.pool).await.map(drop),
+            Db::Sqlite(db) => sqlx::raw_sql(sql).execute(&db.pool).await.map(drop),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Whether the reconciler's own tables exist yet (a dry run must not create them).
     pub async fn reconciler_tables_exist(&self) -> bool {
         match &self.catalog {
@@ -224,6 +234,7 @@ scenarios!(
     quarantined_objects_are_not_swept_again_when_the_prefix_is_the_bucket_root,
     quarantine_and_delete_refuse_the_bucket_root_without_consent,
     the_breaker_stops_before_the_first_write_unless_forced,
+    hostile_identifiers_are_quoted_never_pasted_into_sql,
 );
 
 /// Ids whose keys break naive key handling (spaces, unicode, `%`, `+`, `..`, a control
@@ -612,4 +623,52 @@ async fn pair_run(reconcile: &Reconcile, args: &[&str]) -> Run {
         run.stderr, run.stdout
     );
     run
+}
+
+/// The table and column names come from the config: each is quoted as an identifier, so a name
+/// that would end the statement in pasted SQL is just a name.
+async fn hostile_identifiers_are_quoted_never_pasted_into_sql(pair: Pair) {
+    const TABLE: &str = "docs\"; DROP TABLE canary; --";
+    const ID: &str = "id\"); DROP TABLE canary; --";
+    const STATUS: &str = "st'atus";
+    const CREATED: &str = "created at";
+    const UPDATED: &str = "up\"dated";
+    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    pair.execute(&format!(
+        "CREATE TABLE canary (x text);
+         CREATE TABLE {table} ({id} text PRIMARY KEY, {status} text NOT NULL,
+                               {created} timestamptz NOT NULL, {updated} timestamptz NOT NULL);
+         INSERT INTO {table} ({id}, {status}, {created}, {updated}) VALUES
+           ('stale', 'pending', '2026-01-01 00:00:00', '2026-01-01 00:00:00'),
+           ('lost', 'pending', '2026-01-01 00:00:00', '2026-01-01 00:00:00');",
+        table = quoted(TABLE),
+        id = quoted(ID),
+        status = quoted(STATUS),
+        created = quoted(CREATED),
+        updated = quoted(UPDATED),
+    ))
+    .await;
+    pair.put("lost", "body").await;
+    let reconcile = pair
+        .reconcile()
+        .set("database.table", TABLE)
+        .set("database.id_column", ID)
+        .set("database.status_column", STATUS)
+        .set("database.created_at_column", CREATED)
+        .set("database.updated_at_column", UPDATED);
+    let expected = triples(&[
+        ("lost_notification", "lost", "adopt"),
+        ("stale_pending", "stale", "expire"),
+    ]);
+
+    let audit = pair_run(&reconcile, &["--dry-run", "--format", "json"]).await;
+    assert_eq!(audit.findings(), expected);
+    let apply = pair_run(&reconcile, &["--format", "json"]).await;
+    assert_eq!(apply.findings(), expected);
+    assert_eq!(apply.json()["actions"]["applied"], 2, "{}", apply.stdout);
+    // The canary is still there, and the rows changed through the quoted names.
+    pair.execute("INSERT INTO canary (x) VALUES ('alive')")
+        .await;
+    let again = pair_run(&reconcile, &["--dry-run", "--format", "json"]).await;
+    assert_eq!(again.findings(), vec![], "{}", again.stdout);
 }
