@@ -117,11 +117,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
             );
             #[cfg(feature = "s3")]
             if let Some(queue_url) = config.events.queue_url.as_deref().filter(|u| !u.is_empty()) {
-                let client =
-                    crate::events::sqs::client(&config.events, config.storage.region.as_deref())
-                        .await;
-                crate::events::sqs::check_queue(&client, queue_url).await?;
-                println!("ok: queue {}", redact::url(queue_url));
+                let queue = crate::events::sqs::Queue::connect(
+                    &config.events,
+                    queue_url,
+                    config.storage.region.as_deref(),
+                )
+                .await;
+                queue.check().await?;
+                println!("ok: {}", queue.describe());
             }
             Ok(OK)
         }

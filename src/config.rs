@@ -175,7 +175,7 @@ impl StatusWords {
 }
 
 /// `[storage]`: the bucket and the part of it that holds the docs.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// An S3 bucket name, or a local folder as `file:///absolute/path`.
@@ -191,6 +191,26 @@ pub struct StorageConfig {
     /// Advanced: objects larger than this many bytes are copied in parts (UploadPartCopy)
     /// rather than by one CopyObject; 1 to 5 GiB, default 5 GiB (S3's CopyObject limit).
     pub multipart_copy_threshold: Option<u64>,
+    /// How long the upload URLs the app hands out stay valid (a presigned PUT's expiry). The
+    /// example upload API signs with it; the sweep must not judge a pending record stale while
+    /// its URL still works, so `sweep.pending_ttl` may not be shorter.
+    #[serde(deserialize_with = "duration")]
+    pub upload_url_lifetime: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            bucket: String::new(),
+            prefix: String::new(),
+            region: None,
+            endpoint_url: None,
+            force_path_style: false,
+            list_page_size: None,
+            multipart_copy_threshold: None,
+            upload_url_lifetime: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Where `storage.bucket` says the objects are.
@@ -682,6 +702,18 @@ impl Config {
         }
 
         let sweep = &self.sweep;
+        if sweep.pending_ttl < storage.upload_url_lifetime {
+            return Err(Error::config(
+                "sweep.pending_ttl",
+                format!(
+                    "{} is shorter than storage.upload_url_lifetime ({}): a record would be \
+                     expired while its upload URL still works; make pending_ttl at least the \
+                     lifetime plus the time an upload started at the last moment needs",
+                    humantime::format_duration(sweep.pending_ttl),
+                    humantime::format_duration(storage.upload_url_lifetime)
+                ),
+            ));
+        }
         if !(0.0..=1.0).contains(&sweep.max_action_ratio) {
             return Err(Error::config(
                 "sweep.max_action_ratio",
@@ -922,6 +954,15 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_ttl_shorter_than_the_upload_url_lifetime_names_both() {
+        let error = with("[sweep]\npending_ttl = \"4m\"").expect_err("4m < 5m");
+        let text = error.to_string();
+        assert!(text.contains("sweep.pending_ttl"), "{text}");
+        assert!(text.contains("storage.upload_url_lifetime (5m)"), "{text}");
+        with("[sweep]\npending_ttl = \"5m\"").expect("equal is enough");
+    }
+
+    #[test]
     fn defaults_match_the_reference_schema() {
         let c = Config::from_toml(MINIMAL).expect("minimal config is valid");
         assert_eq!(c.database.table.quoted(), "\"docs\"");
@@ -934,8 +975,14 @@ mod tests {
 
     #[test]
     fn durations_read_like_people_write_them() {
-        let c = with("[sweep]\npending_ttl = \"90s\"\norphan_grace = \"15m\"").expect("valid");
+        let c = Config::from_toml(&format!(
+            "{}\nupload_url_lifetime = \"1m\"\n[sweep]\npending_ttl = \"90s\"\n\
+             orphan_grace = \"15m\"",
+            MINIMAL.trim_end()
+        ))
+        .expect("valid");
         assert_eq!(c.sweep.pending_ttl, Duration::from_secs(90));
+        assert_eq!(c.storage.upload_url_lifetime, Duration::from_secs(60));
         assert_eq!(c.sweep.orphan_grace, Duration::from_secs(900));
     }
 

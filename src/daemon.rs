@@ -203,10 +203,11 @@ async fn spawn_sqs_pollers(
     health: &Arc<Health>,
     stopped: &watch::Receiver<bool>,
 ) -> Result<()> {
-    let client = sqs::client(&config.events, config.storage.region.as_deref()).await;
+    let queue =
+        sqs::Queue::connect(&config.events, &queue_url, config.storage.region.as_deref()).await;
+    tracing::info!(queue = %queue.describe(), "consuming S3 events");
     let poller = Arc::new(Poller {
-        client,
-        queue_url,
+        queue,
         wait_time: config.events.wait_time,
         visibility: config.events.visibility_timeout,
         effects,

@@ -39,28 +39,32 @@ const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'/');
 
+/// An S3 client for `[storage]`: the AWS chain (env, profile, IMDS...) plus the section's region,
+/// endpoint and addressing. The bucket adapter uses it, and so does an app presigning uploads
+/// (the example upload API), so both talk to the same server the same way.
+pub async fn client(config: &StorageConfig) -> Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &config.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    let shared = loader.load().await;
+    let mut builder = aws_sdk_s3::config::Builder::from(&shared);
+    if shared.region().is_none() {
+        // S3 answers any region for path-style requests to custom endpoints; AWS itself
+        // redirects. Without a region the SDK would refuse to sign at all.
+        builder = builder.region(Region::new("us-east-1"));
+    }
+    if let Some(endpoint) = &config.endpoint_url {
+        builder = builder.endpoint_url(endpoint);
+    }
+    builder = builder.force_path_style(config.force_path_style);
+    Client::from_conf(builder.build())
+}
+
 impl S3Bucket {
     /// Build a client from the AWS chain (env, profile, IMDS...) plus the `[storage]` overrides.
     pub async fn connect(config: &StorageConfig) -> Result<Self> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = &config.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let shared = loader.load().await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&shared);
-        if shared.region().is_none() {
-            // S3 answers any region for path-style requests to custom endpoints; AWS itself
-            // redirects. Without a region the SDK would refuse to sign at all.
-            builder = builder.region(Region::new("us-east-1"));
-        }
-        if let Some(endpoint) = &config.endpoint_url {
-            builder = builder.endpoint_url(endpoint);
-        }
-        builder = builder.force_path_style(config.force_path_style);
-        Ok(Self::with_client(
-            Client::from_conf(builder.build()),
-            config,
-        ))
+        Ok(Self::with_client(client(config).await, config))
     }
 
     /// Use a client built elsewhere (tests, embedding programs with their own AWS setup).

@@ -44,38 +44,101 @@ enum Handled {
     Stopped,
 }
 
-pub async fn client(config: &EventsConfig, fallback_region: Option<&str>) -> Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = config.region.as_deref().or(fallback_region) {
-        loader = loader.region(Region::new(region.to_owned()));
-    }
-    let shared = loader.load().await;
-    let mut builder = aws_sdk_sqs::config::Builder::from(&shared);
-    if shared.region().is_none() {
-        builder = builder.region(Region::new("us-east-1"));
-    }
-    if let Some(endpoint) = &config.endpoint_url {
-        builder = builder.endpoint_url(endpoint);
-    }
-    Client::from_conf(builder.build())
+/// An SQS client and the endpoint it talks to, named in every error about the queue.
+#[derive(Clone)]
+pub struct Queue {
+    pub client: Client,
+    pub url: String,
+    /// Where requests go: the configured endpoint, the queue URL's own host when that is not
+    /// AWS, or AWS's regional endpoint.
+    pub endpoint: String,
 }
 
-/// Check that the queue exists and these credentials may read its attributes.
-pub async fn check_queue(client: &Client, queue_url: &str) -> Result<()> {
-    client
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| Error::storage(format!("reaching queue {queue_url}"), describe_sdk(&e)))?;
-    Ok(())
+impl Queue {
+    /// The client for `queue_url`. Endpoint, first that applies: `events.endpoint_url`, the
+    /// SDK's `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL`, the queue URL's scheme and host when
+    /// that host is not AWS's (a local SQS-compatible server), AWS's endpoint for the region.
+    pub async fn connect(
+        config: &EventsConfig,
+        queue_url: &str,
+        fallback_region: Option<&str>,
+    ) -> Queue {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = config.region.as_deref().or(fallback_region) {
+            loader = loader.region(Region::new(region.to_owned()));
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_sqs::config::Builder::from(&shared);
+        let region = match shared.region() {
+            Some(region) => region.to_string(),
+            None => {
+                builder = builder.region(Region::new("us-east-1"));
+                "us-east-1".to_owned()
+            }
+        };
+        let chosen = config
+            .endpoint_url
+            .clone()
+            .or_else(|| shared.endpoint_url().map(str::to_owned))
+            .or_else(|| endpoint_of_local_queue(queue_url));
+        let endpoint = match chosen {
+            Some(endpoint) => {
+                builder = builder.endpoint_url(&endpoint);
+                endpoint
+            }
+            None => format!("https://sqs.{region}.amazonaws.com"),
+        };
+        Queue {
+            client: Client::from_conf(builder.build()),
+            url: queue_url.to_owned(),
+            endpoint,
+        }
+    }
+
+    /// "queue URL at ENDPOINT", for error contexts and logs; credentials in either are hidden.
+    pub fn describe(&self) -> String {
+        format!(
+            "queue {} at {}",
+            crate::redact::url(&self.url),
+            crate::redact::url(&self.endpoint)
+        )
+    }
+
+    /// Check that the queue exists and these credentials may read its attributes.
+    pub async fn check(&self) -> Result<()> {
+        self.client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::storage(format!("reaching {}", self.describe()), describe_sdk(&e))
+            })?;
+        Ok(())
+    }
+}
+
+/// A queue URL on a host that is not AWS's is served by that host: `http://127.0.0.1:4566/
+/// 000000000000/uploads` is LocalStack's or moto's, and AWS's endpoint would not know it.
+fn endpoint_of_local_queue(queue_url: &str) -> Option<String> {
+    let url = url::Url::parse(queue_url).ok()?;
+    let host = url.host_str()?;
+    let aws = ["amazonaws.com", "amazonaws.com.cn", "api.aws"]
+        .iter()
+        .any(|domain| host == *domain || host.ends_with(&format!(".{domain}")));
+    if aws {
+        return None;
+    }
+    Some(match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    })
 }
 
 /// One consumer loop; `events.pollers` of them run side by side.
 pub struct Poller {
-    pub client: Client,
-    pub queue_url: String,
+    pub queue: Queue,
     pub wait_time: Duration,
     pub visibility: Duration,
     pub effects: Arc<Effects>,
@@ -97,15 +160,16 @@ impl Poller {
     /// queue: this consumer never deletes what it could not apply.
     pub async fn check_redrive_policy(&self) -> Result<()> {
         let out = self
+            .queue
             .client
             .get_queue_attributes()
-            .queue_url(&self.queue_url)
+            .queue_url(&self.queue.url)
             .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
             .map_err(|e| {
                 Error::storage(
-                    format!("reading queue {}", self.queue_url),
+                    format!("reading {}", self.queue.describe()),
                     describe_sdk(&e),
                 )
             })?;
@@ -114,7 +178,7 @@ impl Poller {
             .is_some_and(|a| a.contains_key(&QueueAttributeName::RedrivePolicy));
         if !has_redrive {
             tracing::warn!(
-                queue = %self.queue_url,
+                queue = %self.queue.describe(),
                 "the queue has no redrive policy: messages that cannot be parsed or applied are \
                  never deleted and will be received again and again; give it a dead-letter queue"
             );
@@ -125,9 +189,10 @@ impl Poller {
     /// Long-poll one batch.
     pub async fn receive(&self) -> Result<Vec<Message>> {
         let out = self
+            .queue
             .client
             .receive_message()
-            .queue_url(&self.queue_url)
+            .queue_url(&self.queue.url)
             .max_number_of_messages(MAX_BATCH)
             .wait_time_seconds(self.wait_time.as_secs().min(20) as i32)
             .visibility_timeout(secs(self.visibility))
@@ -135,7 +200,7 @@ impl Poller {
             .await
             .map_err(|e| {
                 Error::storage(
-                    format!("receiving from {}", self.queue_url),
+                    format!("receiving from {}", self.queue.describe()),
                     describe_sdk(&e),
                 )
             })?;
@@ -285,9 +350,10 @@ impl Poller {
             })
             .collect();
         match self
+            .queue
             .client
             .change_message_visibility_batch()
-            .queue_url(&self.queue_url)
+            .queue_url(&self.queue.url)
             .set_entries(Some(entries))
             .send()
             .await
@@ -313,9 +379,10 @@ impl Poller {
         }
         let asked = entries.len();
         match self
+            .queue
             .client
             .delete_message_batch()
-            .queue_url(&self.queue_url)
+            .queue_url(&self.queue.url)
             .set_entries(Some(entries))
             .send()
             .await
@@ -381,4 +448,44 @@ impl Poller {
 
 fn secs(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_of_local_queue;
+
+    #[test]
+    fn a_queue_url_off_aws_is_its_own_endpoint() {
+        for (queue_url, endpoint) in [
+            (
+                "http://127.0.0.1:4566/000000000000/uploads",
+                Some("http://127.0.0.1:4566"),
+            ),
+            (
+                "https://sqs.internal.example/1/q",
+                Some("https://sqs.internal.example"),
+            ),
+            (
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/uploads",
+                None,
+            ),
+            (
+                "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q",
+                None,
+            ),
+            ("https://sqs.us-east-1.api.aws/123456789012/q", None),
+            // A look-alike is not AWS.
+            (
+                "https://sqs.amazonaws.com.evil.example/1/q",
+                Some("https://sqs.amazonaws.com.evil.example"),
+            ),
+            ("not a url", None),
+        ] {
+            assert_eq!(
+                endpoint_of_local_queue(queue_url).as_deref(),
+                endpoint,
+                "{queue_url}"
+            );
+        }
+    }
 }

@@ -140,24 +140,53 @@ async fn check_config_reaches_both_dependencies() {
     assert_eq!(ok.code, 0, "{}", ok.stderr);
     assert!(ok.stdout.contains(&bucket.name), "{}", ok.stdout);
 
+    // As a new user writes it: the local server's queue URL and no events.endpoint_url. The
+    // queue's host is the endpoint, not AWS's.
     let queue = TestQueue::without_dead_letters().await;
+    assert!(queue.url.starts_with(&moto_endpoint()), "{}", queue.url);
     let with_queue = Reconcile::new(&db, &bucket)
         .set("events.queue_url", &queue.url)
-        .set("events.endpoint_url", &bucket.endpoint)
         .run(&["check-config"])
         .await;
     assert_eq!(with_queue.code, 0, "{}", with_queue.stderr);
     assert!(
-        with_queue.stdout.contains(&queue.url),
+        with_queue
+            .stdout
+            .contains(&format!("ok: queue {} at {}", queue.url, moto_endpoint())),
         "{}",
         with_queue.stdout
     );
     let no_queue = Reconcile::new(&db, &bucket)
         .set("events.queue_url", &format!("{}-gone", queue.url))
-        .set("events.endpoint_url", &bucket.endpoint)
         .run(&["check-config"])
         .await;
-    assert_one_line_naming(&no_queue, 1, &["-gone"]);
+    assert_one_line_naming(&no_queue, 1, &["-gone", &moto_endpoint()]);
+    // Nothing listens there: the error names the endpoint it tried.
+    let nobody = Reconcile::new(&db, &bucket)
+        .set(
+            "events.queue_url",
+            "http://127.0.0.1:9/000000000000/uploads",
+        )
+        .run(&["check-config"])
+        .await;
+    assert_one_line_naming(&nobody, 1, &["at http://127.0.0.1:9"]);
+    // A configured endpoint wins over the queue's host.
+    let configured = Reconcile::new(&db, &bucket)
+        .set("events.queue_url", &queue.url)
+        .set("events.endpoint_url", "http://127.0.0.1:9")
+        .run(&["check-config"])
+        .await;
+    assert_one_line_naming(&configured, 1, &["at http://127.0.0.1:9"]);
+    // On AWS's host, AWS's endpoint for the region (unreachable from the tests), named.
+    let aws = Reconcile::new(&db, &bucket)
+        .set(
+            "events.queue_url",
+            "https://sqs.eu-west-1.amazonaws.com/1/uploads",
+        )
+        .set("events.region", "eu-west-1")
+        .run(&["check-config"])
+        .await;
+    assert_one_line_naming(&aws, 1, &["at https://sqs.eu-west-1.amazonaws.com"]);
 
     let mut no_bucket = Reconcile::new(&db, &bucket);
     no_bucket.bucket = "no-such-bucket-here".into();

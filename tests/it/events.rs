@@ -44,8 +44,11 @@ async fn event_world_with(queue: TestQueue, prefix: &str, after_upload: AfterUpl
     let s3 = S3Bucket::with_client(s3_client(&bucket.endpoint), &config.storage);
     let metrics = Metrics::new();
     let poller = Poller {
-        client: sqs_client(&bucket.endpoint),
-        queue_url: queue.url.clone(),
+        queue: upload_reconciler::events::sqs::Queue {
+            client: sqs_client(&bucket.endpoint),
+            url: queue.url.clone(),
+            endpoint: bucket.endpoint.clone(),
+        },
         wait_time: Duration::from_secs(1),
         // Long enough that a message left in the queue does not come back during a test.
         visibility: Duration::from_secs(60),

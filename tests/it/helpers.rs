@@ -478,10 +478,10 @@ impl Reconcile {
             .args(args)
             .kill_on_drop(true);
         // A folder bucket has no endpoint, and S3 settings beside it are a configuration error.
+        // The queue needs none: its URL is on moto's host, which is then its endpoint.
         if !self.endpoint.is_empty() {
             cmd.env("RECONCILE_STORAGE__ENDPOINT_URL", &self.endpoint)
-                .env("RECONCILE_STORAGE__FORCE_PATH_STYLE", "true")
-                .env("RECONCILE_EVENTS__ENDPOINT_URL", &self.endpoint);
+                .env("RECONCILE_STORAGE__FORCE_PATH_STYLE", "true");
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
