@@ -25,3 +25,4 @@ mod scenarios;
 mod secrets;
 mod sqlite;
 mod sweep;
+mod upload_api;
