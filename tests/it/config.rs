@@ -38,6 +38,10 @@ async fn each_bad_config_file_is_an_error_that_names_its_key() {
         ),
         ("[sweep]\npending_ttl = 60\n", &["sweep.pending_ttl"]),
         (
+            "[storage]\nupload_url_lifetime = \"2h\"\n[sweep]\npending_ttl = \"1h\"\n",
+            &["sweep.pending_ttl", "storage.upload_url_lifetime (2h)"],
+        ),
+        (
             "[sweep]\norphan_action = \"shred\"\n",
             &["sweep.orphan_action", "shred"],
         ),
