@@ -47,6 +47,16 @@ impl Backend {
         }
     }
 
+    /// Someone else deletes the object.
+    async fn remove(&self, key: &str) {
+        match self {
+            Backend::S3(b) => b.delete(key).await,
+            Backend::Folder(f) => {
+                std::fs::remove_file(f.path().join(key)).expect("remove the file");
+            }
+        }
+    }
+
     async fn body(&self, key: &str) -> Option<String> {
         match self {
             Backend::S3(b) => {
@@ -105,6 +115,7 @@ conformance!(
     copy_makes_a_new_key_and_keeps_the_source,
     copy_onto_an_existing_key,
     delete_removes_one_key_and_forgets_a_missing_one,
+    copy_and_delete_of_an_object_since_replaced_or_gone_do_nothing,
     hostile_keys_round_trip,
 );
 
@@ -246,6 +257,47 @@ async fn delete_removes_one_key_and_forgets_a_missing_one(backend: Backend) {
         DeleteOutcome::Changed
     );
     assert_eq!(backend.body("docs/ab").await.as_deref(), Some("a newer ab"));
+}
+
+/// What the executor relies on when an orphan changes under a quarantine or a delete: the
+/// object it describes was overwritten, or deleted by someone else.
+async fn copy_and_delete_of_an_object_since_replaced_or_gone_do_nothing(backend: Backend) {
+    backend.put("docs/a", "first").await;
+    let bucket = backend.bucket();
+    let first = bucket.head("docs/a").await.expect("head").expect("present");
+    backend.put("docs/a", "second, longer").await;
+    assert_eq!(
+        bucket.copy_new(&first, "quarantine/a").await.expect("copy"),
+        CopyOutcome::SourceChanged
+    );
+    assert_eq!(
+        bucket.delete_if(&first).await.expect("delete"),
+        DeleteOutcome::Changed
+    );
+    assert_eq!(
+        keys(bucket.as_ref(), "").await,
+        ["docs/a"],
+        "nothing copied, nothing deleted"
+    );
+    assert_eq!(
+        backend.body("docs/a").await.as_deref(),
+        Some("second, longer")
+    );
+
+    let second = bucket.head("docs/a").await.expect("head").expect("present");
+    backend.remove("docs/a").await;
+    assert_eq!(
+        bucket
+            .copy_new(&second, "quarantine/a")
+            .await
+            .expect("copy"),
+        CopyOutcome::SourceChanged
+    );
+    assert_eq!(
+        bucket.delete_if(&second).await.expect("delete"),
+        DeleteOutcome::Changed
+    );
+    assert_eq!(keys(bucket.as_ref(), "").await, Vec::<String>::new());
 }
 
 async fn hostile_keys_round_trip(backend: Backend) {
