@@ -96,6 +96,7 @@ macro_rules! conformance {
 conformance!(
     records_stream_in_utf8_byte_order,
     lock_set_and_create_change_the_app_table_only_on_commit,
+    a_second_writer_waits_for_the_first_and_sees_its_commit,
     audit_trail_round_trips,
     free_text_reaches_the_tables_redacted,
     job_claims_count_attempts_and_respect_leases,
@@ -180,6 +181,49 @@ async fn lock_set_and_create_change_the_app_table_only_on_commit(backend: Backen
     assert_eq!(
         catalog.ids_with_status(Status::Missing).await.expect("ids"),
         vec!["b".to_owned()]
+    );
+}
+
+/// A writer that locks what an open transaction holds (the record, a key's event state) waits
+/// for its commit and then sees it: two event effects for one key, or the sweep and an event for
+/// one doc, never both act on what they read before the other wrote.
+async fn a_second_writer_waits_for_the_first_and_sees_its_commit(backend: Backend) {
+    backend.doc("a", "pending", HOUR).await;
+    let first = backend.catalog().await;
+    first.migrate().await.expect("migrate");
+    // Opened once the tables exist, as a replica's daemon opens it (it migrates at start too).
+    let second = backend.catalog().await;
+
+    let mut tx = first.begin().await.expect("begin");
+    tx.lock_record("a").await.expect("lock").expect("a exists");
+    tx.lock_key_events("docs/a").await.expect("lock");
+    tx.set_status("a", Status::Uploaded).await.expect("set");
+    tx.store_key_event(&KeyEvent {
+        key: "docs/a".into(),
+        sequencer: Some("0A".into()),
+        kind: "created",
+        time: None,
+    })
+    .await
+    .expect("store");
+    let commit_later = async {
+        // Time for the second writer to run into the lock. Were it slower, it would read after
+        // the commit and the test would still hold: this wait can only make it pass for the
+        // wrong reason on a very slow machine, never fail for one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.commit().await.expect("commit");
+    };
+    let lock_meanwhile = async {
+        let mut tx = second.begin().await.expect("begin");
+        let record = tx.lock_record("a").await.expect("lock").expect("a exists");
+        let sequencer = tx.lock_key_events("docs/a").await.expect("lock");
+        (record.raw_status, sequencer)
+    };
+    let ((), seen) = tokio::join!(commit_later, lock_meanwhile);
+    assert_eq!(
+        seen,
+        ("uploaded".to_owned(), Some("0A".to_owned())),
+        "the second writer read what the first had not committed yet"
     );
 }
 
