@@ -1,19 +1,25 @@
-//! One set of tests for the `Bucket` trait, run against every implementation: S3 (on moto) and
-//! the local folder. Each case is a function over a `Backend`; `conformance!` makes one test per
-//! case and backend (`bucket_conformance::<case>::s3`, `...::folder`).
+//! One set of tests for the `Bucket` trait, run against every implementation: S3 (on moto), the
+//! local folder, and the in-memory double the convergence property runs on (passing here is what
+//! entitles it to stand in for S3). Each case is a function over a `Backend`; `conformance!`
+//! makes one test per case and backend (`bucket_conformance::<case>::s3`, `...::folder`,
+//! `...::memory`).
 
 use crate::helpers::*;
+use crate::memory::{MemoryBucket, Schedule};
 use futures::TryStreamExt;
+use std::sync::Arc;
 use upload_reconciler::bucket::folder::FolderBucket;
 use upload_reconciler::bucket::s3::S3Bucket;
 use upload_reconciler::bucket::{Bucket, CopyOutcome, DeleteOutcome};
 use upload_reconciler::config::StorageConfig;
 use upload_reconciler::model::ObjectMeta;
+use upload_reconciler::processing::SystemClock;
 
 /// A bucket under test, and a way to write and read its objects from outside the trait.
 enum Backend {
     S3(TestBucket),
     Folder(TestFolder),
+    Memory(MemoryBucket),
 }
 
 impl Backend {
@@ -23,6 +29,14 @@ impl Backend {
 
     fn folder() -> Backend {
         Backend::Folder(TestFolder::new())
+    }
+
+    fn memory() -> Backend {
+        Backend::Memory(MemoryBucket::new(
+            "uploads",
+            Arc::new(SystemClock),
+            Arc::new(Schedule::default()),
+        ))
     }
 
     fn bucket(&self) -> Box<dyn Bucket> {
@@ -37,6 +51,7 @@ impl Backend {
                 },
             )),
             Backend::Folder(f) => Box::new(FolderBucket::new(f.path())),
+            Backend::Memory(m) => Box::new(m.clone()),
         }
     }
 
@@ -44,6 +59,9 @@ impl Backend {
         match self {
             Backend::S3(b) => b.put(key, body).await,
             Backend::Folder(f) => f.put(key, body),
+            Backend::Memory(m) => {
+                m.put(key, body.as_bytes());
+            }
         }
     }
 
@@ -54,6 +72,7 @@ impl Backend {
             Backend::Folder(f) => {
                 std::fs::remove_file(f.path().join(key)).expect("remove the file");
             }
+            Backend::Memory(m) => assert!(m.remove(key), "{key} existed"),
         }
     }
 
@@ -72,6 +91,9 @@ impl Backend {
                 Some(String::from_utf8(bytes.to_vec()).expect("utf-8 body"))
             }
             Backend::Folder(f) => f.read(key),
+            Backend::Memory(m) => m
+                .body(key)
+                .map(|bytes| String::from_utf8(bytes).expect("utf-8 body")),
         }
     }
 }
@@ -103,6 +125,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn folder() {
                 super::$case(super::Backend::folder()).await
+            }
+
+            #[tokio::test]
+            async fn memory() {
+                super::$case(super::Backend::memory()).await
             }
         }
     )*};

@@ -1,21 +1,27 @@
-//! One set of tests for the `Catalog` trait, run against every implementation: Postgres and
-//! SQLite. Each case is a function over a `Backend`; `conformance!` makes one test per case and
-//! backend (`catalog_conformance::<case>::postgres`, `...::sqlite`).
+//! One set of tests for the `Catalog` trait, run against every implementation: Postgres, SQLite,
+//! and the in-memory double the convergence property runs on (passing here is what entitles it to
+//! stand in for the databases). Each case is a function over a `Backend`; `conformance!` makes one
+//! test per case and backend (`catalog_conformance::<case>::postgres`, `...::sqlite`,
+//! `...::memory`).
 
 use crate::helpers::*;
+use crate::memory::{MemoryDb, Schedule};
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::TryStreamExt;
+use std::sync::Arc;
 use std::time::Duration;
 use upload_reconciler::catalog::postgres::PgCatalog;
 use upload_reconciler::catalog::sqlite::SqliteCatalog;
 use upload_reconciler::catalog::{AuditEntry, Catalog, KeyEvent, Retention, Scope};
 use upload_reconciler::config::DatabaseConfig;
 use upload_reconciler::model::{JobState, ObjectMeta, Status};
+use upload_reconciler::processing::SystemClock;
 
 /// A database under test, and a way to write and read its app table from outside the trait.
 enum Backend {
     Postgres(TestDb),
     Sqlite(TestSqlite),
+    Memory(MemoryDb),
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -27,6 +33,13 @@ impl Backend {
 
     async fn sqlite() -> Backend {
         Backend::Sqlite(TestSqlite::with_docs().await)
+    }
+
+    fn memory() -> Backend {
+        Backend::Memory(MemoryDb::new(
+            Arc::new(SystemClock),
+            Arc::new(Schedule::default()),
+        ))
     }
 
     /// The catalog of the deployment at `bucket` and `prefix` on this database's `docs`.
@@ -55,6 +68,7 @@ impl Backend {
                         .expect("connect"),
                 )
             }
+            Backend::Memory(db) => Box::new(db.catalog(&scope)),
         }
     }
 
@@ -66,6 +80,10 @@ impl Backend {
         match self {
             Backend::Postgres(db) => db.doc(id, status, age).await,
             Backend::Sqlite(db) => db.doc(id, status, age).await,
+            Backend::Memory(db) => {
+                let created_at = Utc::now() - chrono::Duration::from_std(age).expect("small age");
+                assert!(db.insert(id, status, created_at), "{id} is new");
+            }
         }
     }
 
@@ -73,6 +91,7 @@ impl Backend {
         match self {
             Backend::Postgres(db) => db.status(id).await,
             Backend::Sqlite(db) => db.status(id).await,
+            Backend::Memory(db) => db.status(id),
         }
     }
 }
@@ -88,6 +107,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn sqlite() {
                 super::$case(super::Backend::sqlite().await).await
+            }
+
+            #[tokio::test]
+            async fn memory() {
+                super::$case(super::Backend::memory()).await
             }
         }
     )*};
