@@ -384,12 +384,21 @@ impl Bucket for S3Bucket {
             });
         };
         let copy = self.head(to).await?;
-        check_copy(from, copy.as_ref(), written.expected_etag.as_deref()).map_err(|problem| {
-            Error::storage(
+        if let Err(problem) = check_copy(from, copy.as_ref(), written.expected_etag.as_deref()) {
+            // A server that ignores `x-amz-copy-source-if-match` (moto) copies whatever the key
+            // holds by then. When the original changed, the copy is ours to take back (the key
+            // was free), as the folder does, and nothing was copied.
+            if let Some(copy) = &copy
+                && self.head(&from.key).await?.map(|now| now.etag) != Some(from.etag.clone())
+                && self.delete_if(copy).await? == DeleteOutcome::Deleted
+            {
+                return Ok(CopyOutcome::SourceChanged);
+            }
+            return Err(Error::storage(
                 self.copy_context(&from.key, to),
                 format!("{problem}; the original is kept"),
-            )
-        })?;
+            ));
+        }
         Ok(CopyOutcome::Copied)
     }
 

@@ -1,19 +1,25 @@
-//! One set of tests for the `Bucket` trait, run against every implementation: S3 (on moto) and
-//! the local folder. Each case is a function over a `Backend`; `conformance!` makes one test per
-//! case and backend (`bucket_conformance::<case>::s3`, `...::folder`).
+//! One set of tests for the `Bucket` trait, run against every implementation: S3 (on moto), the
+//! local folder, and the in-memory double the convergence property runs on (passing here is what
+//! entitles it to stand in for S3). Each case is a function over a `Backend`; `conformance!`
+//! makes one test per case and backend (`bucket_conformance::<case>::s3`, `...::folder`,
+//! `...::memory`).
 
 use crate::helpers::*;
+use crate::memory::{MemoryBucket, Schedule};
 use futures::TryStreamExt;
+use std::sync::Arc;
 use upload_reconciler::bucket::folder::FolderBucket;
 use upload_reconciler::bucket::s3::S3Bucket;
 use upload_reconciler::bucket::{Bucket, CopyOutcome, DeleteOutcome};
 use upload_reconciler::config::StorageConfig;
 use upload_reconciler::model::ObjectMeta;
+use upload_reconciler::processing::SystemClock;
 
 /// A bucket under test, and a way to write and read its objects from outside the trait.
 enum Backend {
     S3(TestBucket),
     Folder(TestFolder),
+    Memory(MemoryBucket),
 }
 
 impl Backend {
@@ -23,6 +29,14 @@ impl Backend {
 
     fn folder() -> Backend {
         Backend::Folder(TestFolder::new())
+    }
+
+    fn memory() -> Backend {
+        Backend::Memory(MemoryBucket::new(
+            "uploads",
+            Arc::new(SystemClock),
+            Arc::new(Schedule::default()),
+        ))
     }
 
     fn bucket(&self) -> Box<dyn Bucket> {
@@ -37,6 +51,7 @@ impl Backend {
                 },
             )),
             Backend::Folder(f) => Box::new(FolderBucket::new(f.path())),
+            Backend::Memory(m) => Box::new(m.clone()),
         }
     }
 
@@ -44,6 +59,20 @@ impl Backend {
         match self {
             Backend::S3(b) => b.put(key, body).await,
             Backend::Folder(f) => f.put(key, body),
+            Backend::Memory(m) => {
+                m.put(key, body.as_bytes());
+            }
+        }
+    }
+
+    /// Someone else deletes the object.
+    async fn remove(&self, key: &str) {
+        match self {
+            Backend::S3(b) => b.delete(key).await,
+            Backend::Folder(f) => {
+                std::fs::remove_file(f.path().join(key)).expect("remove the file");
+            }
+            Backend::Memory(m) => assert!(m.remove(key), "{key} existed"),
         }
     }
 
@@ -62,6 +91,9 @@ impl Backend {
                 Some(String::from_utf8(bytes.to_vec()).expect("utf-8 body"))
             }
             Backend::Folder(f) => f.read(key),
+            Backend::Memory(m) => m
+                .body(key)
+                .map(|bytes| String::from_utf8(bytes).expect("utf-8 body")),
         }
     }
 }
@@ -94,6 +126,11 @@ macro_rules! conformance {
             async fn folder() {
                 super::$case(super::Backend::folder()).await
             }
+
+            #[tokio::test]
+            async fn memory() {
+                super::$case(super::Backend::memory()).await
+            }
         }
     )*};
 }
@@ -105,6 +142,7 @@ conformance!(
     copy_makes_a_new_key_and_keeps_the_source,
     copy_onto_an_existing_key,
     delete_removes_one_key_and_forgets_a_missing_one,
+    copy_and_delete_of_an_object_since_replaced_or_gone_do_nothing,
     hostile_keys_round_trip,
 );
 
@@ -246,6 +284,47 @@ async fn delete_removes_one_key_and_forgets_a_missing_one(backend: Backend) {
         DeleteOutcome::Changed
     );
     assert_eq!(backend.body("docs/ab").await.as_deref(), Some("a newer ab"));
+}
+
+/// What the executor relies on when an orphan changes under a quarantine or a delete: the
+/// object it describes was overwritten, or deleted by someone else.
+async fn copy_and_delete_of_an_object_since_replaced_or_gone_do_nothing(backend: Backend) {
+    backend.put("docs/a", "first").await;
+    let bucket = backend.bucket();
+    let first = bucket.head("docs/a").await.expect("head").expect("present");
+    backend.put("docs/a", "second, longer").await;
+    assert_eq!(
+        bucket.copy_new(&first, "quarantine/a").await.expect("copy"),
+        CopyOutcome::SourceChanged
+    );
+    assert_eq!(
+        bucket.delete_if(&first).await.expect("delete"),
+        DeleteOutcome::Changed
+    );
+    assert_eq!(
+        keys(bucket.as_ref(), "").await,
+        ["docs/a"],
+        "nothing copied, nothing deleted"
+    );
+    assert_eq!(
+        backend.body("docs/a").await.as_deref(),
+        Some("second, longer")
+    );
+
+    let second = bucket.head("docs/a").await.expect("head").expect("present");
+    backend.remove("docs/a").await;
+    assert_eq!(
+        bucket
+            .copy_new(&second, "quarantine/a")
+            .await
+            .expect("copy"),
+        CopyOutcome::SourceChanged
+    );
+    assert_eq!(
+        bucket.delete_if(&second).await.expect("delete"),
+        DeleteOutcome::Changed
+    );
+    assert_eq!(keys(bucket.as_ref(), "").await, Vec::<String>::new());
 }
 
 async fn hostile_keys_round_trip(backend: Backend) {
