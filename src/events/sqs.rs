@@ -57,6 +57,10 @@ pub async fn client(config: &EventsConfig, fallback_region: Option<&str>) -> Cli
     if let Some(endpoint) = &config.endpoint_url {
         builder = builder.endpoint_url(endpoint);
     }
+    // A receive answers after its long poll at the latest; past that and `read_timeout`, the
+    // queue is not answering, and a poller waiting on it forever would never say so.
+    let read_timeout = config.wait_time + config.read_timeout;
+    builder = builder.timeout_config(crate::bucket::s3::with_read_timeout(&shared, read_timeout));
     Client::from_conf(builder.build())
 }
 
