@@ -355,6 +355,8 @@ impl Poller {
     /// dependency is left where it stands. No receive starts while the gate is closed.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        // Held from a failed receive to the next one that succeeds: `/readyz` tells meanwhile.
+        let mut unreached = None;
         while !*shutdown.borrow() {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -367,9 +369,11 @@ impl Poller {
             match received {
                 Ok(messages) => {
                     backoff.reset();
+                    unreached = None;
                     self.handle(messages, shutdown.clone()).await;
                 }
                 Err(e) => {
+                    unreached.get_or_insert_with(|| self.gate.queue_unreached());
                     let delay = backoff.next_delay();
                     tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64,
                         "receive failed");
