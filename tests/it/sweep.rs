@@ -136,22 +136,33 @@ pub fn listing_after(pages: usize, fault: Fault) -> Rule {
     }
 }
 
+/// The ways a listing breaks for good: cut on the wire, or a 500 on every try the SDK makes.
+pub const LISTING_BREAKS: [Fault; 2] = [
+    Fault::Reset,
+    Fault::Answer(HttpError::InternalError, Pick::All),
+];
+
+/// `listing_world(8, 3)`, listed in pages of two (four requests or more) through a proxy that
+/// treats every page after the first `pages` in `fault`'s way.
+pub async fn listed_through(
+    pages: usize,
+    fault: Fault,
+) -> (TestDb, TestBucket, FaultProxy, Reconcile) {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    listing_world(&db, &bucket, 8, 3).await;
+    let proxy = FaultProxy::http(&bucket.endpoint).await;
+    proxy.set(listing_after(pages, fault));
+    let mut reconcile = Reconcile::new(&db, &bucket).set("storage.list_page_size", "2");
+    reconcile.endpoint = proxy.endpoint.clone();
+    (db, bucket, proxy, reconcile)
+}
+
 #[tokio::test]
 async fn a_listing_that_fails_mid_sweep_aborts_it_and_nothing_is_applied() {
-    // Cut on the wire, or answered with a 500 on every try the SDK makes.
-    for fault in [
-        Fault::Reset,
-        Fault::Answer(HttpError::InternalError, Pick::All),
-    ] {
-        let db = TestDb::with_docs(None).await;
-        let bucket = TestBucket::new().await;
-        // Pages of two keys: the listing of eight objects takes four requests or more.
-        listing_world(&db, &bucket, 8, 3).await;
+    for fault in LISTING_BREAKS {
+        let (db, bucket, proxy, reconcile) = listed_through(2, fault).await;
         let before = db.snapshot().await;
-        let proxy = FaultProxy::http(&bucket.endpoint).await;
-        proxy.set(listing_after(2, fault));
-        let mut reconcile = Reconcile::new(&db, &bucket).set("storage.list_page_size", "2");
-        reconcile.endpoint = proxy.endpoint.clone();
 
         let run = reconcile.run(&["--format", "json"]).await;
         assert_eq!(
@@ -185,15 +196,9 @@ async fn a_listing_that_fails_mid_sweep_aborts_it_and_nothing_is_applied() {
 
 #[tokio::test]
 async fn a_listing_slowed_down_mid_way_is_retried_and_read_whole() {
-    let db = TestDb::with_docs(None).await;
-    let bucket = TestBucket::new().await;
-    listing_world(&db, &bucket, 8, 3).await;
     // From the third page on, each page's first try is answered 503 SlowDown; its retry passes.
     let slow_down = Fault::Answer(HttpError::SlowDown, Pick::EveryNth(2));
-    let proxy = FaultProxy::http(&bucket.endpoint).await;
-    proxy.set(listing_after(2, slow_down));
-    let mut reconcile = Reconcile::new(&db, &bucket).set("storage.list_page_size", "2");
-    reconcile.endpoint = proxy.endpoint.clone();
+    let (db, _bucket, proxy, reconcile) = listed_through(2, slow_down).await;
 
     let run = reconcile.run(&["--format", "json"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -214,4 +219,8 @@ async fn a_listing_slowed_down_mid_way_is_retried_and_read_whole() {
         ])
     );
     assert_eq!(report["actions"]["applied"], 3);
+    for i in 0..8 {
+        let id = format!("fine-{i:02}");
+        assert_eq!(db.status(&id).await.as_deref(), Some("processed"), "{id}");
+    }
 }
