@@ -188,6 +188,10 @@ pub struct StorageConfig {
     pub force_path_style: bool,
     /// Keys per ListObjectsV2 page (1 to 1000).
     pub list_page_size: Option<i32>,
+    /// How long one try of a request to the bucket may wait for the first byte of its answer;
+    /// default [`DEFAULT_STORAGE_READ_TIMEOUT`].
+    #[serde(deserialize_with = "some_duration")]
+    pub read_timeout: Option<Duration>,
     /// Advanced: objects larger than this many bytes are copied in parts (UploadPartCopy)
     /// rather than by one CopyObject; 1 to 5 GiB, default 5 GiB (S3's CopyObject limit).
     pub multipart_copy_threshold: Option<u64>,
@@ -208,10 +212,15 @@ impl Default for StorageConfig {
             force_path_style: false,
             list_page_size: None,
             multipart_copy_threshold: None,
+            read_timeout: None,
             upload_url_lifetime: Duration::from_secs(300),
         }
     }
 }
+
+/// `storage.read_timeout` unless set: a HEAD or a listing page answers in milliseconds, and a
+/// large copy's answer starts at once (S3 keeps the connection busy while it copies).
+pub const DEFAULT_STORAGE_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where `storage.bucket` says the objects are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +332,10 @@ pub struct EventsConfig {
     pub region: Option<String>,
     /// For SQS-compatible servers; `AWS_ENDPOINT_URL` works too.
     pub endpoint_url: Option<String>,
+    /// How long one try of a request to the queue may wait for the first byte of its answer,
+    /// beyond `wait_time` (a receive's long poll).
+    #[serde(deserialize_with = "duration")]
+    pub read_timeout: Duration,
 }
 
 impl Default for EventsConfig {
@@ -334,6 +347,7 @@ impl Default for EventsConfig {
             visibility_timeout: Duration::from_secs(300),
             region: None,
             endpoint_url: None,
+            read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -488,6 +502,12 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D:
             "{raw:?} is not a duration like 90s, 15m or 24h ({e})"
         ))
     })
+}
+
+fn some_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// Values given on the command line; they win over everything else.
@@ -667,6 +687,7 @@ impl Config {
                     ("storage.endpoint_url", storage.endpoint_url.is_some()),
                     ("storage.force_path_style", storage.force_path_style),
                     ("storage.list_page_size", storage.list_page_size.is_some()),
+                    ("storage.read_timeout", storage.read_timeout.is_some()),
                 ];
                 if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
                     return Err(Error::config(
@@ -779,6 +800,17 @@ impl Config {
                 "events.wait_time",
                 "SQS long polling waits at most 20s",
             ));
+        }
+        for (key, timeout) in [
+            ("storage.read_timeout", self.storage.read_timeout),
+            ("events.read_timeout", Some(events.read_timeout)),
+        ] {
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(Error::config(
+                    key,
+                    "must be more than 0s: a request that never answers would hold its task forever",
+                ));
+            }
         }
         if events.visibility_timeout < Duration::from_secs(2)
             || events.visibility_timeout > Duration::from_secs(12 * 3600)
@@ -1013,6 +1045,16 @@ mod tests {
             "processing.lease_grace"
         );
         assert_eq!(
+            key_of(with("[events]\nread_timeout = \"0s\"")),
+            "events.read_timeout"
+        );
+        assert_eq!(
+            key_of(Config::from_toml(
+                "[database]\nurl = \"postgres://x/y\"\n[storage]\nbucket = \"b\"\nread_timeout = \"0s\""
+            )),
+            "storage.read_timeout"
+        );
+        assert_eq!(
             key_of(with("[sweep]\npendng_ttl = \"1h\"")),
             "sweep.pendng_ttl"
         );
@@ -1127,6 +1169,7 @@ mod tests {
             ),
             ("force_path_style = true", "storage.force_path_style"),
             ("list_page_size = 10", "storage.list_page_size"),
+            ("read_timeout = \"5s\"", "storage.read_timeout"),
         ] {
             let result = Config::from_toml(&format!(
                 "[database]\nurl = \"postgres://x/y\"\n[storage]\nbucket = \"file:///srv\"\n{setting}"

@@ -22,7 +22,7 @@ use crate::processing::hook::Hook;
 use crate::processing::worker::Worker;
 use crate::processing::{RetryPolicy, SystemClock};
 use crate::report::{self, Format};
-use crate::server::{self, Health};
+use crate::server::{self, Health, LastSweep};
 use crate::sweep::{self, Quiet, Sweep};
 use chrono::Utc;
 use futures::FutureExt;
@@ -347,7 +347,8 @@ impl Sweeper {
                 return tracing::info!("another replica is sweeping; this one skips");
             }
             Err(e) => {
-                self.health.sweep_finished(true);
+                self.health
+                    .sweep_finished(LastSweep::Failed(e.dependency()));
                 return tracing::error!(error = %e, "sweep failed");
             }
         };
@@ -372,7 +373,11 @@ impl Sweeper {
         match result {
             Ok(summary) => {
                 let (h, a) = (&summary.header, &summary.footer.actions);
-                self.health.sweep_finished(a.failed > 0);
+                self.health.sweep_finished(if a.failed > 0 {
+                    LastSweep::Failed(None)
+                } else {
+                    LastSweep::Fine
+                });
                 tracing::info!(
                     dry_run = h.dry_run,
                     objects_listed = h.objects_listed,
@@ -388,11 +393,12 @@ impl Sweeper {
             Err(Error::Interrupted(interrupted)) => tracing::info!("{interrupted}"),
             Err(Error::SafetyStop(stop)) => {
                 // Deliberate, and nothing was written: an operator's call, not an outage.
-                self.health.sweep_finished(false);
+                self.health.sweep_finished(LastSweep::Fine);
                 tracing::error!("{stop}");
             }
             Err(e) => {
-                self.health.sweep_finished(true);
+                self.health
+                    .sweep_finished(LastSweep::Failed(e.dependency()));
                 tracing::error!(error = %e, "sweep failed");
             }
         }

@@ -1,9 +1,9 @@
 //! The daemon's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process answers),
-//! `/readyz` (the database answers, no event poller waits for a dependency, and the last sweep did
-//! not fail).
+//! `/readyz` (the database answers, no event poller waits for a dependency or fails to reach the
+//! queue, and the last sweep did not fail).
 
 use crate::catalog::Catalog;
-use crate::error::{Error, Result};
+use crate::error::{Dependency, Error, Result};
 use crate::events::gate::Gate;
 use crate::metrics::Metrics;
 use axum::Router;
@@ -13,24 +13,35 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What the daemon's tasks tell the endpoints.
 #[derive(Default)]
 pub struct Health {
-    last_sweep_failed: AtomicBool,
+    last_sweep: Mutex<LastSweep>,
     /// The event pollers' gate: closed while one of them waits for a dependency.
     pub events: Arc<Gate>,
 }
 
+/// How this process's last sweep ended, as readiness sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LastSweep {
+    /// It did not fail (or none ran yet).
+    #[default]
+    Fine,
+    /// It failed, on this dependency when its error was one's.
+    Failed(Option<Dependency>),
+}
+
 impl Health {
-    pub fn sweep_finished(&self, failed: bool) {
-        self.last_sweep_failed.store(failed, Ordering::Relaxed);
+    pub fn sweep_finished(&self, last: LastSweep) {
+        if let Ok(mut slot) = self.last_sweep.lock() {
+            *slot = last;
+        }
     }
 
-    pub fn last_sweep_failed(&self) -> bool {
-        self.last_sweep_failed.load(Ordering::Relaxed)
+    pub fn last_sweep(&self) -> LastSweep {
+        self.last_sweep.lock().map(|l| *l).unwrap_or_default()
     }
 }
 
@@ -95,16 +106,25 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             ),
         );
     }
+    if !state.health.events.queue_reached() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the event pollers cannot reach the queue (see the log)\n".to_owned(),
+        );
+    }
     if let Err(e) = state.catalog.ping().await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", crate::redact::text(&e.to_string())),
         );
     }
-    if state.health.last_sweep_failed() {
+    if let LastSweep::Failed(on) = state.health.last_sweep() {
+        let on = on
+            .map(|dependency| format!(" on the {}", dependency.as_str()))
+            .unwrap_or_default();
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the last sweep failed (see the log)\n".to_owned(),
+            format!("not ready: the last sweep failed{on} (see the log)\n"),
         );
     }
     (StatusCode::OK, "ready\n".to_owned())

@@ -58,6 +58,13 @@ pub async fn client(config: &StorageConfig) -> Client {
         builder = builder.endpoint_url(endpoint);
     }
     builder = builder.force_path_style(config.force_path_style);
+    // Without a read timeout a request that the server (or a middlebox) stops answering
+    // waits forever, and so does the poller or sweep that sent it: nothing reports it, and
+    // nothing retries. Keep the chain's other timeouts (its connect timeout).
+    let read_timeout = config
+        .read_timeout
+        .unwrap_or(crate::config::DEFAULT_STORAGE_READ_TIMEOUT);
+    builder = builder.timeout_config(with_read_timeout(&shared, read_timeout));
     Client::from_conf(builder.build())
 }
 
@@ -510,6 +517,21 @@ fn part_ranges(size: u64, part: u64) -> impl Iterator<Item = (u64, u64)> {
 fn to_chrono(time: Option<&aws_smithy_types::DateTime>) -> DateTime<Utc> {
     time.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The AWS chain's timeouts (its connect timeout) with `read` as the time to the first byte of
+/// an answer, for each try: S3 and SQS alike.
+pub fn with_read_timeout(
+    shared: &aws_config::SdkConfig,
+    read: std::time::Duration,
+) -> aws_smithy_types::timeout::TimeoutConfig {
+    use aws_smithy_types::timeout::TimeoutConfig;
+    shared
+        .timeout_config()
+        .map(TimeoutConfig::to_builder)
+        .unwrap_or_else(TimeoutConfig::builder)
+        .read_timeout(read)
+        .build()
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! The pollers' shared gate. While any poller waits for a dependency (the database, the bucket)
 //! to answer again, the gate is closed: no poller receives a new batch, so messages are not
-//! received again and again (and dead-lettered) during an outage, and `/readyz` says why.
+//! received again and again (and dead-lettered) during an outage, and `/readyz` says why. It
+//! also counts the pollers that cannot reach the queue itself, for `/readyz` to say so.
 
 use crate::error::Dependency;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::watch;
 
 /// How many pollers wait for each dependency.
@@ -33,13 +35,29 @@ impl Waiting {
 
 pub struct Gate {
     waiting: watch::Sender<Waiting>,
+    /// Pollers whose last receive failed: the queue does not answer them. It closes nothing (a
+    /// poller backs off by itself, and the next receive is the probe), but `/readyz` says it.
+    unreached: AtomicUsize,
 }
 
 impl Default for Gate {
     fn default() -> Self {
         Gate {
             waiting: watch::Sender::new(Waiting::default()),
+            unreached: AtomicUsize::new(0),
         }
+    }
+}
+
+/// One poller cannot reach the queue until this is dropped.
+#[must_use = "the queue counts as reached again when this is dropped"]
+pub struct Unreached<'a> {
+    gate: &'a Gate,
+}
+
+impl Drop for Unreached<'_> {
+    fn drop(&mut self) {
+        self.gate.unreached.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -73,6 +91,17 @@ impl Gate {
     /// The dependency some poller waits for (the database before the bucket), if any.
     pub fn awaited(&self) -> Option<Dependency> {
         self.waiting.borrow().awaited()
+    }
+
+    /// A poller's receive failed: the queue counts as unreached until the guard is dropped.
+    pub fn queue_unreached(&self) -> Unreached<'_> {
+        self.unreached.fetch_add(1, Ordering::SeqCst);
+        Unreached { gate: self }
+    }
+
+    /// Whether every poller's last receive succeeded.
+    pub fn queue_reached(&self) -> bool {
+        self.unreached.load(Ordering::SeqCst) == 0
     }
 
     /// Resolves once no poller waits for any dependency.
@@ -113,6 +142,21 @@ mod tests {
             .await
             .expect("the gate opened (likely deadlocked)")
             .expect("join");
+        assert_eq!(gate.awaited(), None);
+    }
+
+    #[test]
+    fn the_queue_counts_as_reached_again_only_when_every_failing_poller_received() {
+        let gate = Gate::default();
+        assert!(gate.queue_reached());
+        let one = gate.queue_unreached();
+        let two = gate.queue_unreached();
+        drop(one);
+        assert!(!gate.queue_reached(), "a poller still cannot receive");
+        drop(two);
+        assert!(gate.queue_reached());
+        // Failing receives close nothing: the pollers back off by themselves.
+        let _unreached = gate.queue_unreached();
         assert_eq!(gate.awaited(), None);
     }
 }

@@ -88,6 +88,11 @@ impl Queue {
             }
             None => format!("https://sqs.{region}.amazonaws.com"),
         };
+        // A receive answers after its long poll at the latest; past that and `read_timeout`,
+        // the queue is not answering, and a poller waiting on it forever would never say so.
+        let read_timeout = config.wait_time + config.read_timeout;
+        builder =
+            builder.timeout_config(crate::bucket::s3::with_read_timeout(&shared, read_timeout));
         Queue {
             client: Client::from_conf(builder.build()),
             url: queue_url.to_owned(),
@@ -418,6 +423,8 @@ impl Poller {
     /// dependency is left where it stands. No receive starts while the gate is closed.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        // Held from a failed receive to the next one that succeeds: `/readyz` tells meanwhile.
+        let mut unreached = None;
         while !*shutdown.borrow() {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -430,9 +437,11 @@ impl Poller {
             match received {
                 Ok(messages) => {
                     backoff.reset();
+                    unreached = None;
                     self.handle(messages, shutdown.clone()).await;
                 }
                 Err(e) => {
+                    unreached.get_or_insert_with(|| self.gate.queue_unreached());
                     let delay = backoff.next_delay();
                     tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64,
                         "receive failed");

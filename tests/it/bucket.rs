@@ -155,7 +155,7 @@ async fn orphan_actions_apply_when_listings_carry_milliseconds() {
         for id in ["o1", "o2"] {
             bucket.put(&format!("docs/{id}"), id).await;
         }
-        let proxy = RewritingProxy::with_listing_milliseconds(&bucket.endpoint).await;
+        let proxy = FaultProxy::with_listing_milliseconds(&bucket.endpoint).await;
         let mut reconcile = Reconcile::new(&db, &bucket)
             .set("storage.prefix", "docs/")
             .set("sweep.orphan_grace", "0s")
@@ -195,7 +195,7 @@ async fn a_delete_spares_an_upload_that_lands_just_before_it() {
         };
         let uploader = std::sync::Arc::new(uploader);
         let path = format!("/{}/docs/a", bucket.name);
-        let proxy = RewritingProxy::start(
+        let proxy = FaultProxy::rewriting(
             &bucket.endpoint,
             move |request| {
                 let uploader = uploader.clone();

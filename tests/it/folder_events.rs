@@ -169,7 +169,7 @@ async fn a_file_that_lands_while_the_database_is_down_takes_effect_once_it_answe
     let db = TestDb::with_docs(None).await;
     let folder = TestFolder::new();
     db.doc("during", "pending", MINUTE).await;
-    let postgres = PausableProxy::start("127.0.0.1:5432").await;
+    let postgres = FaultProxy::tcp("127.0.0.1:5432").await;
     let mut reconcile = daemon_on(&db, &folder, NO_SWEEP);
     reconcile.database_url = postgres.url_of(&db);
     let logs = tempfile::tempdir().expect("temp dir");
@@ -183,7 +183,7 @@ async fn a_file_that_lands_while_the_database_is_down_takes_effect_once_it_answe
     })
     .await;
 
-    postgres.down();
+    postgres.set(Fault::Reset);
     folder.put("docs/during", "landed during the outage");
     eventually(Duration::from_secs(30), "the event held", || async {
         let (_, body) = http_get(&addr, "/metrics").await;
@@ -200,7 +200,7 @@ async fn a_file_that_lands_while_the_database_is_down_takes_effect_once_it_answe
         200,
         "ready while the database is down"
     );
-    postgres.up();
+    postgres.set(Fault::Pass);
     eventually(
         Duration::from_secs(60),
         "during processed after the outage",

@@ -520,72 +520,6 @@ pub fn triples(items: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
     out
 }
 
-/// A TCP proxy in front of moto that forwards faithfully until it has seen `allowed` listing
-/// requests, then cuts that connection and every later one: a real network failure in the middle
-/// of a paginated listing.
-pub struct CuttingProxy {
-    pub endpoint: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CuttingProxy {
-    pub async fn start(upstream: &str, allowed: usize) -> CuttingProxy {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let upstream = upstream.trim_start_matches("http://").to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
-        let seen = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if seen.load(Ordering::SeqCst) > allowed {
-                    continue; // dropped: connection closed at once
-                }
-                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                    continue;
-                };
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let (mut server_read, mut server_write) = server.into_split();
-                    let (mut client_read, mut client_write) = client.split();
-                    let upload = async {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match client_read.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            let text = String::from_utf8_lossy(&buf[..n]);
-                            let lists = text.matches("list-type=2").count();
-                            if seen.fetch_add(lists, Ordering::SeqCst) + lists > allowed {
-                                return; // cut: this request never reaches moto
-                            }
-                            if server_write.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    let download = tokio::io::copy(&mut server_read, &mut client_write);
-                    tokio::select! {
-                        _ = upload => {}
-                        _ = download => {}
-                    }
-                });
-            }
-        });
-        CuttingProxy { endpoint, task }
-    }
-}
-
-impl Drop for CuttingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// A queue of its own on moto.
 pub struct TestQueue {
     pub url: String,
@@ -944,77 +878,6 @@ impl Drop for HookServer {
     }
 }
 
-/// A TCP proxy in front of Postgres that can be taken down (every connection cut, new ones
-/// refused) and brought back: Postgres "stopping" for one daemon without stopping it for the
-/// tests running beside it.
-pub struct PausableProxy {
-    pub port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PausableProxy {
-    pub async fn start(upstream: &str) -> PausableProxy {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let port = listener.local_addr().expect("address").port();
-        let up = Arc::new(AtomicBool::new(true));
-        let connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (flag, conns, upstream) = (up.clone(), connections.clone(), upstream.to_owned());
-        let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !flag.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let handle = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                if let Ok(mut c) = conns.lock() {
-                    c.push(handle);
-                }
-            }
-        });
-        PausableProxy {
-            port,
-            up,
-            connections,
-            task,
-        }
-    }
-
-    pub fn down(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        if let Ok(mut c) = self.connections.lock() {
-            for handle in c.drain(..) {
-                handle.abort();
-            }
-        }
-    }
-
-    pub fn up(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// `db`'s URL through this proxy.
-    pub fn url_of(&self, db: &TestDb) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, db.name)
-    }
-}
-
-impl Drop for PausableProxy {
-    fn drop(&mut self) {
-        self.down();
-        self.task.abort();
-    }
-}
-
 /// The address a daemon logged that it listens on (`listening on 127.0.0.1:PORT`).
 pub async fn daemon_address(log: &Path) -> String {
     let mut found = String::new();
@@ -1122,7 +985,7 @@ impl Reconcile {
     }
 }
 
-/// One HTTP request as [`RewritingProxy`] saw it.
+/// One HTTP request as [`FaultProxy`] saw it.
 #[derive(Debug, Clone)]
 pub struct SeenRequest {
     pub method: String,
@@ -1140,94 +1003,6 @@ impl SeenRequest {
 type BeforeHook =
     dyn Fn(SeenRequest) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static;
 type RewriteHook = dyn Fn(&SeenRequest, Vec<u8>) -> Vec<u8> + Send + Sync + 'static;
-
-/// A tiny HTTP/1.1 proxy in front of an S3 server that can act before a request is forwarded
-/// and rewrite a response body: the server's answers changed on the wire, not a mocked client.
-/// One request per connection (`Connection: close` both ways), no compression.
-pub struct RewritingProxy {
-    pub endpoint: String,
-    rewritten: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RewritingProxy {
-    /// Listings carry milliseconds in `<LastModified>` (`.123Z`), as garage's and AWS's do,
-    /// where moto's have whole seconds (`.000Z`). HEAD still answers in whole seconds.
-    pub async fn with_listing_milliseconds(upstream: &str) -> RewritingProxy {
-        Self::start(
-            upstream,
-            |_| Box::pin(async {}),
-            |request, body| {
-                if !request.target.contains("list-type=2") {
-                    return body;
-                }
-                let xml = String::from_utf8_lossy(&body);
-                let mut parts = xml.split("<LastModified>");
-                let mut out = parts.next().unwrap_or_default().to_owned();
-                for part in parts {
-                    // `2026-11-25T23:44:28.000Z</LastModified>...`: keep the second, set the rest.
-                    let second = part.get(..19).unwrap_or(part);
-                    let rest = part
-                        .find("</LastModified>")
-                        .map(|end| &part[end..])
-                        .unwrap_or_default();
-                    out.push_str(&format!("<LastModified>{second}.123Z{rest}"));
-                }
-                out.into_bytes()
-            },
-        )
-        .await
-    }
-
-    /// Runs `before` (to its end) ahead of forwarding each request, and `rewrite` over each
-    /// response body.
-    pub async fn start(
-        upstream: &str,
-        before: impl Fn(SeenRequest) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
-        rewrite: impl Fn(&SeenRequest, Vec<u8>) -> Vec<u8> + Send + Sync + 'static,
-    ) -> RewritingProxy {
-        use std::sync::Arc;
-        use std::sync::atomic::AtomicUsize;
-        let upstream = upstream.trim_start_matches("http://").to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
-        let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
-        let before: Arc<BeforeHook> = Arc::new(before);
-        let rewrite: Arc<RewriteHook> = Arc::new(rewrite);
-        let rewritten = Arc::new(AtomicUsize::new(0));
-        let counter = rewritten.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (upstream, before, rewrite, counter) = (
-                    upstream.clone(),
-                    before.clone(),
-                    rewrite.clone(),
-                    counter.clone(),
-                );
-                tokio::spawn(async move {
-                    let _ = proxy_one(client, &upstream, &*before, &*rewrite, &counter).await;
-                });
-            }
-        });
-        RewritingProxy {
-            endpoint,
-            rewritten,
-            task,
-        }
-    }
-
-    /// How many response bodies the rewrite changed.
-    pub fn rewritten(&self) -> usize {
-        self.rewritten.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for RewritingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// An HTTP message split into its head lines and its body.
 struct Message {
@@ -1345,51 +1120,6 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn proxy_one(
-    mut client: tokio::net::TcpStream,
-    upstream: &str,
-    before: &BeforeHook,
-    rewrite: &RewriteHook,
-    rewritten: &std::sync::atomic::AtomicUsize,
-) -> Option<()> {
-    use tokio::io::AsyncWriteExt;
-    let request = read_message(&mut client, false, false).await?;
-    let mut words = request.start.split(' ');
-    let seen = SeenRequest {
-        method: words.next()?.to_owned(),
-        target: words.next()?.to_owned(),
-    };
-    before(seen.clone()).await;
-    let mut server = tokio::net::TcpStream::connect(upstream).await.ok()?;
-    server
-        .write_all(&request.encode(&["accept-encoding", "keep-alive"]))
-        .await
-        .ok()?;
-    let bodiless = seen.method == "HEAD";
-    let mut response = read_message(&mut server, true, bodiless).await?;
-    let original = std::mem::take(&mut response.body);
-    response.body = rewrite(&seen, original.clone());
-    if response.body != original {
-        rewritten.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-    let status = response.start.split(' ').nth(1).unwrap_or_default();
-    let sized = seen.method != "HEAD" && status != "204" && status != "304";
-    let drop: &[&str] = if sized {
-        &["transfer-encoding", "content-length"]
-    } else {
-        &["transfer-encoding"]
-    };
-    let mut bytes = response.encode(drop);
-    if sized {
-        // The body may have changed: say its real length, after the other headers.
-        let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 2;
-        let length = format!("Content-Length: {}\r\n", response.body.len());
-        bytes.splice(head_end..head_end, length.into_bytes());
-    }
-    client.write_all(&bytes).await.ok()?;
-    client.shutdown().await.ok()
-}
-
 /// An app's SQLite database in a temporary folder, holding the reference `docs` table with its
 /// times as `CURRENT_TIMESTAMP` text, as SQLite apps commonly write them.
 pub struct TestSqlite {
@@ -1462,4 +1192,507 @@ impl TestSqlite {
             .await
             .expect("read status")
     }
+}
+
+/// What a [`FaultProxy`] does to what it carries; switched at run time with [`FaultProxy::set`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// Forward faithfully.
+    Pass,
+    /// Close every new connection at once, and cut the live ones: the dependency is down.
+    Reset,
+    /// Accept and read, never answer, and the live connections go silent too: a dependency that
+    /// hangs. When the stall ends, the connections it held are cut (the peer forgot them; a
+    /// client without a timeout would wait forever otherwise), and new ones pass again.
+    Stall,
+    /// HTTP only: answer the picked requests with this error, in the service's own shape,
+    /// instead of forwarding them.
+    Answer(HttpError, Pick),
+}
+
+impl Fault {
+    /// The kind counted in [`FaultProxy::injected`].
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::Pass => "pass",
+            Fault::Reset => "reset",
+            Fault::Stall => "stall",
+            Fault::Answer(HttpError::InternalError, _) => "500",
+            Fault::Answer(HttpError::ServiceUnavailable, _) => "503",
+            Fault::Answer(HttpError::SlowDown, _) => "slowdown",
+        }
+    }
+}
+
+/// The errors a busy or broken AWS endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpError {
+    /// 500 InternalError.
+    InternalError,
+    /// 503 ServiceUnavailable.
+    ServiceUnavailable,
+    /// S3's 503 SlowDown (SQS: its throttling error).
+    SlowDown,
+}
+
+/// Which of the matching requests an [`Fault::Answer`] answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pick {
+    All,
+    /// The first and then every n-th (the 1st, n+1-th, ...): each first try fails, its retry
+    /// passes, when n is 2 and nothing else is matched meanwhile.
+    EveryNth(usize),
+    /// Each with this probability, from the proxy's seeded RNG.
+    Fraction(f64),
+}
+
+/// A fault and the requests it applies to: those whose target (path and query) contains `only`,
+/// after the first `after` of them. A TCP proxy sees no requests: it applies the fault to every
+/// connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub fault: Fault,
+    pub only: Option<String>,
+    pub after: usize,
+}
+
+impl From<Fault> for Rule {
+    fn from(fault: Fault) -> Rule {
+        Rule {
+            fault,
+            only: None,
+            after: 0,
+        }
+    }
+}
+
+/// A proxy that injects faults into one dependency of a daemon, on the wire: a TCP proxy (for
+/// Postgres) or an HTTP/1.1 proxy (for S3 and SQS: one request per connection, `Connection:
+/// close` both ways, no compression) that can also act before forwarding a request and rewrite
+/// response bodies. The fault is switched at run time; what was injected is counted per kind.
+pub struct FaultProxy {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    pub port: u16,
+    state: std::sync::Arc<FaultState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct FaultState {
+    upstream: String,
+    http: bool,
+    rule: tokio::sync::watch::Sender<Rule>,
+    /// Requests that matched the rule since it was set.
+    matched: std::sync::atomic::AtomicUsize,
+    rng: std::sync::Mutex<fastrand::Rng>,
+    injected: std::sync::Mutex<BTreeMap<&'static str, usize>>,
+    rewritten: std::sync::atomic::AtomicUsize,
+    before: Option<std::sync::Arc<BeforeHook>>,
+    rewrite: Option<std::sync::Arc<RewriteHook>>,
+}
+
+impl FaultProxy {
+    /// Bytes both ways, for any TCP protocol (`upstream` is `host:port`).
+    pub async fn tcp(upstream: &str) -> FaultProxy {
+        Self::start(upstream, false, None, None).await
+    }
+
+    /// HTTP requests one by one, so that faults can pick requests and answer them.
+    pub async fn http(upstream: &str) -> FaultProxy {
+        Self::start(upstream, true, None, None).await
+    }
+
+    /// An HTTP proxy that runs `before` (to its end) ahead of forwarding each request, and
+    /// `rewrite` over each response body.
+    pub async fn rewriting(
+        upstream: &str,
+        before: impl Fn(SeenRequest) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+        rewrite: impl Fn(&SeenRequest, Vec<u8>) -> Vec<u8> + Send + Sync + 'static,
+    ) -> FaultProxy {
+        Self::start(
+            upstream,
+            true,
+            Some(std::sync::Arc::new(before)),
+            Some(std::sync::Arc::new(rewrite)),
+        )
+        .await
+    }
+
+    /// Listings carry milliseconds in `<LastModified>` (`.123Z`), as garage's and AWS's do,
+    /// where moto's have whole seconds (`.000Z`). HEAD still answers in whole seconds.
+    pub async fn with_listing_milliseconds(upstream: &str) -> FaultProxy {
+        Self::rewriting(
+            upstream,
+            |_| Box::pin(async {}),
+            |request, body| {
+                if !request.target.contains("list-type=2") {
+                    return body;
+                }
+                let xml = String::from_utf8_lossy(&body);
+                let mut parts = xml.split("<LastModified>");
+                let mut out = parts.next().unwrap_or_default().to_owned();
+                for part in parts {
+                    // `2026-11-25T23:44:28.000Z</LastModified>...`: keep the second, set the rest.
+                    let second = part.get(..19).unwrap_or(part);
+                    let rest = part
+                        .find("</LastModified>")
+                        .map(|end| &part[end..])
+                        .unwrap_or_default();
+                    out.push_str(&format!("<LastModified>{second}.123Z{rest}"));
+                }
+                out.into_bytes()
+            },
+        )
+        .await
+    }
+
+    async fn start(
+        upstream: &str,
+        http: bool,
+        before: Option<std::sync::Arc<BeforeHook>>,
+        rewrite: Option<std::sync::Arc<RewriteHook>>,
+    ) -> FaultProxy {
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let state = Arc::new(FaultState {
+            upstream: upstream.trim_start_matches("http://").to_owned(),
+            http,
+            rule: tokio::sync::watch::Sender::new(Rule::from(Fault::Pass)),
+            matched: Default::default(),
+            rng: std::sync::Mutex::new(fastrand::Rng::with_seed(fault_seed())),
+            injected: Default::default(),
+            rewritten: Default::default(),
+            before,
+            rewrite,
+        });
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    if state.http {
+                        carry_http(&state, client).await;
+                    } else {
+                        carry_tcp(&state, client).await;
+                    }
+                });
+            }
+        });
+        FaultProxy {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            state,
+            task,
+        }
+    }
+
+    /// Apply `rule` (or a fault to everything) from now on.
+    pub fn set(&self, rule: impl Into<Rule>) {
+        self.state
+            .matched
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+        self.state.rule.send_replace(rule.into());
+    }
+
+    /// Faults injected so far, per kind ([`Fault::label`]): connections reset or stalled,
+    /// requests answered with an error.
+    pub fn injected(&self) -> BTreeMap<&'static str, usize> {
+        self.state
+            .injected
+            .lock()
+            .map(|i| i.clone())
+            .unwrap_or_default()
+    }
+
+    /// How many response bodies the rewrite changed.
+    pub fn rewritten(&self) -> usize {
+        self.state
+            .rewritten
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `db`'s URL through this proxy.
+    pub fn url_of(&self, db: &TestDb) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, db.name)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        // Cut what is still carried: the connection tasks outlive the accept loop otherwise.
+        self.state.rule.send_replace(Rule::from(Fault::Reset));
+        self.task.abort();
+    }
+}
+
+/// `FAULT_SEED`, or one drawn now (a test prints the one it used, to replay it).
+pub fn fault_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        std::env::var("FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| fastrand::u64(..))
+    })
+}
+
+impl FaultState {
+    fn count(&self, fault: Fault) {
+        if let Ok(mut injected) = self.injected.lock() {
+            *injected.entry(fault.label()).or_default() += 1;
+        }
+    }
+
+    /// The fault for one request under `rule` (counting it when it matches).
+    fn fault_for(&self, rule: &Rule, request: &SeenRequest) -> Fault {
+        use std::sync::atomic::Ordering;
+        if rule.fault == Fault::Pass
+            || rule
+                .only
+                .as_ref()
+                .is_some_and(|only| !request.target.contains(only.as_str()))
+        {
+            return Fault::Pass;
+        }
+        let n = self.matched.fetch_add(1, Ordering::SeqCst);
+        let Some(i) = n.checked_sub(rule.after) else {
+            return Fault::Pass;
+        };
+        let picked = match rule.fault {
+            Fault::Answer(_, Pick::EveryNth(every)) => i % every.max(1) == 0,
+            Fault::Answer(_, Pick::Fraction(p)) => self.rng.lock().is_ok_and(|mut r| r.f64() < p),
+            _ => true,
+        };
+        if picked { rule.fault } else { Fault::Pass }
+    }
+}
+
+/// Read and drop what the client sends until it gives up or the stall ends; the caller then
+/// closes the connection.
+async fn hold(client: &mut tokio::net::TcpStream, rule: &mut tokio::sync::watch::Receiver<Rule>) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 4096];
+    loop {
+        tokio::select! {
+            read = client.read(&mut sink) => if matches!(read, Ok(0) | Err(_)) { return },
+            _ = rule.wait_for(|r| r.fault != Fault::Stall) => return,
+        }
+    }
+}
+
+/// The fault a live connection meets when the rule changes under it: `None` while it may go on.
+async fn interrupted(
+    rule: &mut tokio::sync::watch::Receiver<Rule>,
+    target: Option<&str>,
+) -> Option<Fault> {
+    let hits = |r: &Rule| {
+        matches!(r.fault, Fault::Reset | Fault::Stall)
+            && match (&r.only, target) {
+                (Some(only), Some(target)) => target.contains(only.as_str()),
+                _ => true,
+            }
+    };
+    rule.wait_for(hits).await.ok().map(|r| r.fault)
+}
+
+async fn carry_tcp(state: &FaultState, mut client: tokio::net::TcpStream) {
+    let mut rule = state.rule.subscribe();
+    let fault = rule.borrow_and_update().fault;
+    match fault {
+        Fault::Reset => return state.count(fault),
+        Fault::Stall => {
+            state.count(fault);
+            return hold(&mut client, &mut rule).await;
+        }
+        _ => {}
+    }
+    let Ok(mut server) = tokio::net::TcpStream::connect(&state.upstream).await else {
+        return;
+    };
+    let cut = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+        cut = interrupted(&mut rule, None) => cut,
+    };
+    if let Some(fault) = cut {
+        state.count(fault);
+        if fault == Fault::Stall {
+            hold(&mut client, &mut rule).await;
+        }
+    }
+}
+
+async fn carry_http(state: &FaultState, mut client: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let mut rule = state.rule.subscribe();
+    let current = rule.borrow_and_update().clone();
+    if current.only.is_none() && matches!(current.fault, Fault::Reset | Fault::Stall) {
+        // Down for everything: no need to read what it was going to be.
+        state.count(current.fault);
+        if current.fault == Fault::Stall {
+            hold(&mut client, &mut rule).await;
+        }
+        return;
+    }
+    let Some(request) = read_message(&mut client, false, false).await else {
+        return;
+    };
+    let mut words = request.start.split(' ');
+    let (Some(method), Some(target)) = (words.next(), words.next()) else {
+        return;
+    };
+    let seen = SeenRequest {
+        method: method.to_owned(),
+        target: target.to_owned(),
+    };
+    let current = rule.borrow_and_update().clone();
+    let fault = state.fault_for(&current, &seen);
+    match fault {
+        Fault::Pass => {}
+        Fault::Reset => return state.count(fault),
+        Fault::Stall => {
+            state.count(fault);
+            return hold(&mut client, &mut rule).await;
+        }
+        Fault::Answer(error, _) => {
+            state.count(fault);
+            let _ = client
+                .write_all(&error_answer(error, &request, &seen))
+                .await;
+            let _ = client.shutdown().await;
+            return;
+        }
+    }
+    let cut = tokio::select! {
+        _ = forward(state, &mut client, &request, &seen) => return,
+        cut = interrupted(&mut rule, Some(&seen.target)) => cut,
+    };
+    if let Some(fault) = cut {
+        state.count(fault);
+        if fault == Fault::Stall {
+            hold(&mut client, &mut rule).await;
+        }
+    }
+}
+
+/// An AWS error answer: S3's XML error document, or for SQS (whose JSON protocol requests name
+/// their operation in `X-Amz-Target`) the JSON error with the query-compatible code in
+/// `x-amzn-query-error`, as SQS sends them. A HEAD gets the status alone, as S3 answers it.
+fn error_answer(error: HttpError, request: &Message, seen: &SeenRequest) -> Vec<u8> {
+    let (status, reason, code, message) = match error {
+        HttpError::InternalError => (
+            500,
+            "Internal Server Error",
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        ),
+        HttpError::ServiceUnavailable => (
+            503,
+            "Service Unavailable",
+            "ServiceUnavailable",
+            "Service is unable to handle request.",
+        ),
+        HttpError::SlowDown => (
+            503,
+            "Slow Down",
+            "SlowDown",
+            "Please reduce your request rate.",
+        ),
+    };
+    let request_id = Uuid::new_v4().simple().to_string();
+    if request.header("x-amz-target").is_some() {
+        let (status, code, fault) = match error {
+            HttpError::SlowDown => (400, "RequestThrottled", "Sender"),
+            _ => (status, code, "Receiver"),
+        };
+        let body = serde_json::json!({
+            "__type": format!("com.amazonaws.sqs#{code}"),
+            "message": message,
+        });
+        return http_answer(
+            status,
+            reason,
+            "application/x-amz-json-1.0",
+            &format!("x-amzn-query-error: {code};{fault}\r\nx-amzn-requestid: {request_id}\r\n"),
+            &body.to_string(),
+        );
+    }
+    let body = if seen.method == "HEAD" {
+        String::new()
+    } else {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+             <Message>{message}</Message><RequestId>{request_id}</RequestId>\
+             <HostId>fault-proxy</HostId></Error>"
+        )
+    };
+    http_answer(
+        status,
+        reason,
+        "application/xml",
+        &format!("x-amz-request-id: {request_id}\r\n"),
+        &body,
+    )
+}
+
+fn http_answer(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    headers: &str,
+    body: &str,
+) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{headers}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Forward one request and its answer, through the hooks.
+async fn forward(
+    state: &FaultState,
+    client: &mut tokio::net::TcpStream,
+    request: &Message,
+    seen: &SeenRequest,
+) -> Option<()> {
+    use tokio::io::AsyncWriteExt;
+    if let Some(before) = &state.before {
+        before(seen.clone()).await;
+    }
+    let mut server = tokio::net::TcpStream::connect(&state.upstream).await.ok()?;
+    server
+        .write_all(&request.encode(&["accept-encoding", "keep-alive"]))
+        .await
+        .ok()?;
+    let bodiless = seen.method == "HEAD";
+    let mut response = read_message(&mut server, true, bodiless).await?;
+    if let Some(rewrite) = &state.rewrite {
+        let original = std::mem::take(&mut response.body);
+        response.body = rewrite(seen, original.clone());
+        if response.body != original {
+            state
+                .rewritten
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let status = response.start.split(' ').nth(1).unwrap_or_default();
+    let sized = seen.method != "HEAD" && status != "204" && status != "304";
+    let drop: &[&str] = if sized {
+        &["transfer-encoding", "content-length"]
+    } else {
+        &["transfer-encoding"]
+    };
+    let mut bytes = response.encode(drop);
+    if sized {
+        // The body may have changed: say its real length, after the other headers.
+        let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 2;
+        let length = format!("Content-Length: {}\r\n", response.body.len());
+        bytes.splice(head_end..head_end, length.into_bytes());
+    }
+    client.write_all(&bytes).await.ok()?;
+    client.shutdown().await.ok()
 }

@@ -11,6 +11,7 @@ mod deployments;
 mod events;
 mod execute;
 mod explain;
+mod faults;
 mod folder;
 mod folder_events;
 mod helpers;

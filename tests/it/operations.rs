@@ -52,7 +52,7 @@ async fn the_daemon_sweeps_on_schedule_consumes_events_and_reports_both_and_its_
     bucket.notify(&queue).await;
     db.doc("stale", "pending", 2 * HOUR).await;
     db.doc("incoming", "pending", MINUTE).await;
-    let postgres = PausableProxy::start("127.0.0.1:5432").await;
+    let postgres = FaultProxy::tcp("127.0.0.1:5432").await;
     let mut reconcile = Reconcile::new(&db, &bucket)
         .set("sweep.schedule", "*/2 * * * * *")
         .set("events.queue_url", &queue.url)
@@ -153,7 +153,7 @@ async fn the_daemon_sweeps_on_schedule_consumes_events_and_reports_both_and_its_
 
     assert_eq!(http_get(&addr, "/healthz").await.0, 200);
     assert_eq!(http_get(&addr, "/readyz").await.0, 200);
-    postgres.down();
+    postgres.set(Fault::Reset);
     eventually(
         Duration::from_secs(30),
         "/readyz unready without Postgres",
@@ -165,7 +165,7 @@ async fn the_daemon_sweeps_on_schedule_consumes_events_and_reports_both_and_its_
         200,
         "alive all the same"
     );
-    postgres.up();
+    postgres.set(Fault::Pass);
     eventually(Duration::from_secs(60), "/readyz ready again", || async {
         http_get(&addr, "/readyz").await.0 == 200
     })

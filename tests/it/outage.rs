@@ -16,7 +16,7 @@ async fn a_database_outage_under_a_stream_of_uploads_dead_letters_nothing_and_re
     for id in before.iter().chain(&during) {
         db.doc(id, "pending", MINUTE).await;
     }
-    let postgres = PausableProxy::start("127.0.0.1:5432").await;
+    let postgres = FaultProxy::tcp("127.0.0.1:5432").await;
     let mut reconcile = Reconcile::new(&db, &bucket)
         .set("events.queue_url", &queue.url)
         .set("events.wait_time", "1s")
@@ -40,7 +40,7 @@ async fn a_database_outage_under_a_stream_of_uploads_dead_letters_nothing_and_re
     assert_eq!(http_get(&addr, "/readyz").await.0, 200);
 
     // 20 s without the database, one upload a second meanwhile.
-    postgres.down();
+    postgres.set(Fault::Reset);
     let outage = tokio::time::Instant::now();
     let mut unready_seen = false;
     for (i, id) in during.iter().enumerate() {
@@ -51,7 +51,7 @@ async fn a_database_outage_under_a_stream_of_uploads_dead_letters_nothing_and_re
         tokio::time::sleep_until(outage + Duration::from_secs(i as u64 + 1)).await;
     }
     assert!(unready_seen, "/readyz never answered 503 during the outage");
-    postgres.up();
+    postgres.set(Fault::Pass);
 
     eventually(
         Duration::from_secs(90),

@@ -114,47 +114,113 @@ async fn keys_that_break_naive_code_merge_correctly_under_a_locale_collation() {
     assert_eq!(orphan["key"], format!("{prefix}orphan with space+plus"));
 }
 
-#[tokio::test]
-async fn a_listing_that_fails_mid_sweep_aborts_it_and_nothing_is_applied() {
-    let db = TestDb::with_docs(None).await;
-    let bucket = TestBucket::new().await;
-    for i in 0..6 {
-        let id = format!("fine-{i}");
+/// `fine` processed docs with their objects (`fine-00`, ...), and `stale` pending records whose
+/// upload never came (`stale-0`, ...: a sweep expires them).
+pub async fn listing_world(db: &TestDb, bucket: &TestBucket, fine: usize, stale: usize) {
+    for i in 0..fine {
+        let id = format!("fine-{i:02}");
         db.doc(&id, "processed", HOUR).await;
         bucket.put(&id, "x").await;
     }
-    for i in 0..3 {
+    for i in 0..stale {
         db.doc(&format!("stale-{i}"), "pending", 2 * HOUR).await;
     }
-    let before = db.snapshot().await;
-    // Pages of two keys: the listing needs four requests; the third is cut.
-    let proxy = CuttingProxy::start(&bucket.endpoint, 2).await;
+}
+
+/// Every listing request after the first `pages`, in `fault`'s way.
+pub fn listing_after(pages: usize, fault: Fault) -> Rule {
+    Rule {
+        fault,
+        only: Some("list-type=2".into()),
+        after: pages,
+    }
+}
+
+/// The ways a listing breaks for good: cut on the wire, or a 500 on every try the SDK makes.
+pub const LISTING_BREAKS: [Fault; 2] = [
+    Fault::Reset,
+    Fault::Answer(HttpError::InternalError, Pick::All),
+];
+
+/// `listing_world(8, 3)`, listed in pages of two (four requests or more) through a proxy that
+/// treats every page after the first `pages` in `fault`'s way.
+pub async fn listed_through(
+    pages: usize,
+    fault: Fault,
+) -> (TestDb, TestBucket, FaultProxy, Reconcile) {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    listing_world(&db, &bucket, 8, 3).await;
+    let proxy = FaultProxy::http(&bucket.endpoint).await;
+    proxy.set(listing_after(pages, fault));
     let mut reconcile = Reconcile::new(&db, &bucket).set("storage.list_page_size", "2");
     reconcile.endpoint = proxy.endpoint.clone();
+    (db, bucket, proxy, reconcile)
+}
+
+#[tokio::test]
+async fn a_listing_that_fails_mid_sweep_aborts_it_and_nothing_is_applied() {
+    for fault in LISTING_BREAKS {
+        let (db, bucket, proxy, reconcile) = listed_through(2, fault).await;
+        let before = db.snapshot().await;
+
+        let run = reconcile.run(&["--format", "json"]).await;
+        assert_eq!(
+            run.code, 1,
+            "{fault:?}: stdout: {}\nstderr: {}",
+            run.stdout, run.stderr
+        );
+        assert!(proxy.injected()[fault.label()] >= 1, "{fault:?}");
+        let expected = format!("listing s3://{}/", bucket.name);
+        assert!(run.stderr.contains(&expected), "{fault:?}: {}", run.stderr);
+        assert!(
+            run.stdout.is_empty(),
+            "{fault:?}: a failed listing still printed a report: {}",
+            run.stdout
+        );
+        assert_eq!(
+            db.snapshot().await,
+            before,
+            "{fault:?}: rows changed after a failed listing"
+        );
+        // Not even the reconciler's schema: the scan writes nothing, and it never finished.
+        assert!(!db.reconciler_schema_exists().await, "{fault:?}");
+
+        // The same sweep through moto directly: the stale docs were real, and are fixed.
+        let direct = Reconcile::new(&db, &bucket).set("storage.list_page_size", "2");
+        let run = direct.run(&["--format", "json"]).await;
+        assert_eq!(run.code, 0, "{fault:?}: {}", run.stderr);
+        assert_eq!(run.json()["actions"]["applied"], 3, "{fault:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_listing_slowed_down_mid_way_is_retried_and_read_whole() {
+    // From the third page on, each page's first try is answered 503 SlowDown; its retry passes.
+    let slow_down = Fault::Answer(HttpError::SlowDown, Pick::EveryNth(2));
+    let (db, _bucket, proxy, reconcile) = listed_through(2, slow_down).await;
 
     let run = reconcile.run(&["--format", "json"]).await;
-    assert_eq!(
-        run.code, 1,
-        "stdout: {}\nstderr: {}",
-        run.stdout, run.stderr
-    );
-    let expected = format!("listing s3://{}/", bucket.name);
-    assert!(run.stderr.contains(&expected), "{}", run.stderr);
-    assert!(
-        run.stdout.is_empty(),
-        "a failed listing still printed a report: {}",
-        run.stdout
-    );
-    assert_eq!(
-        db.snapshot().await,
-        before,
-        "rows changed after a failed listing"
-    );
-    assert!(!db.reconciler_schema_exists().await);
-
-    // The same sweep through moto directly: the stale docs were real, and are fixed.
-    let direct = Reconcile::new(&db, &bucket).set("storage.list_page_size", "2");
-    let run = direct.run(&["--format", "json"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.json()["actions"]["applied"], 3);
+    assert!(
+        proxy.injected()["slowdown"] >= 2,
+        "one per page after the second"
+    );
+    let report = run.json();
+    assert_eq!(report["objects_listed"], 8, "{report}");
+    assert_eq!(report["records_scanned"], 11, "{report}");
+    // Complete: no object read as missing, every stale doc found and expired.
+    assert_eq!(
+        run.findings(),
+        triples(&[
+            ("stale_pending", "stale-0", "expire"),
+            ("stale_pending", "stale-1", "expire"),
+            ("stale_pending", "stale-2", "expire"),
+        ])
+    );
+    assert_eq!(report["actions"]["applied"], 3);
+    for i in 0..8 {
+        let id = format!("fine-{i:02}");
+        assert_eq!(db.status(&id).await.as_deref(), Some("processed"), "{id}");
+    }
 }
