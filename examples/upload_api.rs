@@ -15,6 +15,12 @@
 //!   `/uploads/{id}`, with an HMAC-signed URL that expires the same way. The secret is
 //!   `UPLOAD_API_SECRET` when set, else random per process (its URLs die with it).
 //!
+//! - `POST /docs/{id}/multipart {"parts": N}` starts a resumable (multipart) upload of a pending
+//!   doc on S3 and answers presigned URLs for parts 1..N and for the completion; with `"uploadId"`
+//!   it presigns fresh URLs for an upload already started (a client resuming after its URLs
+//!   expired). The reconciler keeps such a record pending while the upload is in progress, up to
+//!   `sweep.multipart_grace`.
+//!
 //! Records are written to the reference schema (`id`, `title`, status, created and updated
 //! columns, named by `[database]`), ids are random UUIDs, times `CURRENT_TIMESTAMP`.
 
@@ -65,7 +71,6 @@ enum Uploads {
     },
     Folder {
         root: PathBuf,
-        public_url: String,
         secret: Vec<u8>,
     },
 }
@@ -77,6 +82,8 @@ struct Api {
     /// The app's writes (insert), and the title, which the reconciler does not map.
     pool: AnyPool,
     uploads: Uploads,
+    /// Where clients reach this API (the folder's upload URLs, completion URLs).
+    public_url: String,
 }
 
 #[tokio::main]
@@ -122,22 +129,25 @@ async fn run(args: Args) -> Result<(), String> {
         }
         BucketLocation::Folder(root) => Uploads::Folder {
             root: root.to_owned(),
-            public_url: args
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{local}")),
             secret: secret(),
         },
     };
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"));
     let api = Arc::new(Api {
         config,
         catalog,
         pool,
         uploads,
+        public_url,
     });
     let app = Router::new()
         .route("/docs", post(create))
         .route("/docs/{id}", get(show))
+        .route("/docs/{id}/multipart", post(multipart))
+        .route("/docs/{id}/multipart/{upload_id}/complete", post(complete))
         .route("/uploads/{id}", put(upload))
         .with_state(api);
     // Tests and scripts wait for this line to learn the port (`--listen 127.0.0.1:0`).
@@ -278,6 +288,184 @@ async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     .into_response()
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NewMultipart {
+    parts: Option<i64>,
+    upload_id: Option<String>,
+}
+
+/// S3's limit on the parts of one upload.
+const MAX_PARTS: i64 = 10_000;
+
+async fn multipart(State(api): State<Arc<Api>>, Path(id): Path<String>, body: Bytes) -> Response {
+    let request: NewMultipart = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+    };
+    let parts = match request.parts {
+        Some(parts @ 1..=MAX_PARTS) => parts as i32,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("parts is required, from 1 to {MAX_PARTS}"),
+            );
+        }
+    };
+    match api.catalog.record(&id).await {
+        Ok(Some(record)) if record.status == Some(Status::Pending) => {}
+        Ok(Some(record)) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("doc {id:?} is {}, not pending", record.raw_status),
+            );
+        }
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no doc {id:?}")),
+        Err(e) => return internal("reading the record", e),
+    }
+    match multipart_urls(&api, &id, parts, request.upload_id).await {
+        Ok(answer) => (StatusCode::CREATED, axum::Json(answer)).into_response(),
+        Err(MultipartError::Unsupported) => error(
+            StatusCode::BAD_REQUEST,
+            "resumable uploads need an S3 bucket; a folder takes one PUT",
+        ),
+        Err(MultipartError::Failed(e)) => internal("starting the multipart upload", e),
+    }
+}
+
+// Only an S3 bucket has multipart uploads: the slim build (no `s3` feature) answers 400.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+enum MultipartError {
+    Unsupported,
+    Failed(String),
+}
+
+/// Start (or resume) the upload of `prefix + id` and presign its part and completion URLs.
+async fn multipart_urls(
+    api: &Api,
+    id: &str,
+    parts: i32,
+    upload_id: Option<String>,
+) -> Result<serde_json::Value, MultipartError> {
+    #[cfg(feature = "s3")]
+    if let Uploads::S3 { client, bucket } = &api.uploads {
+        let failed = |e: &dyn std::fmt::Display| MultipartError::Failed(e.to_string());
+        let key = format!("{}{id}", api.config.storage.prefix);
+        let upload_id = match upload_id {
+            Some(upload_id) => upload_id,
+            None => client
+                .create_multipart_upload()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| failed(&e))?
+                .upload_id
+                .ok_or_else(|| MultipartError::Failed("no upload id in the answer".into()))?,
+        };
+        let presigning = || {
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(
+                api.config.storage.upload_url_lifetime,
+            )
+            .map_err(|e| failed(&e))
+        };
+        let mut part_urls = Vec::new();
+        for number in 1..=parts {
+            let request = client
+                .upload_part()
+                .bucket(bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .presigned(presigning()?)
+                .await
+                .map_err(|e| failed(&e))?;
+            part_urls.push(request.uri().to_owned());
+        }
+        // The SDK cannot presign CompleteMultipartUpload: the client completes through this API.
+        let complete_url = format!(
+            "{}/docs/{id}/multipart/{upload_id}/complete",
+            api.public_url
+        );
+        return Ok(json!({
+            "uploadId": upload_id,
+            "partUrls": part_urls,
+            "completeUrl": complete_url,
+        }));
+    }
+    let _ = (api, id, parts, upload_id);
+    Err(MultipartError::Unsupported)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+struct Completion {
+    parts: Vec<CompletedPart>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+struct CompletedPart {
+    part_number: i32,
+    etag: String,
+}
+
+/// CompleteMultipartUpload for the client: the parts it sent, with the ETags S3 answered.
+async fn complete(
+    State(api): State<Arc<Api>>,
+    Path((id, upload_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let completion: Completion = match serde_json::from_slice(&body) {
+        Ok(completion) => completion,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+    };
+    #[cfg(feature = "s3")]
+    if let Uploads::S3 { client, bucket } = &api.uploads {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as Part};
+        let parts = completion
+            .parts
+            .iter()
+            .map(|p| {
+                Part::builder()
+                    .part_number(p.part_number)
+                    .e_tag(&p.etag)
+                    .build()
+            })
+            .collect();
+        let key = format!("{}{id}", api.config.storage.prefix);
+        let done = client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(&key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        return match done {
+            Ok(_) => axum::Json(json!({ "id": id, "key": key })).into_response(),
+            Err(e) => error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the bucket refused the completion: {}",
+                    redact::text(&e.to_string())
+                ),
+            ),
+        };
+    }
+    let _ = (api, id, upload_id, completion);
+    error(
+        StatusCode::BAD_REQUEST,
+        "resumable uploads need an S3 bucket; a folder takes one PUT",
+    )
+}
+
 /// The URL the client PUTs the file to, valid for `storage.upload_url_lifetime`.
 async fn upload_url(api: &Api, id: &str, content_type: &str) -> Result<String, String> {
     let lifetime = api.config.storage.upload_url_lifetime;
@@ -296,9 +484,8 @@ async fn upload_url(api: &Api, id: &str, content_type: &str) -> Result<String, S
                 .map_err(|e| e.to_string())?;
             Ok(request.uri().to_owned())
         }
-        Uploads::Folder {
-            public_url, secret, ..
-        } => {
+        Uploads::Folder { secret, .. } => {
+            let public_url = &api.public_url;
             let expires = chrono::Utc::now().timestamp() + lifetime.as_secs() as i64;
             let signature = sign(secret, id, expires, content_type);
             let mut url = url::Url::parse(&format!("{public_url}/uploads/"))

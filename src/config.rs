@@ -269,6 +269,10 @@ pub struct SweepConfig {
     /// How long a record may stay `uploaded` without a live processing job (`stuck_processing`).
     #[serde(deserialize_with = "duration")]
     pub processing_timeout: Duration,
+    /// How long a multipart upload may stay in progress before it is `abandoned_multipart`
+    /// (its record's, whatever the record says; one without a record: `orphan_grace`).
+    #[serde(deserialize_with = "duration")]
+    pub multipart_grace: Duration,
 }
 
 impl Default for SweepConfig {
@@ -282,6 +286,7 @@ impl Default for SweepConfig {
             max_action_ratio: 0.2,
             max_action_floor: 100,
             processing_timeout: Duration::from_secs(15 * 60),
+            multipart_grace: Duration::from_secs(7 * 24 * 3600),
             schedule: "0 */15 * * * *".into(),
         }
     }
@@ -299,6 +304,7 @@ impl SweepConfig {
             orphan_grace: self.orphan_grace,
             orphan_action: self.orphan_action,
             processing_timeout: self.processing_timeout,
+            multipart_grace: self.multipart_grace,
         }
     }
 

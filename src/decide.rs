@@ -2,7 +2,9 @@
 //! wrong and what should be done. Pure: no I/O, no clock of its own, so every case is a table row
 //! in the tests below. The sweep and (later) the event path both ask this one function.
 
-use crate::model::{Action, FindingKind, JobState, ObjectMeta, OrphanAction, Record, Status};
+use crate::model::{
+    Action, FindingKind, JobState, MultipartUpload, ObjectMeta, OrphanAction, Record, Status,
+};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -14,6 +16,10 @@ pub struct Policy {
     pub orphan_action: OrphanAction,
     /// How long a record may stay `uploaded` without a live processing job.
     pub processing_timeout: Duration,
+    /// How long a multipart upload may stay in progress: until then its record, pending or
+    /// expired, is still being uploaded (resumable uploads pause for days); after, it is
+    /// abandoned and its parts are aborted.
+    pub multipart_grace: Duration,
 }
 
 /// The verdict on one key.
@@ -65,6 +71,71 @@ pub fn decide(
             decide_record(record, status, object, now, policy)
         }
     }
+}
+
+/// Decide one key of a sweep, with the multipart uploads in progress at it (oldest first): the
+/// record and object as [`decide`] does, except that a pending record whose upload is still in
+/// progress within `multipart_grace` is not stale but uploading (in grace); then one verdict per
+/// upload, as [`decide_upload`] gives.
+pub fn decide_key(
+    record: Option<&Record>,
+    object: Option<&ObjectMeta>,
+    uploads: &[MultipartUpload],
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> (Decision, Vec<Decision>) {
+    let uploading = uploads
+        .iter()
+        .any(|upload| age(upload.initiated, now) <= policy.multipart_grace);
+    let key = match decide(record, object, now, policy) {
+        Decision::Drift {
+            kind: FindingKind::StalePending,
+            ..
+        } if uploading => Decision::InGrace,
+        decision => decision,
+    };
+    let verdicts = uploads
+        .iter()
+        .map(|upload| decide_upload(record, upload, now, policy))
+        .collect();
+    (key, verdicts)
+}
+
+/// Decide one multipart upload in progress. With a record (whatever its status: an expired
+/// record's upload may still complete and be revived as a late upload), it is abandoned once
+/// older than `multipart_grace`; with none, once older than `orphan_grace`, like an orphan
+/// object. Abandoned uploads are aborted, never completed: their parts are not a user's file.
+pub fn decide_upload(
+    record: Option<&Record>,
+    upload: &MultipartUpload,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Decision {
+    let age = age(upload.initiated, now);
+    let (grace, whose) = match record {
+        Some(record) => (
+            policy.multipart_grace,
+            format!("{} record", record.raw_status),
+        ),
+        None => (policy.orphan_grace, "no record".to_owned()),
+    };
+    if age <= grace {
+        return Decision::InGrace;
+    }
+    drift(
+        FindingKind::AbandonedMultipart,
+        Action::Abort,
+        format!(
+            "multipart upload {} started {}, {whose}",
+            short_id(&upload.upload_id),
+            ago(age)
+        ),
+    )
+}
+
+/// Upload ids are long opaque strings; their start is enough to tell them apart in a report.
+fn short_id(id: &str) -> &str {
+    id.char_indices().nth(12).map_or(id, |(end, _)| &id[..end])
 }
 
 fn decide_record(
@@ -190,7 +261,98 @@ mod tests {
             orphan_grace: GRACE,
             orphan_action,
             processing_timeout: PROCESSING,
+            multipart_grace: MULTIPART_GRACE,
         }
+    }
+
+    const MULTIPART_GRACE: Duration = Duration::from_secs(7 * 86_400);
+
+    fn upload(age: Duration) -> MultipartUpload {
+        MultipartUpload {
+            key: "doc".into(),
+            upload_id: "2~Xv1a0d3b7c9e4f".into(),
+            initiated: now() - age,
+        }
+    }
+
+    #[test]
+    fn a_pending_record_whose_multipart_upload_is_in_progress_is_uploading_not_stale() {
+        let p = policy(OrphanAction::Report);
+        let rec = record(Status::Pending, 2 * TTL);
+        let day = Duration::from_secs(86_400);
+        // Without an upload: stale. With a young one: in grace, the upload too.
+        assert!(matches!(
+            decide_key(Some(&rec), None, &[], now(), &p).0,
+            Decision::Drift {
+                kind: FindingKind::StalePending,
+                ..
+            }
+        ));
+        let (key, uploads) = decide_key(Some(&rec), None, &[upload(day)], now(), &p);
+        assert_eq!((key, uploads), (Decision::InGrace, vec![Decision::InGrace]));
+        // An upload past the grace no longer shields the record: both are acted on.
+        let (key, uploads) = decide_key(
+            Some(&rec),
+            None,
+            &[upload(MULTIPART_GRACE + day)],
+            now(),
+            &p,
+        );
+        assert_eq!(
+            verdict(&key),
+            Some((FindingKind::StalePending, Action::Expire))
+        );
+        assert_eq!(
+            verdict(&uploads[0]),
+            Some((FindingKind::AbandonedMultipart, Action::Abort))
+        );
+        // One young upload among old ones is enough to keep the record pending.
+        let (key, uploads) = decide_key(
+            Some(&rec),
+            None,
+            &[upload(MULTIPART_GRACE + day), upload(day)],
+            now(),
+            &p,
+        );
+        assert_eq!(key, Decision::InGrace);
+        assert_eq!(verdict(&uploads[0]).map(|v| v.1), Some(Action::Abort));
+        assert_eq!(uploads[1], Decision::InGrace);
+    }
+
+    #[test]
+    fn an_upload_is_abandoned_after_multipart_grace_with_a_record_and_orphan_grace_without() {
+        let p = policy(OrphanAction::Report);
+        let just_over = |grace: Duration| upload(grace + Duration::from_secs(1));
+        for status in Status::ALL {
+            let rec = record(status, TTL);
+            assert_eq!(
+                decide_upload(Some(&rec), &upload(MULTIPART_GRACE), now(), &p),
+                Decision::InGrace,
+                "{status}"
+            );
+            assert_eq!(
+                verdict(&decide_upload(
+                    Some(&rec),
+                    &just_over(MULTIPART_GRACE),
+                    now(),
+                    &p
+                )),
+                Some((FindingKind::AbandonedMultipart, Action::Abort)),
+                "{status}"
+            );
+        }
+        assert_eq!(
+            decide_upload(None, &upload(GRACE), now(), &p),
+            Decision::InGrace
+        );
+        let Decision::Drift { detail, .. } = decide_upload(None, &just_over(GRACE), now(), &p)
+        else {
+            panic!("an upload without a record past orphan_grace is abandoned");
+        };
+        assert_eq!(
+            detail,
+            "multipart upload 2~Xv1a0d3b7c started 1d0h old, no record"
+        );
     }
 
     fn record(status: Status, age: Duration) -> Record {

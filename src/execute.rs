@@ -5,7 +5,9 @@
 use crate::bucket::{Bucket, CopyOutcome, DeleteOutcome};
 use crate::catalog::{AuditEntry, Catalog, Transaction};
 use crate::error::Result;
-use crate::model::{Action, Finding, JobState, ObjectMeta, Outcome, Record, Status};
+use crate::model::{
+    Action, Finding, JobState, MultipartUpload, ObjectMeta, Outcome, Record, Status,
+};
 use crate::rules::Quarantine;
 use chrono::Utc;
 use uuid::Uuid;
@@ -162,6 +164,15 @@ impl Executor<'_> {
                 tx.set_status(&finding.id, Status::Missing).await?;
                 (Some(old), Some(Status::Missing), None)
             }
+            Action::Abort => {
+                // Decided by whether a record existed (which grace applied), not by its status.
+                if finding.record.is_none() && now.is_some() {
+                    return Ok(Err(
+                        "a record was created since the sweep read the table".into()
+                    ));
+                }
+                (now.map(|record| record.raw_status), None, None)
+            }
             Action::CreateRecord | Action::Quarantine | Action::Delete => {
                 if now.is_some() {
                     return Ok(Err(
@@ -193,6 +204,9 @@ impl Executor<'_> {
                 object.etag.as_deref().unwrap_or("-")
             ));
         }
+        if let Some(upload) = &finding.upload {
+            detail.push_str(&format!("; upload id {}", upload.upload_id));
+        }
         if finding.action == Action::Quarantine
             && let Some(object) = &object
         {
@@ -214,9 +228,10 @@ impl Executor<'_> {
         // if they fail or find the object changed, the transaction rolls back and the audit says
         // nothing happened, which is true. (A failed commit after a successful delete is the one
         // window left; quarantine keeps a copy for exactly that kind of case.)
-        match (&object, finding.action) {
-            (Some(object), Action::Quarantine) => self.quarantine(object).await,
-            (Some(object), Action::Delete) => self.delete(object).await,
+        match (&object, &finding.upload, finding.action) {
+            (Some(object), _, Action::Quarantine) => self.quarantine(object).await,
+            (Some(object), _, Action::Delete) => self.delete(object).await,
+            (_, Some(upload), Action::Abort) => self.abort(upload).await,
             _ => Ok(Ok(())),
         }
     }
@@ -267,6 +282,17 @@ impl Executor<'_> {
                 "the object was overwritten before its delete; kept, and its earlier version \
                  stays copied at {target}"
             )))),
+        }
+    }
+
+    /// Abort an abandoned multipart upload, if it is still in progress: one completed since the
+    /// listing is an object now, for the next sweep to judge.
+    async fn abort(&self, upload: &MultipartUpload) -> Result<Result<(), Changed>> {
+        match self.bucket.abort_multipart(upload).await? {
+            true => Ok(Ok(())),
+            false => Ok(Err(
+                "the upload was completed or aborted since the listing".into()
+            )),
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub actions: IntCounterVec,
     pub sweep_duration: Histogram,
     pub sweep_last_success: Gauge,
+    /// What the parts of the abandoned multipart uploads the last sweep found hold.
+    pub abandoned_multipart_bytes: IntGauge,
     pub objects_listed: IntCounter,
     pub records_scanned: IntCounter,
     /// Scheduled sweeps skipped because another replica held the sweep lock.
@@ -178,6 +180,13 @@ impl Metrics {
         )
         .expect("static metric definition is valid");
         register(Box::new(sweep_last_success.clone()));
+        let abandoned_multipart_bytes = IntGauge::new(
+            "reconcile_abandoned_multipart_bytes",
+            "Bytes held by the parts of the multipart uploads the last sweep found abandoned \
+             (summed with ListParts).",
+        )
+        .expect("static metric definition is valid");
+        register(Box::new(abandoned_multipart_bytes.clone()));
         let objects_listed = IntCounter::new(
             "reconcile_objects_listed_total",
             "Objects listed by sweeps.",
@@ -211,6 +220,7 @@ impl Metrics {
             actions,
             sweep_duration,
             sweep_last_success,
+            abandoned_multipart_bytes,
             objects_listed,
             records_scanned,
             sweeps_skipped,

@@ -121,6 +121,15 @@ impl ObjectMeta {
     }
 }
 
+/// A multipart upload in progress (started, neither completed nor aborted): no object exists
+/// for it yet, but its parts are stored, and billed, until one of the two happens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultipartUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: DateTime<Utc>,
+}
+
 /// What a sweep can find. `InGrace` is counted, never acted on and never listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,12 +141,13 @@ pub enum FindingKind {
     MissingObject,
     StuckProcessing,
     ProcessingExhausted,
+    AbandonedMultipart,
     InGrace,
 }
 
 impl FindingKind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [FindingKind; 8] = [
+    pub const ALL: [FindingKind; 9] = [
         FindingKind::StalePending,
         FindingKind::LostNotification,
         FindingKind::LateUpload,
@@ -145,6 +155,7 @@ impl FindingKind {
         FindingKind::MissingObject,
         FindingKind::StuckProcessing,
         FindingKind::ProcessingExhausted,
+        FindingKind::AbandonedMultipart,
         FindingKind::InGrace,
     ];
 
@@ -157,6 +168,7 @@ impl FindingKind {
             FindingKind::MissingObject => "missing_object",
             FindingKind::StuckProcessing => "stuck_processing",
             FindingKind::ProcessingExhausted => "processing_exhausted",
+            FindingKind::AbandonedMultipart => "abandoned_multipart",
             FindingKind::InGrace => "in_grace",
         }
     }
@@ -195,6 +207,8 @@ pub enum Action {
     Enqueue,
     /// An uploaded record whose processing gave up: status -> failed.
     Fail,
+    /// A multipart upload nobody will complete: AbortMultipartUpload frees its parts.
+    Abort,
 }
 
 impl Action {
@@ -209,6 +223,7 @@ impl Action {
             Action::MarkMissing => "mark_missing",
             Action::Enqueue => "enqueue",
             Action::Fail => "fail",
+            Action::Abort => "abort",
         }
     }
 
@@ -230,6 +245,9 @@ pub struct Finding {
     pub record: Option<Record>,
     /// The object as listed by the sweep (`None` when absent).
     pub object: Option<ObjectMeta>,
+    /// For `abandoned_multipart`: the upload as listed by the sweep.
+    #[serde(default)]
+    pub upload: Option<MultipartUpload>,
 }
 
 /// How the executor dealt with one finding.

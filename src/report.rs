@@ -332,6 +332,7 @@ mod tests {
             detail: "pending 2h10m, no object".into(),
             record: None,
             object: None,
+            upload: None,
         }
     }
 
@@ -365,7 +366,10 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
             assert_eq!(v["dry_run"], true);
             assert_eq!(v["records_scanned"], 3);
-            assert_eq!(v["counts"].as_object().map(|c| c.len()), Some(8));
+            assert_eq!(
+                v["counts"].as_object().map(|c| c.len()),
+                Some(FindingKind::ALL.len())
+            );
             assert_eq!(v["counts"]["stale_pending"], 1);
             assert_eq!(v["counts"]["missing_object"], 0);
             assert_eq!(v["findings"].as_array().map(Vec::len), Some(findings));

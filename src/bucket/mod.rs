@@ -13,8 +13,8 @@ use crate::error::Result;
 /// The largest object one S3 CopyObject may copy (S3's limit, 5 GiB), and so the default and the
 /// ceiling of `storage.multipart_copy_threshold` (which config checks in every build).
 pub const MAX_COPY_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
-use crate::model::ObjectMeta;
-use futures::stream::BoxStream;
+use crate::model::{MultipartUpload, ObjectMeta};
+use futures::stream::{self, BoxStream, StreamExt};
 
 #[async_trait::async_trait]
 pub trait Bucket: Send + Sync {
@@ -41,6 +41,23 @@ pub trait Bucket: Send + Sync {
 
     /// Check that the bucket exists and these credentials reach it.
     async fn ping(&self) -> Result<()>;
+
+    /// The multipart uploads in progress under `prefix`, in UTF-8 byte order of their keys
+    /// (several at one key oldest first). A store without multipart uploads (a folder) has none.
+    fn multipart_uploads<'a>(&'a self, _prefix: &'a str) -> BoxStream<'a, Result<MultipartUpload>> {
+        stream::empty().boxed()
+    }
+
+    /// The bytes an upload's parts hold so far (what it costs while nobody completes it).
+    async fn multipart_bytes(&self, _upload: &MultipartUpload) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// Abort the upload if it is still in progress: its parts are freed and it can no longer be
+    /// completed. `false` when it was not (completed or aborted since it was listed).
+    async fn abort_multipart(&self, _upload: &MultipartUpload) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// What [`Bucket::copy_new`] did.

@@ -3,7 +3,7 @@
 use super::{Bucket, CopyOutcome, DeleteOutcome};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result, describe_sdk};
-use crate::model::{ObjectMeta, decode_form};
+use crate::model::{MultipartUpload, ObjectMeta, decode_form};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
@@ -436,6 +436,129 @@ impl Bucket for S3Bucket {
             .await
             .map_err(|e| Error::storage(format!("reaching {}", self.url()), describe_sdk(&e)))?;
         Ok(())
+    }
+
+    fn multipart_uploads<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<MultipartUpload>> {
+        let context = format!(
+            "listing the multipart uploads of {}",
+            self.object_url(prefix)
+        );
+        // ListMultipartUploads pages by two markers, the last key and upload id of a page.
+        let pages = stream::try_unfold(Some((None, None)), move |markers| {
+            let context = context.clone();
+            async move {
+                let Some((key_marker, upload_id_marker)) = markers else {
+                    return Ok(None);
+                };
+                let out = self
+                    .client
+                    .list_multipart_uploads()
+                    .bucket(&self.bucket)
+                    .prefix(prefix)
+                    .encoding_type(EncodingType::Url)
+                    .set_key_marker(key_marker)
+                    .set_upload_id_marker(upload_id_marker)
+                    .send()
+                    .await
+                    .map_err(|e| Error::storage(&context, describe_sdk(&e)))?;
+                let next = match out.is_truncated() {
+                    Some(true) => Some((
+                        out.next_key_marker().map(str::to_owned),
+                        out.next_upload_id_marker().map(str::to_owned),
+                    )),
+                    _ => None,
+                };
+                if next
+                    .as_ref()
+                    .is_some_and(|(key, _)| key.as_deref().is_none_or(str::is_empty))
+                {
+                    return Err(Error::storage(
+                        &context,
+                        "a truncated page came without a next key marker",
+                    ));
+                }
+                let uploads: Vec<Result<MultipartUpload>> = out
+                    .uploads()
+                    .iter()
+                    .map(|u| {
+                        let raw = u.key().unwrap_or_default();
+                        Ok(MultipartUpload {
+                            key: decode_form(raw).ok_or_else(|| {
+                                Error::storage(
+                                    &context,
+                                    format!("key {raw:?} does not decode to UTF-8"),
+                                )
+                            })?,
+                            upload_id: u.upload_id().unwrap_or_default().to_owned(),
+                            initiated: to_chrono(u.initiated()),
+                        })
+                    })
+                    .collect();
+                Ok(Some((stream::iter(uploads), next)))
+            }
+        });
+        pages
+            .map(|page: Result<_>| match page {
+                Ok(uploads) => uploads.boxed(),
+                Err(e) => stream::once(async { Err(e) }).boxed(),
+            })
+            .flatten()
+            .boxed()
+    }
+
+    async fn multipart_bytes(&self, upload: &MultipartUpload) -> Result<u64> {
+        let context = format!(
+            "listing the parts of upload {} of {}",
+            upload.upload_id,
+            self.object_url(&upload.key)
+        );
+        let mut bytes = 0u64;
+        let mut marker: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(&upload.key)
+                .upload_id(&upload.upload_id)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| Error::storage(&context, describe_sdk(&e)))?;
+            bytes += out
+                .parts()
+                .iter()
+                .map(|p| p.size().unwrap_or(0).max(0) as u64)
+                .sum::<u64>();
+            match (out.is_truncated(), out.next_part_number_marker()) {
+                (Some(true), Some(next)) => marker = Some(next.to_owned()),
+                _ => return Ok(bytes),
+            }
+        }
+    }
+
+    async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<bool> {
+        let result = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            // Completed or aborted since it was listed: nothing left to abort.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) => Err(Error::storage(
+                format!(
+                    "aborting upload {} of {}",
+                    upload.upload_id,
+                    self.object_url(&upload.key)
+                ),
+                describe_sdk(&e),
+            )),
+        }
     }
 }
 

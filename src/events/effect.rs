@@ -84,6 +84,7 @@ impl Effects {
                     detail: format!("{detail} (S3 event)"),
                     record: record.clone(),
                     object,
+                    upload: None,
                 };
                 let executor = Executor {
                     mode: Mode::Apply,

@@ -1,11 +1,12 @@
 //! The streaming merge: the table's rows (ordered by id) against the bucket's listing (ordered by
-//! key), both in byte order, one key at a time. Memory stays constant whatever the size of either
-//! side. An out-of-order stream is an error: a merge over it would report false findings.
+//! key) and its multipart uploads in progress (ordered by key, several per key possible), all in
+//! byte order, one key at a time. Memory stays constant whatever the size of any side (one key's
+//! uploads at a time). An out-of-order stream is an error: a merge over it would report false
+//! findings.
 
 use crate::error::{Error, Result};
-use crate::model::{ObjectMeta, Record};
-use futures::stream::{BoxStream, Peekable, StreamExt};
-use std::cmp::Ordering;
+use crate::model::{MultipartUpload, ObjectMeta, Record};
+use futures::stream::{self, BoxStream, Peekable, StreamExt};
 use std::pin::Pin;
 
 /// What both sides hold for one key.
@@ -14,16 +15,21 @@ pub struct Pair {
     pub id: String,
     pub record: Option<Record>,
     pub object: Option<ObjectMeta>,
+    /// The multipart uploads in progress at the key, oldest first.
+    pub uploads: Vec<MultipartUpload>,
 }
 
 pub struct Merge<'a> {
     records: Peekable<BoxStream<'a, Result<Record>>>,
     objects: Peekable<BoxStream<'a, Result<ObjectMeta>>>,
+    uploads: Peekable<BoxStream<'a, Result<MultipartUpload>>>,
     prefix: String,
     last_id: Option<String>,
     last_key: Option<String>,
+    last_upload_key: Option<String>,
     pub records_scanned: u64,
     pub objects_listed: u64,
+    pub uploads_listed: u64,
 }
 
 impl<'a> Merge<'a> {
@@ -36,46 +42,78 @@ impl<'a> Merge<'a> {
         Merge {
             records: records.peekable(),
             objects: objects.peekable(),
+            uploads: stream::empty().boxed().peekable(),
             prefix: prefix.to_owned(),
             last_id: None,
             last_key: None,
+            last_upload_key: None,
             records_scanned: 0,
             objects_listed: 0,
+            uploads_listed: 0,
         }
     }
 
-    /// The next key, or `None` when both sides are done.
+    /// Merge the multipart uploads in progress too; they must all start with the prefix.
+    pub fn with_uploads(mut self, uploads: BoxStream<'a, Result<MultipartUpload>>) -> Self {
+        self.uploads = uploads.peekable();
+        self
+    }
+
+    /// The next key, or `None` when every side is done.
     pub async fn next(&mut self) -> Result<Option<Pair>> {
-        let order = {
-            let record = Pin::new(&mut self.records).peek().await;
-            let object = Pin::new(&mut self.objects).peek().await;
-            match (record, object) {
-                (None, None) => return Ok(None),
-                // An error on either side ends the merge; take it out of the stream to return it.
-                (Some(Err(_)), _) => Ordering::Less,
-                (_, Some(Err(_))) => Ordering::Greater,
-                (Some(Ok(_)), None) => Ordering::Less,
-                (None, Some(Ok(_))) => Ordering::Greater,
-                (Some(Ok(record)), Some(Ok(object))) => {
-                    let id = id_of(&self.prefix, &object.key)?;
-                    record.id.as_str().cmp(id)
-                }
+        let Some(id) = self.next_id().await? else {
+            return Ok(None);
+        };
+        let record = match Pin::new(&mut self.records).peek().await {
+            Some(Ok(record)) if record.id == id => Some(self.take_record().await?),
+            _ => None,
+        };
+        let object = match Pin::new(&mut self.objects).peek().await {
+            Some(Ok(object)) if id_of(&self.prefix, &object.key)? == id => {
+                Some(self.take_object().await?)
+            }
+            _ => None,
+        };
+        let mut uploads = Vec::new();
+        while let Some(Ok(upload)) = Pin::new(&mut self.uploads).peek().await {
+            if id_of(&self.prefix, &upload.key)? != id {
+                break;
+            }
+            uploads.push(self.take_upload().await?);
+        }
+        Ok(Some(Pair {
+            id,
+            record,
+            object,
+            uploads,
+        }))
+    }
+
+    /// The smallest id at the head of the three sides. An error at a head is returned here, so
+    /// the merge ends with it rather than skipping past it.
+    async fn next_id(&mut self) -> Result<Option<String>> {
+        let mut smallest: Option<String> = None;
+        let mut consider = |id: &str| {
+            if smallest.as_deref().is_none_or(|s| id < s) {
+                smallest = Some(id.to_owned());
             }
         };
-        let record = match order {
-            Ordering::Less | Ordering::Equal => Some(self.take_record().await?),
-            Ordering::Greater => None,
-        };
-        let object = match order {
-            Ordering::Greater | Ordering::Equal => Some(self.take_object().await?),
-            Ordering::Less => None,
-        };
-        let id = match (&record, &object) {
-            (Some(record), _) => record.id.clone(),
-            (None, Some(object)) => id_of(&self.prefix, &object.key)?.to_owned(),
-            (None, None) => unreachable!("one side was peeked non-empty"),
-        };
-        Ok(Some(Pair { id, record, object }))
+        match Pin::new(&mut self.records).peek().await {
+            Some(Ok(record)) => consider(&record.id),
+            Some(Err(_)) => return Err(self.take_record().await.err().unwrap_or_else(broken)),
+            None => {}
+        }
+        match Pin::new(&mut self.objects).peek().await {
+            Some(Ok(object)) => consider(id_of(&self.prefix, &object.key)?),
+            Some(Err(_)) => return Err(self.take_object().await.err().unwrap_or_else(broken)),
+            None => {}
+        }
+        match Pin::new(&mut self.uploads).peek().await {
+            Some(Ok(upload)) => consider(id_of(&self.prefix, &upload.key)?),
+            Some(Err(_)) => return Err(self.take_upload().await.err().unwrap_or_else(broken)),
+            None => {}
+        }
+        Ok(smallest)
     }
 
     async fn take_record(&mut self) -> Result<Record> {
@@ -91,6 +129,28 @@ impl<'a> Merge<'a> {
         self.objects_listed += 1;
         Ok(object)
     }
+
+    async fn take_upload(&mut self) -> Result<MultipartUpload> {
+        let upload = self.uploads.next().await.expect("peeked")?;
+        // Several uploads may share a key; keys themselves must not go back.
+        if let Some(previous) = self.last_upload_key.as_deref()
+            && previous > upload.key.as_str()
+        {
+            return Err(Error::Unordered {
+                source_name: "the multipart upload listing",
+                previous: previous.to_owned(),
+                next: upload.key.clone(),
+            });
+        }
+        self.last_upload_key = Some(upload.key.clone());
+        self.uploads_listed += 1;
+        Ok(upload)
+    }
+}
+
+/// A peeked error that could not be taken again: cannot happen with a peekable stream.
+fn broken() -> Error {
+    Error::storage("merge", "a stream lost the error it showed")
 }
 
 /// The id of an object: its key without the prefix.
@@ -192,6 +252,59 @@ mod tests {
                 ("z", true, false),
                 ("é", false, true),
             ])
+        );
+    }
+
+    fn uploads(keys: &[&str]) -> BoxStream<'static, Result<MultipartUpload>> {
+        let items: Vec<Result<MultipartUpload>> = keys
+            .iter()
+            .enumerate()
+            .map(|(n, key)| {
+                Ok(MultipartUpload {
+                    key: key.to_string(),
+                    upload_id: format!("u{n}"),
+                    initiated: Utc::now(),
+                })
+            })
+            .collect();
+        stream::iter(items).boxed()
+    }
+
+    #[tokio::test]
+    async fn multipart_uploads_join_their_key_and_several_at_one_key_stay_together() {
+        let mut merge = Merge::new(
+            records(&["a", "c"]),
+            objects(&["docs/a", "docs/b"]),
+            "docs/",
+        )
+        .with_uploads(uploads(&["docs/a-b", "docs/c", "docs/c", "docs/d"]));
+        let mut seen = Vec::new();
+        while let Some(pair) = merge.next().await.expect("ordered") {
+            let ids: Vec<String> = pair.uploads.iter().map(|u| u.upload_id.clone()).collect();
+            seen.push((pair.id, pair.record.is_some(), pair.object.is_some(), ids));
+        }
+        let expected: Vec<(String, bool, bool, Vec<String>)> = vec![
+            ("a".into(), true, true, vec![]),
+            ("a-b".into(), false, false, vec!["u0".into()]),
+            ("b".into(), false, true, vec![]),
+            ("c".into(), true, false, vec!["u1".into(), "u2".into()]),
+            ("d".into(), false, false, vec!["u3".into()]),
+        ];
+        assert_eq!(seen, expected);
+        assert_eq!(merge.uploads_listed, 4);
+        let err =
+            run(Merge::new(records(&[]), objects(&[]), "").with_uploads(uploads(&["b", "a"])))
+                .await
+                .expect_err("out of order");
+        assert!(
+            matches!(
+                err,
+                Error::Unordered {
+                    source_name: "the multipart upload listing",
+                    ..
+                }
+            ),
+            "{err}"
         );
     }
 

@@ -14,11 +14,11 @@ mod spool;
 
 use crate::bucket::Bucket;
 use crate::catalog::{Catalog, SweepRecord};
-use crate::decide::{Decision, decide};
+use crate::decide::{Decision, decide_key};
 use crate::error::{Error, Interrupted, Result, SafetyStop};
 use crate::execute::{Executor, Mode};
 use crate::metrics::Metrics;
-use crate::model::{Finding, FindingKind, key_of};
+use crate::model::{Action, Finding, FindingKind, key_of};
 use crate::report::{Counts, Footer, Header, Sink, Tally};
 use crate::rules::Rules;
 use chrono::{DateTime, Utc};
@@ -48,10 +48,50 @@ pub struct Plan {
     pub started_at: DateTime<Utc>,
     pub objects_listed: u64,
     pub records_scanned: u64,
+    pub multipart_uploads_listed: u64,
+    /// What the parts of the abandoned multipart uploads found hold.
+    pub abandoned_multipart_bytes: u64,
     pub counts: Counts,
     /// Findings whose action changes state: what the breaker weighs.
     pub state_changes: u64,
     spool: Spool,
+}
+
+/// What the scan has found so far: counted, and spooled when there is something to do.
+struct Findings {
+    counts: Counts,
+    state_changes: u64,
+    spool: Spool,
+}
+
+impl Findings {
+    /// Count one decision; a drift becomes the finding `base` describes, with the drift's kind,
+    /// action and detail.
+    fn add(&mut self, decision: Decision, base: impl FnOnce() -> Finding) -> Result<()> {
+        match decision {
+            Decision::Consistent => Ok(()),
+            Decision::InGrace => {
+                self.counts.add(FindingKind::InGrace);
+                Ok(())
+            }
+            Decision::Drift {
+                kind,
+                action,
+                detail,
+            } => {
+                self.counts.add(kind);
+                if action.changes_state() {
+                    self.state_changes += 1;
+                }
+                self.spool.push(&Finding {
+                    kind,
+                    action,
+                    detail,
+                    ..base()
+                })
+            }
+        }
+    }
 }
 
 impl Plan {
@@ -89,49 +129,83 @@ impl Sweep<'_> {
             self.catalog.records(),
             self.bucket.list(self.prefix),
             self.prefix,
-        );
-        let mut counts = Counts::default();
-        let mut state_changes = 0;
-        let mut spool = Spool::new()?;
+        )
+        .with_uploads(self.bucket.multipart_uploads(self.prefix));
+        let mut findings = Findings {
+            counts: Counts::default(),
+            state_changes: 0,
+            spool: Spool::new()?,
+        };
+        let mut abandoned_multipart_bytes = 0;
         while let Some(pair) = merge.next().await? {
             progress.scanned(merge.records_scanned, merge.objects_listed);
-            let Pair { id, record, object } = pair;
+            let Pair {
+                id,
+                record,
+                object,
+                uploads,
+            } = pair;
             let key = key_of(self.prefix, &id);
             if self.rules.quarantine.contains(&key) {
                 continue;
             }
-            match decide(record.as_ref(), object.as_ref(), now, &self.rules.policy) {
-                Decision::Consistent => {}
-                Decision::InGrace => counts.add(FindingKind::InGrace),
-                Decision::Drift {
-                    kind,
-                    action,
-                    detail,
-                } => {
-                    counts.add(kind);
-                    if action.changes_state() {
-                        state_changes += 1;
-                    }
-                    spool.push(&Finding {
+            let (decision, verdicts) = decide_key(
+                record.as_ref(),
+                object.as_ref(),
+                &uploads,
+                now,
+                &self.rules.policy,
+            );
+            for (upload, verdict) in uploads.into_iter().zip(verdicts) {
+                let verdict = match verdict {
+                    // What abandoned parts cost is part of the finding (and of its gauge).
+                    Decision::Drift {
                         kind,
-                        id,
-                        key,
                         action,
                         detail,
-                        record,
-                        object,
-                    })?;
-                }
+                    } => {
+                        let bytes = self.bucket.multipart_bytes(&upload).await?;
+                        abandoned_multipart_bytes += bytes;
+                        Decision::Drift {
+                            kind,
+                            action,
+                            detail: format!("{detail}, {bytes} bytes in its parts"),
+                        }
+                    }
+                    other => other,
+                };
+                findings.add(verdict, || Finding {
+                    kind: FindingKind::AbandonedMultipart,
+                    id: id.clone(),
+                    key: key.clone(),
+                    action: Action::Abort,
+                    detail: String::new(),
+                    record: record.clone(),
+                    object: None,
+                    upload: Some(upload),
+                })?;
             }
+            findings.add(decision, || Finding {
+                kind: FindingKind::InGrace,
+                id,
+                key,
+                action: Action::Report,
+                detail: String::new(),
+                record,
+                object,
+                upload: None,
+            })?;
         }
         progress.done();
         Ok(Plan {
             started_at: now,
             objects_listed: merge.objects_listed,
             records_scanned: merge.records_scanned,
-            counts,
-            state_changes,
-            spool,
+            multipart_uploads_listed: merge.uploads_listed,
+            abandoned_multipart_bytes,
+            counts: findings.counts,
+            state_changes: findings.state_changes,
+            spool: findings.spool,
         })
     }
 
@@ -277,6 +351,8 @@ impl Sweep<'_> {
                 let n = i64::try_from(plan.counts.get(kind)).unwrap_or(i64::MAX);
                 m.findings.with_label_values(&[kind.as_str()]).set(n);
             }
+            m.abandoned_multipart_bytes
+                .set(i64::try_from(plan.abandoned_multipart_bytes).unwrap_or(i64::MAX));
             m.objects_listed.inc_by(plan.objects_listed);
             m.records_scanned.inc_by(plan.records_scanned);
             m.sweep_duration.observe(clock.elapsed().as_secs_f64());

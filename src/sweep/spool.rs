@@ -79,6 +79,7 @@ mod tests {
                     detail: String::new(),
                     record: None,
                     object: None,
+                    upload: None,
                 })
                 .expect("push");
         }

@@ -19,6 +19,7 @@ mod housekeeping;
 mod interrupt;
 mod lookups;
 mod memory;
+mod multipart;
 mod operations;
 mod outage;
 mod permissions;

@@ -19,6 +19,14 @@ const NEEDS: &[(&str, &[&str], bool)] = &[
     ("head_bucket", &["s3:ListBucket"], true),
     // The re-check before every action, and `explain`.
     ("head_object", &["s3:GetObject"], true),
+    // Resumable uploads: the multipart uploads in progress under the prefix, and the bytes the
+    // parts of an abandoned one hold.
+    (
+        "list_multipart_uploads",
+        &["s3:ListBucketMultipartUploads"],
+        true,
+    ),
+    ("list_parts", &["s3:ListMultipartUploadParts"], true),
     // Quarantine: the copy reads the source and its tags, writes the target and its tags.
     (
         "copy_object",

@@ -284,6 +284,15 @@ listen = "127.0.0.1:0"
         assert_eq!(self.queue.dead_letter_depth().await, 0, "dead-lettered");
     }
 
+    /// The hook's (first) call for the doc.
+    fn hook_call(&self, id: &str) -> Value {
+        self.hook
+            .calls()
+            .into_iter()
+            .find(|c| c["id"] == id)
+            .expect("the hook's call")
+    }
+
     fn log(&self) -> String {
         let api = std::fs::read_to_string(self.dir.path().join("api.log")).unwrap_or_default();
         let daemon = std::fs::read_to_string(&self.daemon_log).unwrap_or_default();
@@ -360,12 +369,7 @@ async fn an_upload_is_processed_through_the_notification_and_the_hook() {
     flow.until_status(&id, "processed", Duration::from_secs(20))
         .await;
     assert_eq!(flow.hook.calls_for(&id), 1, "{}", flow.log());
-    let call = flow
-        .hook
-        .calls()
-        .into_iter()
-        .find(|c| c["id"] == id.as_str())
-        .expect("the hook's call");
+    let call = flow.hook_call(&id);
     assert_eq!(call["key"], format!("docs/{id}"));
     assert_eq!(call["size"], "%PDF-1.7 contract".len());
     assert_eq!(
@@ -621,4 +625,72 @@ async fn on_sqlite_and_a_folder_the_api_takes_the_put_at_a_signed_url() {
     // Once the URL has expired, it is refused.
     tokio::time::sleep(URL_LIFETIME + Duration::from_secs(1)).await;
     assert_eq!(put(url, "image/png").await, 403);
+}
+
+/// A resumable upload through the example API: presigned part URLs, the parts PUT straight to
+/// the bucket, the completion through the API, and the CompleteMultipartUpload event moving the
+/// record on.
+#[tokio::test]
+async fn a_resumable_upload_in_parts_is_processed_once_completed() {
+    let mut flow = Flow::with_a_working_hook(false).await;
+    flow.start_daemon().await;
+    let (id, _url) = flow.create("Video").await;
+    let start = |body: &'static str| {
+        let request = flow
+            .http
+            .post(format!("{}/docs/{id}/multipart", flow.api_url))
+            .body(body);
+        async move {
+            let response = request.send().await.expect("POST multipart");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    for bad in [r#"{}"#, r#"{"parts": 0}"#, r#"{"parts": 10001}"#] {
+        assert_eq!(start(bad).await.0, 400, "{bad}");
+    }
+    let (status, upload) = start(r#"{"parts": 2}"#).await;
+    assert_eq!(status, 201, "{upload}");
+    let part_urls: Vec<String> = upload["partUrls"]
+        .as_array()
+        .expect("partUrls")
+        .iter()
+        .map(|u| u.as_str().expect("a URL").to_owned())
+        .collect();
+    assert_eq!(part_urls.len(), 2);
+    let mut parts = Vec::new();
+    for (n, (url, size)) in part_urls.iter().zip([5 * 1024 * 1024, 1000]).enumerate() {
+        let response = flow
+            .http
+            .put(url)
+            .body(vec![b'v'; size])
+            .send()
+            .await
+            .expect("PUT a part");
+        assert!(response.status().is_success(), "{}", response.status());
+        let etag = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .expect("an ETag")
+            .to_owned();
+        parts.push(serde_json::json!({"partNumber": n + 1, "etag": etag}));
+    }
+    // Uploading, not uploaded: no object yet.
+    assert_eq!(flow.get(&id).await.1["status"], "pending");
+    let completed = flow
+        .http
+        .post(upload["completeUrl"].as_str().expect("completeUrl"))
+        .body(serde_json::json!({ "parts": parts }).to_string())
+        .send()
+        .await
+        .expect("POST complete");
+    assert_eq!(completed.status().as_u16(), 200);
+    flow.until_status(&id, "processed", Duration::from_secs(20))
+        .await;
+    let call = flow.hook_call(&id);
+    assert_eq!(call["size"], 5 * 1024 * 1024 + 1000);
+    // A doc that is no longer pending takes no new upload.
+    assert_eq!(start(r#"{"parts": 1}"#).await.0, 409);
+    flow.nothing_lost().await;
 }

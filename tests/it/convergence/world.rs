@@ -120,6 +120,9 @@ pub fn rules_of(params: &Params) -> Rules {
             orphan_grace: secs(params.orphan_grace),
             orphan_action: params.orphan_action,
             processing_timeout: secs(params.processing_timeout),
+            // The bucket double has no multipart uploads: their decisions are unit-tested in
+            // decide.rs and proven on moto in tests/it/multipart.rs.
+            multipart_grace: Duration::from_secs(7 * 86_400),
         },
         quarantine: Quarantine::new(QUARANTINE),
         // Never trips: a history is small, and every change in it is meant.

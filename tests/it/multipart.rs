@@ -1,0 +1,445 @@
+//! Resumable uploads through the binary: multipart uploads in progress keep their records
+//! pending, abandoned ones are aborted (or only reported by a dry run), under the breaker, with
+//! the bytes their parts hold as a gauge.
+//!
+//! moto lists multipart uploads in creation order with a fixed `Initiated` of 2010-11-10, where
+//! S3 (and garage) list them by key with their real start time. The reconciler reads the bucket
+//! through a proxy that restores both on the wire: each upload's start is the moment the proxy
+//! saw its CreateMultipartUpload answered, moved back when a test ages it. moto also names
+//! ListParts' answer `ListPartsResponse` where S3 says `ListPartsResult`; the proxy renames it.
+
+use crate::helpers::*;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// S3's smallest part but the last.
+const PART: usize = 5 * 1024 * 1024;
+
+/// moto behind a proxy that makes its multipart listings look like S3's.
+struct Uploads {
+    proxy: FaultProxy,
+    started: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+    /// A client of the proxy, so that every upload's start is seen.
+    client: aws_sdk_s3::Client,
+}
+
+impl Uploads {
+    async fn start() -> Uploads {
+        let started: Arc<Mutex<HashMap<String, DateTime<Utc>>>> = Default::default();
+        let seen = started.clone();
+        let proxy = FaultProxy::rewriting(
+            &s3_target().endpoint,
+            |_| Box::pin(async {}),
+            move |request, body| {
+                let creates = request.method == "POST" && request.target.ends_with("?uploads");
+                let lists = request.method == "GET" && request.target.contains("?uploads");
+                let parts = request.method == "GET" && request.target.contains("uploadId=");
+                let xml = String::from_utf8_lossy(&body).into_owned();
+                let Ok(mut started) = seen.lock() else {
+                    return body;
+                };
+                if creates {
+                    if let Some(id) = between(&xml, "<UploadId>", "</UploadId>") {
+                        started.insert(id.to_owned(), Utc::now());
+                    }
+                    body
+                } else if lists {
+                    as_s3_lists(&xml, &started).into_bytes()
+                } else if parts {
+                    // moto names ListParts' root element ListPartsResponse; S3's (and the
+                    // SDK's) is ListPartsResult.
+                    xml.replace("ListPartsResponse", "ListPartsResult")
+                        .into_bytes()
+                } else {
+                    body
+                }
+            },
+        )
+        .await;
+        let client = s3_client(&proxy.endpoint);
+        Uploads {
+            proxy,
+            started,
+            client,
+        }
+    }
+
+    /// Start a multipart upload of `key` and upload parts of these sizes; its id.
+    async fn begin(&self, bucket: &str, key: &str, parts: &[usize]) -> String {
+        let id = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("create multipart upload")
+            .upload_id
+            .expect("an upload id");
+        for (n, size) in parts.iter().enumerate() {
+            self.client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&id)
+                .part_number(n as i32 + 1)
+                .body(ByteStream::from(vec![b'x'; *size]))
+                .send()
+                .await
+                .expect("upload part");
+        }
+        id
+    }
+
+    /// Make the upload look started `age` ago.
+    fn age(&self, id: &str, age: Duration) {
+        let mut started = self.started.lock().expect("started");
+        started.insert(
+            id.to_owned(),
+            Utc::now() - chrono::Duration::from_std(age).expect("small age"),
+        );
+    }
+
+    async fn complete(&self, bucket: &str, key: &str, id: &str) {
+        let parts = self
+            .client
+            .list_parts()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(id)
+            .send()
+            .await
+            .expect("list parts");
+        let completed: Vec<CompletedPart> = parts
+            .parts()
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .set_part_number(p.part_number())
+                    .set_e_tag(p.e_tag().map(str::to_owned))
+                    .build()
+            })
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("complete multipart upload");
+    }
+
+    /// The ids of the uploads still in progress in `bucket`.
+    async fn in_progress(&self, bucket: &str) -> Vec<String> {
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("list multipart uploads");
+        let mut ids: Vec<String> = out
+            .uploads()
+            .iter()
+            .filter_map(|u| u.upload_id().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// `reconcile` over this database and bucket, reading the bucket through the proxy.
+    fn reconcile(&self, db: &TestDb, bucket: &TestBucket) -> Reconcile {
+        let mut reconcile = Reconcile::new(db, bucket).set("storage.prefix", "docs/");
+        reconcile.endpoint = self.proxy.endpoint.clone();
+        reconcile
+    }
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let end = text[start..].find(close)? + start;
+    Some(&text[start..end])
+}
+
+/// A ListMultipartUploads answer as S3 gives it: uploads by key, then start; each `Initiated`
+/// the start the proxy saw (or was told).
+fn as_s3_lists(xml: &str, started: &HashMap<String, DateTime<Utc>>) -> String {
+    let Some(first) = xml.find("<Upload>") else {
+        return xml.to_owned();
+    };
+    let last = xml
+        .rfind("</Upload>")
+        .map_or(xml.len(), |end| end + "</Upload>".len());
+    let mut uploads: Vec<(String, DateTime<Utc>, String)> = xml[first..last]
+        .split("</Upload>")
+        .filter(|block| block.contains("<Upload>"))
+        .map(|block| {
+            let block = format!("{}</Upload>", block.trim());
+            let key = between(&block, "<Key>", "</Key>")
+                .unwrap_or_default()
+                .to_owned();
+            let id = between(&block, "<UploadId>", "</UploadId>").unwrap_or_default();
+            let at = started.get(id).copied().unwrap_or_else(Utc::now);
+            let initiated = between(&block, "<Initiated>", "</Initiated>").unwrap_or_default();
+            let stamped = block.replace(
+                &format!("<Initiated>{initiated}</Initiated>"),
+                &format!(
+                    "<Initiated>{}</Initiated>",
+                    at.format("%Y-%m-%dT%H:%M:%S.000Z")
+                ),
+            );
+            (key, at, stamped)
+        })
+        .collect();
+    uploads.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let blocks: String = uploads.into_iter().map(|(_, _, block)| block).collect();
+    format!("{}{blocks}{}", &xml[..first], &xml[last..])
+}
+
+fn kinds_of(run: &Run, kind: &str) -> Vec<(String, String)> {
+    run.json()["findings"]
+        .as_array()
+        .map(|findings| {
+            findings
+                .iter()
+                .filter(|f| f["kind"] == kind)
+                .map(|f| {
+                    (
+                        f["id"].as_str().unwrap_or_default().to_owned(),
+                        f["result"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_record_uploading_in_parts_stays_pending_and_its_completion_moves_it_forward() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let queue = TestQueue::with_dead_letters(3).await;
+    bucket.notify(&queue).await;
+    let uploads = Uploads::start().await;
+    // Pending for two hours (past pending_ttl), its video still uploading in parts.
+    db.doc("video", "pending", 2 * HOUR).await;
+    let id = uploads
+        .begin(&bucket.name, "docs/video", &[PART, 1024])
+        .await;
+    let reconcile = uploads.reconcile(&db, &bucket);
+
+    let audit = reconcile.run(&["--dry-run", "--format", "json"]).await;
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    assert_eq!(audit.findings(), vec![], "{}", audit.stdout);
+    // The record and its upload, both uploading.
+    assert_eq!(audit.json()["counts"]["in_grace"], 2, "{}", audit.stdout);
+    let apply = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    assert_eq!(db.status("video").await.as_deref(), Some("pending"));
+    assert_eq!(uploads.in_progress(&bucket.name).await, vec![id.clone()]);
+
+    // The client resumes and completes: the CompleteMultipartUpload event moves the record.
+    let logs = tempfile::tempdir().expect("temporary folder");
+    let log = logs.path().join("daemon.log");
+    let mut daemon = reconcile
+        .set("events.queue_url", &queue.url)
+        .set("events.wait_time", "1s")
+        .set("sweep.schedule", "0 0 0 1 1 * 2099")
+        .spawn(&["daemon", "-v"], &log);
+    daemon_address(&log).await;
+    uploads.complete(&bucket.name, "docs/video", &id).await;
+    eventually(
+        Duration::from_secs(20),
+        "the completed upload processed",
+        || async { db.status("video").await.as_deref() == Some("processed") },
+    )
+    .await;
+    daemon.kill().await.expect("stop the daemon");
+    // Moved by the event (the daemon does not sweep here), audited once.
+    let moved: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, detail FROM reconciler.audit_log WHERE doc_id = 'video'")
+            .fetch_all(&db.pool)
+            .await
+            .expect("read the audit log");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].0, "adopt");
+    assert!(moved[0].1.contains("(S3 event)"), "{moved:?}");
+    assert_eq!(queue.dead_letter_depth().await, 0);
+}
+
+#[tokio::test]
+async fn an_abandoned_upload_is_reported_by_a_dry_run_and_aborted_by_an_apply() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let uploads = Uploads::start().await;
+    db.doc("abandoned", "expired", 9 * DAY).await;
+    db.doc("resumed", "pending", 2 * DAY).await;
+    let abandoned = uploads
+        .begin(&bucket.name, "docs/abandoned", &[PART, 2048])
+        .await;
+    uploads.age(&abandoned, 8 * DAY);
+    // Still within the week: the record stays pending, the upload stays.
+    let resumed = uploads.begin(&bucket.name, "docs/resumed", &[PART]).await;
+    uploads.age(&resumed, 6 * DAY);
+    // No record: abandoned after orphan_grace (1 day here), not before.
+    let stray = uploads.begin(&bucket.name, "docs/stray", &[100]).await;
+    uploads.age(&stray, 2 * DAY);
+    let fresh_stray = uploads.begin(&bucket.name, "docs/stray-new", &[100]).await;
+    let reconcile = uploads.reconcile(&db, &bucket);
+    let mut every = vec![
+        abandoned.clone(),
+        resumed.clone(),
+        stray.clone(),
+        fresh_stray.clone(),
+    ];
+    every.sort();
+
+    let audit = reconcile.run(&["--dry-run", "--format", "json"]).await;
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    assert_eq!(
+        audit.findings(),
+        triples(&[
+            ("abandoned_multipart", "abandoned", "abort"),
+            ("abandoned_multipart", "stray", "abort"),
+        ]),
+        "{}",
+        audit.stdout
+    );
+    let detail = audit.json()["findings"][0]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.contains(&format!("{} bytes in its parts", PART + 2048)),
+        "{detail}"
+    );
+    // In grace: the resumed record and its upload, the fresh stray.
+    assert_eq!(audit.json()["counts"]["in_grace"], 3, "{}", audit.stdout);
+    assert_eq!(
+        uploads.in_progress(&bucket.name).await,
+        every,
+        "a dry run aborted something"
+    );
+
+    let apply = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    assert_eq!(
+        kinds_of(&apply, "abandoned_multipart"),
+        vec![
+            ("abandoned".to_owned(), "applied".to_owned()),
+            ("stray".to_owned(), "applied".to_owned()),
+        ]
+    );
+    let mut left = vec![resumed.clone(), fresh_stray.clone()];
+    left.sort();
+    assert_eq!(uploads.in_progress(&bucket.name).await, left);
+    // The parts are gone with the upload.
+    let parts = bucket
+        .client
+        .list_parts()
+        .bucket(&bucket.name)
+        .key("docs/abandoned")
+        .upload_id(&abandoned)
+        .send()
+        .await;
+    assert!(
+        parts.is_err(),
+        "the aborted upload still has parts: {parts:?}"
+    );
+    // Audited, records untouched.
+    let audit_log = db.audit().await;
+    assert_eq!(
+        audit_log,
+        vec![
+            (
+                "abandoned".to_owned(),
+                "abandoned_multipart".to_owned(),
+                "abort".to_owned(),
+                Some("expired".to_owned()),
+                None
+            ),
+            (
+                "stray".to_owned(),
+                "abandoned_multipart".to_owned(),
+                "abort".to_owned(),
+                None,
+                None
+            ),
+        ]
+    );
+    assert_eq!(db.status("abandoned").await.as_deref(), Some("expired"));
+    assert_eq!(db.status("resumed").await.as_deref(), Some("pending"));
+
+    let again = reconcile.run(&["--dry-run", "--format", "json"]).await;
+    assert_eq!(again.findings(), vec![], "{}", again.stdout);
+}
+
+#[tokio::test]
+async fn the_breaker_counts_aborts() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let uploads = Uploads::start().await;
+    db.doc("kept", "processed", DAY).await;
+    bucket.put("docs/kept", "kept").await;
+    for n in 0..4 {
+        let id = uploads
+            .begin(&bucket.name, &format!("docs/gone-{n}"), &[100])
+            .await;
+        uploads.age(&id, 2 * DAY);
+    }
+    let reconcile = uploads
+        .reconcile(&db, &bucket)
+        .set("sweep.max_action_ratio", "0.5")
+        .set("sweep.max_action_floor", "2");
+    let stopped = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(stopped.code, 4, "{}", stopped.stderr);
+    assert!(stopped.stderr.contains("safety stop"), "{}", stopped.stderr);
+    assert_eq!(stopped.json()["counts"]["abandoned_multipart"], 4);
+    assert_eq!(uploads.in_progress(&bucket.name).await.len(), 4);
+
+    let forced = reconcile.run(&["--force", "--format", "json"]).await;
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert_eq!(forced.json()["actions"]["applied"], 4);
+    assert!(uploads.in_progress(&bucket.name).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_daemon_reports_the_bytes_abandoned_parts_hold() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let uploads = Uploads::start().await;
+    let sizes = [[PART, 300].as_slice(), [700].as_slice()];
+    for (n, parts) in sizes.iter().enumerate() {
+        let id = uploads
+            .begin(&bucket.name, &format!("docs/gone-{n}"), parts)
+            .await;
+        uploads.age(&id, 2 * DAY);
+    }
+    let logs = tempfile::tempdir().expect("temporary folder");
+    let log = logs.path().join("daemon.log");
+    let mut daemon = uploads
+        .reconcile(&db, &bucket)
+        .set("sweep.schedule", "* * * * * *")
+        .spawn(&["daemon", "--dry-run", "-v"], &log);
+    let address = daemon_address(&log).await;
+    let expected = (PART + 300 + 700) as f64;
+    eventually(Duration::from_secs(20), "the bytes gauge", || async {
+        let body = http_get(&address, "/metrics").await.1;
+        metric_value(&body, "reconcile_abandoned_multipart_bytes") == Some(expected)
+            && metric_value(&body, "reconcile_findings{kind=\"abandoned_multipart\"}") == Some(2.0)
+    })
+    .await;
+    daemon.kill().await.expect("stop the daemon");
+    assert_eq!(uploads.in_progress(&bucket.name).await.len(), 2);
+}
