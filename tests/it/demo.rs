@@ -41,6 +41,7 @@ fn expected(drift: u64, in_grace: u64) -> Vec<(String, u64)> {
         ("missing_object", drift),
         ("stuck_processing", 0),
         ("processing_exhausted", 0),
+        ("abandoned_multipart", 0),
         ("in_grace", in_grace),
     ]
     .map(|(k, n)| (k.to_owned(), n))
