@@ -4,6 +4,7 @@ mod bucket;
 mod bucket_conformance;
 mod catalog_conformance;
 mod config;
+mod crash;
 mod daemon;
 mod demo;
 mod deployments;
