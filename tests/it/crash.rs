@@ -3,8 +3,10 @@
 //! stale records flows in, and restarted each time. Each kill is aimed at a phase: right after
 //! the hook server receives a call (mid-job), right after a sweep's history row turns up
 //! `running` (mid-sweep, in its apply phase), right after a burst of notifications is received
-//! (messages in flight, mid-batch), or at a random moment. Once the last life settles, every
-//! effect must be there exactly once.
+//! (messages in flight, mid-batch), in the middle of an orphan's quarantine (the S3 proxy kills
+//! the daemon right after the bucket answered the re-check, the copy or the delete, before the
+//! daemon hears it), or at a random moment. Once the last life settles, every effect must be
+//! there exactly once.
 //!
 //! "Exactly once", checked with SQL against the app table and `reconciler.*`, the bucket, the
 //! queues and the hook server's record of its calls:
@@ -15,7 +17,8 @@
 //!   upload: `lost_notification`/`adopt` then `processing`/`process`; a removal adds
 //!   `missing_object`/`mark_missing`; `stale_pending`/`expire`; `orphan_object`/`quarantine`),
 //!   and the audit log holds nothing else; an upload whose notification was lost was adopted by
-//!   a sweep;
+//!   a sweep; a quarantine cut after its delete was recorded by a later sweep, from its intent,
+//!   and no intent is left;
 //! - every job is `done` within its budget, the queue and its dead-letter queue are empty, no
 //!   sweep row is left `running`, and a dry-run sweep finds nothing left to do;
 //! - the hook: README's Post-processing promises at-least-once: a claim counts an attempt, a
@@ -44,7 +47,7 @@ const DEFAULT_KILLS: usize = 20;
 /// The daemon's settings that make every phase short enough to land kills in.
 const PENDING_TTL: &str = "5s";
 const ORPHAN_GRACE: &str = "2s";
-/// How long a sweep-aimed kill waits for its trigger before it fires anyway.
+/// How long an aimed kill waits for its moment before it fires anyway.
 const TRIGGER_LIMIT: Duration = Duration::from_secs(5);
 /// The hook answers each call after this long: a call is in flight long enough to kill into.
 const HOOK_DELAY: Duration = Duration::from_millis(200);
@@ -55,7 +58,86 @@ enum Aim {
     Job,
     Sweep,
     Batch,
+    /// Mid-apply of an orphan's quarantine: right after the bucket answered its re-check, its
+    /// copy or its delete, before the daemon hears the answer (the S3 proxy kills it).
+    Bucket,
     Random,
+}
+
+/// The request of an orphan's quarantine or delete after which the S3 proxy kills the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BucketCut {
+    /// The re-check of the orphan: the action's intent is noted, nothing changed yet.
+    Head,
+    /// A quarantine's copy: the copy is made, the original still there.
+    Copy,
+    /// The delete of the original: the bucket changed, its audit row not yet committed.
+    Delete,
+}
+
+impl BucketCut {
+    const ALL: [BucketCut; 3] = [BucketCut::Head, BucketCut::Copy, BucketCut::Delete];
+
+    fn matches(self, request: &SeenRequest) -> bool {
+        let orphan =
+            request.path().contains("/docs/orphan-") && !request.path().contains("/quarantine/");
+        match self {
+            BucketCut::Head => request.method == "HEAD" && orphan,
+            BucketCut::Copy => request.method == "PUT" && request.path().contains("/quarantine/"),
+            BucketCut::Delete => request.method == "DELETE" && orphan,
+        }
+    }
+}
+
+/// moto behind a proxy that SIGKILLs a process right after the bucket answered the request it is
+/// armed for, before the process hears the answer.
+struct KillingProxy {
+    proxy: RewritingProxy,
+    /// What to wait for, and whom to kill then.
+    armed: Trigger,
+}
+
+type Trigger = std::sync::Arc<std::sync::Mutex<Option<(BucketCut, u32)>>>;
+
+impl KillingProxy {
+    async fn start(upstream: &str) -> KillingProxy {
+        let armed: Trigger = Default::default();
+        let trigger = armed.clone();
+        let proxy = RewritingProxy::start(
+            upstream,
+            |_| Box::pin(async {}),
+            move |request, body| {
+                let mut armed = trigger.lock().expect("armed");
+                if let Some((cut, pid)) = *armed
+                    && cut.matches(request)
+                {
+                    *armed = None;
+                    let killed = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()
+                        .expect("run kill");
+                    assert!(killed.success(), "kill -KILL {pid}");
+                }
+                body
+            },
+        )
+        .await;
+        KillingProxy { proxy, armed }
+    }
+
+    /// Kill `pid` after the next request `cut` matches.
+    fn arm(&self, cut: BucketCut, pid: u32) {
+        *self.armed.lock().expect("armed") = Some((cut, pid));
+    }
+
+    /// Stand down; whether it fired since `arm`.
+    fn disarm(&self) -> bool {
+        self.armed.lock().expect("armed").take().is_none()
+    }
+
+    fn fired(&self) -> bool {
+        self.armed.lock().expect("armed").is_none()
+    }
 }
 
 /// What a doc went through; its final status and its audit trail follow from it.
@@ -142,6 +224,8 @@ struct Landed {
     jobs: Vec<(String, i32)>,
     /// Messages received by this life and not deleted.
     batch: bool,
+    /// The S3 proxy killed it after this request of a quarantine reached the bucket.
+    bucket: Option<BucketCut>,
 }
 
 /// One daemon process.
@@ -165,6 +249,8 @@ struct Campaign {
     bucket: TestBucket,
     queue: TestQueue,
     hook: HookServer,
+    /// The daemon's S3 endpoint.
+    proxy: KillingProxy,
     reconcile: Reconcile,
     logs: tempfile::TempDir,
     rng: fastrand::Rng,
@@ -193,7 +279,7 @@ async fn a_daemon_killed_mid_job_mid_sweep_and_mid_batch_leaves_every_effect_exa
 
     // Every aim as often as the others, in a seeded order.
     let mut aims: Vec<Aim> = (0..kills)
-        .map(|i| [Aim::Job, Aim::Sweep, Aim::Batch, Aim::Random][i % 4])
+        .map(|i| [Aim::Job, Aim::Sweep, Aim::Batch, Aim::Bucket, Aim::Random][i % 5])
         .collect();
     c.rng.shuffle(&mut aims);
     let mut landed = Vec::new();
@@ -205,13 +291,15 @@ async fn a_daemon_killed_mid_job_mid_sweep_and_mid_batch_leaves_every_effect_exa
         }
         let random_at = Duration::from_millis(c.rng.u64(0..2500));
         c.wave(*aim, &mut life).await;
-        c.aim(*aim, &mut life, random_at).await;
-        life.child.start_kill().expect("SIGKILL");
+        let bucket = c.aim(*aim, &mut life, random_at).await;
+        // The proxy may have killed it already.
+        let _ = life.child.start_kill();
         let _ = life.child.wait().await;
-        let at = c.landed(&life).await;
+        let mut at = c.landed(&life).await;
+        at.bucket = bucket;
         println!(
-            "kill {n:2} aimed {aim:?}: startup {}, sweep {}, jobs {:?}, batch {}",
-            at.startup, at.sweep, at.jobs, at.batch
+            "kill {n:2} aimed {aim:?}: startup {}, sweep {}, jobs {:?}, batch {}, bucket {:?}",
+            at.startup, at.sweep, at.jobs, at.batch, at.bucket
         );
         for job in &at.jobs {
             c.cut.insert(job.clone());
@@ -222,7 +310,7 @@ async fn a_daemon_killed_mid_job_mid_sweep_and_mid_batch_leaves_every_effect_exa
     }
 
     let mut last = c.spawn().await;
-    let addr = daemon_address(&last.log).await;
+    daemon_address(&last.log).await;
     let settled = c.settle(Duration::from_secs(90)).await;
     let problems = c.problems().await;
     assert!(problems.is_empty(), "never settled: {problems:#?}");
@@ -233,7 +321,6 @@ async fn a_daemon_killed_mid_job_mid_sweep_and_mid_batch_leaves_every_effect_exa
         || async { c.sweeps_ok_since(settled).await > 0 },
     )
     .await;
-    let metrics = http_get(&addr, "/metrics").await.1;
     signal(&last.child, "TERM");
     let log = std::fs::read_to_string(&last.log).unwrap_or_default();
     assert_eq!(
@@ -248,25 +335,102 @@ async fn a_daemon_killed_mid_job_mid_sweep_and_mid_batch_leaves_every_effect_exa
     let calls = c.hook.calls().len();
     println!(
         "crash campaign: seed {seed}, {kills} kills (landed: {} mid-job, {} mid-sweep, {} \
-         mid-batch, {} at startup, {} elsewhere), {} docs ({}), {} events, {} hook calls \
-         ({} claims cut), {:.1} s; last life's metrics: {} events received",
+         mid-batch, in a quarantine {} after its re-check, {} after its copy, {} after its \
+         delete, {} at startup, {} elsewhere), {} docs ({}), {} events, {} hook calls ({} claims \
+         cut), {:.1} s",
         count(|l| !l.jobs.is_empty()),
         count(|l| l.sweep),
         count(|l| l.batch),
+        count(|l| l.bucket == Some(BucketCut::Head)),
+        count(|l| l.bucket == Some(BucketCut::Copy)),
+        count(|l| l.bucket == Some(BucketCut::Delete)),
         count(|l| l.startup),
-        count(|l| !l.startup && !l.sweep && !l.batch && l.jobs.is_empty()),
+        count(|l| {
+            !l.startup && !l.sweep && !l.batch && l.jobs.is_empty() && l.bucket.is_none()
+        }),
         c.docs.len(),
         c.coverage(),
         c.events,
         calls,
         c.cut.len(),
         began.elapsed().as_secs_f64(),
-        metric_value(
-            &metrics,
-            "reconcile_events_received_total{type=\"created\"}"
-        )
-        .unwrap_or(0.0),
     );
+}
+
+/// One sweep killed in the middle of an orphan's quarantine or delete, then another: the change
+/// is made or finished once and audited once. Killed after the delete, before its audit row
+/// committed, only the intent noted before the delete tells the next sweep what happened.
+#[tokio::test]
+async fn a_sweep_killed_mid_quarantine_or_mid_delete_leaves_the_change_audited_once() {
+    for (action, cut) in [
+        ("quarantine", BucketCut::Head),
+        ("quarantine", BucketCut::Copy),
+        ("quarantine", BucketCut::Delete),
+        ("delete", BucketCut::Head),
+        ("delete", BucketCut::Delete),
+    ] {
+        let case = format!("{action}, killed after the {cut:?}");
+        let db = TestDb::with_docs(None).await;
+        let bucket = TestBucket::new().await;
+        bucket.put("docs/orphan-1", "nobody's").await;
+        let proxy = KillingProxy::start(&bucket.endpoint).await;
+        let mut reconcile = Reconcile::new(&db, &bucket)
+            .set("storage.prefix", "docs/")
+            .set("sweep.orphan_grace", "0s")
+            .set("sweep.orphan_action", action);
+        reconcile.endpoint = proxy.proxy.endpoint.clone();
+        let logs = tempfile::tempdir().expect("temp dir");
+        let log = logs.path().join("killed.log");
+
+        let mut killed = reconcile.spawn(&["--format", "json"], &log);
+        proxy.arm(cut, killed.id().expect("a running sweep"));
+        let code = wait_exit(&mut killed, Duration::from_secs(60)).await;
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(proxy.fired(), "{case}: never fired: {stderr}");
+        assert_eq!(code, -1, "{case}: not killed: {stderr}");
+        assert_eq!(
+            db.audit().await,
+            vec![],
+            "{case}: audited before the commit"
+        );
+        let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciler.intents")
+            .fetch_one(&db.pool)
+            .await
+            .expect("read intents");
+        assert_eq!(intents, 1, "{case}: the intent outlives the process");
+
+        let next = reconcile.run(&["--format", "json"]).await;
+        assert_eq!(next.code, 0, "{case}: {}", next.stderr);
+        let audit: Vec<(String, String)> = sqlx::query_as(
+            "SELECT action, detail FROM reconciler.audit_log WHERE doc_id = 'orphan-1'",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("read the audit log");
+        assert_eq!(audit.len(), 1, "{case}: {audit:?}");
+        assert_eq!(audit[0].0, action, "{case}");
+        assert_eq!(
+            audit[0].1.contains("recorded by a later sweep"),
+            cut == BucketCut::Delete,
+            "{case}: {}",
+            audit[0].1
+        );
+        let objects = bucket.snapshot().await;
+        assert!(
+            !objects.contains_key("docs/orphan-1"),
+            "{case}: {objects:?}"
+        );
+        let copies = objects
+            .keys()
+            .filter(|k| k.starts_with("quarantine/docs/orphan-1/"))
+            .count();
+        assert_eq!(copies, usize::from(action == "quarantine"), "{case}");
+        let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciler.intents")
+            .fetch_one(&db.pool)
+            .await
+            .expect("read intents");
+        assert_eq!(intents, 0, "{case}: settled");
+    }
 }
 
 impl Campaign {
@@ -281,8 +445,10 @@ impl Campaign {
             Reply::Status(if n == 0 { 503 } else { 200 })
         })
         .await;
-        let reconcile = Reconcile::new(&db, &bucket)
+        let proxy = KillingProxy::start(&bucket.endpoint).await;
+        let mut reconcile = Reconcile::new(&db, &bucket)
             .set("storage.prefix", "docs/")
+            .set("events.endpoint_url", &bucket.endpoint)
             .set("database.max_connections", "10")
             .set("events.queue_url", &queue.url)
             .set("events.wait_time", "1s")
@@ -301,11 +467,13 @@ impl Campaign {
             .set("sweep.orphan_grace", ORPHAN_GRACE)
             .set("sweep.orphan_action", "quarantine")
             .set("sweep.max_action_ratio", "1.0");
+        reconcile.endpoint = proxy.proxy.endpoint.clone();
         Campaign {
             db,
             bucket,
             queue,
             hook,
+            proxy,
             reconcile,
             logs: tempfile::tempdir().expect("temp dir"),
             rng: fastrand::Rng::with_seed(seed),
@@ -374,6 +542,11 @@ impl Campaign {
                 let n = self.rng.usize(0..=2);
                 self.remove(n).await;
             }
+            Aim::Bucket => {
+                self.orphan().await;
+                let cut = BucketCut::ALL[self.rng.usize(..BucketCut::ALL.len())];
+                self.proxy.arm(cut, life.pid);
+            }
             Aim::Random => {
                 let n = self.rng.usize(1..=2);
                 self.upload(n).await;
@@ -386,8 +559,10 @@ impl Campaign {
         }
     }
 
-    /// Wait for the aimed moment (or `TRIGGER_LIMIT`), watching the queue meanwhile.
-    async fn aim(&mut self, aim: Aim, life: &mut Life, random_at: Duration) {
+    /// Wait for the aimed moment (or `TRIGGER_LIMIT`), watching the queue meanwhile. Returns the
+    /// bucket request after which the S3 proxy killed the daemon, if it did.
+    async fn aim(&mut self, aim: Aim, life: &mut Life, random_at: Duration) -> Option<BucketCut> {
+        let armed = *self.proxy.armed.lock().expect("armed");
         let deadline = Instant::now() + TRIGGER_LIMIT;
         loop {
             let in_flight = in_flight(&self.queue).await;
@@ -396,6 +571,7 @@ impl Campaign {
                 Aim::Job => self.hook.calls().len() > life.calls_before,
                 Aim::Sweep => self.sweep_running_since(life.started_at).await,
                 Aim::Batch => life.queue_idle_seen && in_flight > 0,
+                Aim::Bucket => self.proxy.fired(),
                 Aim::Random => life.spawned.elapsed() >= random_at,
             };
             if hit || Instant::now() >= deadline {
@@ -403,15 +579,19 @@ impl Campaign {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if aim == Aim::Bucket {
+            return armed.filter(|_| self.proxy.disarm()).map(|(cut, _)| cut);
+        }
         // Somewhere inside the phase: a hook call lasts HOOK_DELAY, a sweep's apply and an event
         // batch tens of milliseconds.
         let within = match aim {
             Aim::Job => 250,
             Aim::Sweep => 60,
             Aim::Batch => 10,
-            Aim::Random => 1,
+            Aim::Bucket | Aim::Random => 1,
         };
         tokio::time::sleep(Duration::from_millis(self.rng.u64(0..within))).await;
+        None
     }
 
     async fn landed(&self, life: &Life) -> Landed {
@@ -446,6 +626,7 @@ impl Campaign {
             sweep: self.sweep_running_since(life.started_at).await,
             jobs,
             batch: life.queue_idle_seen && in_flight(&self.queue).await > 0,
+            bucket: None,
         }
     }
 
@@ -650,6 +831,26 @@ impl Campaign {
         .fetch_all(&self.db.pool)
         .await
         .expect("read the audit log");
+        // A kill after an orphan's delete left its move unrecorded: a later sweep recorded it.
+        let settled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM reconciler.audit_log WHERE detail LIKE '%recorded by a later sweep%'",
+        )
+        .fetch_one(&self.db.pool)
+        .await
+        .expect("read the audit log");
+        let after_delete = landed
+            .iter()
+            .filter(|(_, l)| l.bucket == Some(BucketCut::Delete))
+            .count();
+        assert!(
+            settled >= after_delete as i64,
+            "{settled} settled, {after_delete} cut"
+        );
+        let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciler.intents")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("read intents");
+        assert_eq!(intents, 0, "intents left unsettled");
         for (id, history) in &self.docs {
             let trail = trails.remove(id.as_str()).unwrap_or_default();
             assert_eq!(trail, history.audit(), "{id} ({history:?})");
