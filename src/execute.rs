@@ -3,7 +3,7 @@
 //! read it, the action is skipped (the next sweep decides again), never forced through.
 
 use crate::bucket::{Bucket, CopyOutcome, DeleteOutcome};
-use crate::catalog::{AuditEntry, Catalog, Transaction};
+use crate::catalog::{AuditEntry, Catalog, Intent, Transaction};
 use crate::error::Result;
 use crate::model::{
     Action, Finding, JobState, MultipartUpload, ObjectMeta, Outcome, Record, Status,
@@ -79,12 +79,127 @@ impl Executor<'_> {
     }
 
     async fn apply(&self, finding: &Finding) -> Result<Result<(), Changed>> {
+        // A bucket change cannot roll back with the transaction that audits it: say durably what
+        // is about to happen first, so that a process dying in between leaves a trace
+        // (`settle_intents`). The transaction clears it.
+        let intent = self.intent(finding);
+        if let Some(intent) = &intent {
+            self.catalog.note_intent(intent).await?;
+        }
         let mut tx = self.catalog.begin().await?;
         let applied = self.apply_in(tx.as_mut(), finding).await?;
         if applied.is_ok() {
             tx.commit().await?;
+        } else if intent.is_some() {
+            // The bucket refused or the world changed: nothing happened. (After an error the
+            // intent stays: a delete whose answer was lost may have happened.)
+            drop(tx);
+            if let Err(e) = self.forget_intent(&finding.key).await {
+                tracing::warn!(key = %finding.key, error = %e,
+                    "cannot clear the intent of an action that did not happen; the next sweep will");
+            }
         }
         Ok(applied)
+    }
+
+    async fn forget_intent(&self, key: &str) -> Result<()> {
+        let mut tx = self.catalog.begin().await?;
+        tx.clear_intent(key).await?;
+        tx.commit().await
+    }
+
+    /// The bucket change `finding`'s action is about to make, if it makes one.
+    fn intent(&self, finding: &Finding) -> Option<Intent> {
+        let target = match finding.action {
+            Action::Quarantine => Some(self.quarantine.key_for(finding.object.as_ref()?)),
+            Action::Delete => None,
+            _ => return None,
+        };
+        let object = finding.object.clone()?;
+        Some(Intent {
+            entry: self.entry(finding, None, None, Some(&object)),
+            object,
+            target,
+        })
+    }
+
+    /// Settle the intents a process left when it died between a bucket change and the commit of
+    /// its audit row (or when that commit failed): a change that happened (the object is gone,
+    /// and a quarantine's copy is in place) gets its audit row now; one that did not is forgotten,
+    /// and the key is decided again like any other. Run under the sweep lock, before the sweep's
+    /// actions: nothing else notes intents meanwhile. Returns how many were audited.
+    pub async fn settle_intents(&self) -> Result<u64> {
+        let mut audited = 0;
+        for intent in self.catalog.intents().await? {
+            let happened = self.happened(&intent).await?;
+            let mut tx = self.catalog.begin().await?;
+            if happened {
+                let mut entry = intent.entry.clone();
+                entry.detail.push_str(
+                    "; recorded by a later sweep: the process that made this change ended \
+                     before recording it",
+                );
+                tx.audit(&entry).await?;
+                audited += 1;
+            }
+            tx.clear_intent(&intent.object.key).await?;
+            tx.commit().await?;
+            tracing::warn!(key = %intent.object.key, action = %intent.entry.action, happened,
+                "settled a bucket change left unrecorded by a process that ended");
+        }
+        Ok(audited)
+    }
+
+    /// Whether an intent's change took place: the object it saw is gone from its key and, for a
+    /// quarantine, its copy is there. An object at the key (the same one, or another uploaded
+    /// since) means it did not, or not by this action: the sweep judges that key afresh.
+    async fn happened(&self, intent: &Intent) -> Result<bool> {
+        if self.bucket.head(&intent.object.key).await?.is_some() {
+            return Ok(false);
+        }
+        Ok(match &intent.target {
+            Some(target) => self
+                .bucket
+                .head(target)
+                .await?
+                .is_some_and(|copy| copy.size == intent.object.size),
+            None => true,
+        })
+    }
+
+    /// The audit row of `finding`'s action.
+    fn entry(
+        &self,
+        finding: &Finding,
+        old_status: Option<String>,
+        new_status: Option<Status>,
+        object: Option<&ObjectMeta>,
+    ) -> AuditEntry {
+        let mut detail = finding.detail.clone();
+        if let Some(object) = object {
+            detail.push_str(&format!(
+                "; object {} bytes, etag {}",
+                object.size,
+                object.etag.as_deref().unwrap_or("-")
+            ));
+            if finding.action == Action::Quarantine {
+                detail.push_str(&format!("; moved to {}", self.quarantine.key_for(object)));
+            }
+        }
+        if let Some(upload) = &finding.upload {
+            detail.push_str(&format!("; upload id {}", upload.upload_id));
+        }
+        AuditEntry {
+            at: Utc::now(),
+            sweep_id: self.sweep_id,
+            finding: finding.kind.as_str().into(),
+            action: finding.action.as_str().into(),
+            doc_id: finding.id.clone(),
+            key: finding.key.clone(),
+            old_status,
+            new_status: new_status.map(|s| s.as_str().to_owned()),
+            detail,
+        }
     }
 
     /// The checks and writes of one action inside a transaction the caller commits: the event
@@ -196,42 +311,26 @@ impl Executor<'_> {
             }
         };
         let (old_status, new_status, object) = change;
-        let mut detail = finding.detail.clone();
-        if let Some(object) = &object {
-            detail.push_str(&format!(
-                "; object {} bytes, etag {}",
-                object.size,
-                object.etag.as_deref().unwrap_or("-")
-            ));
-        }
-        if let Some(upload) = &finding.upload {
-            detail.push_str(&format!("; upload id {}", upload.upload_id));
-        }
-        if finding.action == Action::Quarantine
-            && let Some(object) = &object
-        {
-            detail.push_str(&format!("; moved to {}", self.quarantine.key_for(object)));
-        }
-        tx.audit(&AuditEntry {
-            at: Utc::now(),
-            sweep_id: self.sweep_id,
-            finding: finding.kind.as_str().into(),
-            action: finding.action.as_str().into(),
-            doc_id: finding.id.clone(),
-            key: finding.key.clone(),
-            old_status,
-            new_status: new_status.map(|s| s.as_str().to_owned()),
-            detail,
-        })
-        .await?;
+        tx.audit(&self.entry(finding, old_status, new_status, object.as_ref()))
+            .await?;
         // The bucket changes last, after the audit row is written in the still-open transaction:
         // if they fail or find the object changed, the transaction rolls back and the audit says
-        // nothing happened, which is true. (A failed commit after a successful delete is the one
-        // window left; quarantine keeps a copy for exactly that kind of case.)
-        match (&object, &finding.upload, finding.action) {
-            (Some(object), _, Action::Quarantine) => self.quarantine(object).await,
-            (Some(object), _, Action::Delete) => self.delete(object).await,
-            (_, Some(upload), Action::Abort) => self.abort(upload).await,
+        // nothing happened, which is true. A process that dies after the bucket change and before
+        // the commit (or a commit that fails) leaves the intent noted before it: the next sweep
+        // audits the change then (`settle_intents`).
+        match (&object, finding.action) {
+            (Some(object), Action::Quarantine) => {
+                tx.clear_intent(&object.key).await?;
+                self.quarantine(object).await
+            }
+            (Some(object), Action::Delete) => {
+                tx.clear_intent(&object.key).await?;
+                self.delete(object).await
+            }
+            (_, Action::Abort) => match &finding.upload {
+                Some(upload) => self.abort(upload).await,
+                None => Ok(Err("the finding names no upload".into())),
+            },
             _ => Ok(Ok(())),
         }
     }

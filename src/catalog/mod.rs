@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::model::{Job, ObjectMeta, Record, Status};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 #[async_trait::async_trait]
@@ -69,6 +69,14 @@ pub trait Catalog: Send + Sync {
     /// The audit trail of one doc, oldest first; `None` when the reconciler's tables do not exist
     /// yet (nothing was ever applied).
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>>;
+
+    /// Record, and commit on its own, the bucket change an action is about to make (replacing an
+    /// earlier intent for the same key).
+    async fn note_intent(&self, intent: &Intent) -> Result<()>;
+
+    /// This deployment's intents still recorded: their process ended (or their commit failed)
+    /// somewhere between noting them and auditing their change.
+    async fn intents(&self) -> Result<Vec<Intent>>;
 }
 
 /// The deployment a catalog serves: its app table (as configured, quoted), bucket and prefix.
@@ -190,11 +198,14 @@ pub trait Transaction: Send {
     /// Remember the newest event applied to a key.
     async fn store_key_event(&mut self, event: &KeyEvent) -> Result<()>;
 
+    /// Forget the intent noted for `key`: this transaction audits its change.
+    async fn clear_intent(&mut self, key: &str) -> Result<()>;
+
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
 /// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub at: DateTime<Utc>,
     pub sweep_id: Option<Uuid>,
@@ -205,6 +216,46 @@ pub struct AuditEntry {
     pub old_status: Option<String>,
     pub new_status: Option<String>,
     pub detail: String,
+}
+
+/// A bucket change an action is about to make: a quarantine's move or a delete. The bucket cannot
+/// roll back with the transaction that audits the change, so the intent is committed first, on
+/// its own, and cleared in that transaction. One still recorded later names a change whose audit
+/// row may be missing: its process died between the bucket call and the commit (or the commit
+/// failed). The next applying sweep settles it (`Executor::settle_intents`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The object the action acts on, as its decision saw it.
+    pub object: ObjectMeta,
+    /// Where a quarantine copies it; `None` for a delete.
+    pub target: Option<String>,
+    /// The audit row the change gets.
+    pub entry: AuditEntry,
+}
+
+impl Intent {
+    /// As `reconciler.intents` stores it: JSON, its audit detail redacted like every free text
+    /// of the reconciler's tables.
+    pub(crate) fn to_json(&self) -> std::result::Result<String, sqlx::Error> {
+        let mut stored = self.clone();
+        stored.entry.detail = crate::redact::text(&stored.entry.detail);
+        serde_json::to_string(&stored).map_err(|e| sqlx::Error::Encode(e.into()))
+    }
+
+    /// Intents as `reconciler.intents` stores them, read back.
+    pub(crate) fn from_json(texts: &[String]) -> Result<Vec<Self>> {
+        texts
+            .iter()
+            .map(|text| serde_json::from_str(text))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| {
+                let e = sqlx::Error::ColumnDecode {
+                    index: "intent".into(),
+                    source: Box::new(e),
+                };
+                crate::error::Error::database("reading reconciler.intents", e)
+            })
+    }
 }
 
 /// The newest event applied to one key.

@@ -3,8 +3,8 @@
 //! sweep's error) is written through `redact::text`: the tables are read by people too.
 
 use super::{
-    AuditEntry, Catalog, KeyEvent, PruneTarget, Pruned, Retention, Scope, SweepLock, SweepRecord,
-    Transaction,
+    AuditEntry, Catalog, Intent, KeyEvent, PruneTarget, Pruned, Retention, Scope, SweepLock,
+    SweepRecord, Transaction,
 };
 use crate::config::{DatabaseConfig, StatusWords};
 use crate::error::{Error, Result};
@@ -700,6 +700,36 @@ impl Catalog for PgCatalog {
             .map(Some)
             .map_err(|e| Error::database("reading reconciler.audit_log", e))
     }
+
+    async fn note_intent(&self, intent: &Intent) -> Result<()> {
+        let context = || format!("noting the intent for {:?}", intent.object.key);
+        sqlx::query(
+            "INSERT INTO reconciler.intents (scope, key, intent) VALUES ($1, $2, $3) \
+             ON CONFLICT (scope, key) DO UPDATE SET intent = EXCLUDED.intent, created_at = now()",
+        )
+        .bind(&self.scope_name)
+        .bind(&intent.object.key)
+        .bind(
+            intent
+                .to_json()
+                .map_err(|e| Error::database(context(), e))?,
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::database(context(), e))?;
+        Ok(())
+    }
+
+    async fn intents(&self) -> Result<Vec<Intent>> {
+        let texts: Vec<String> = sqlx::query_scalar(
+            "SELECT intent FROM reconciler.intents WHERE scope = $1 ORDER BY key COLLATE \"C\"",
+        )
+        .bind(&self.scope_name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::database("reading reconciler.intents", e))?;
+        Intent::from_json(&texts)
+    }
 }
 
 struct PgTransaction<'c> {
@@ -886,6 +916,16 @@ impl Transaction for PgTransaction<'_> {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| Error::database("writing reconciler.key_events", e))?;
+        Ok(())
+    }
+
+    async fn clear_intent(&mut self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM reconciler.intents WHERE scope = $1 AND key = $2")
+            .bind(&self.catalog.scope_name)
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| Error::database(format!("clearing the intent for {key:?}"), e))?;
         Ok(())
     }
 

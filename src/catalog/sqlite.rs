@@ -9,8 +9,8 @@
 //! the sweep lock is a row with an owner and an expiry that its holder renews.
 
 use super::{
-    AuditEntry, Catalog, KeyEvent, PruneTarget, Pruned, Retention, Scope, SweepLock, SweepRecord,
-    Transaction,
+    AuditEntry, Catalog, Intent, KeyEvent, PruneTarget, Pruned, Retention, Scope, SweepLock,
+    SweepRecord, Transaction,
 };
 use crate::config::{DatabaseConfig, StatusWords};
 use crate::error::{Error, Result};
@@ -783,6 +783,40 @@ impl Catalog for SqliteCatalog {
             .map(Some)
             .map_err(|e| Error::database("reading reconciler.audit_log", e))
     }
+
+    async fn note_intent(&self, intent: &Intent) -> Result<()> {
+        let context = format!("noting the intent for {:?}", intent.object.key);
+        let json = intent
+            .to_json()
+            .map_err(|e| Error::database(context.clone(), e))?;
+        let mut tx = self.begin_immediate(&context).await?;
+        sqlx::query(
+            "INSERT INTO reconciler.intents (scope, key, intent, created_at) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (scope, key) DO UPDATE \
+             SET intent = excluded.intent, created_at = excluded.created_at",
+        )
+        .bind(&self.scope_name)
+        .bind(&intent.object.key)
+        .bind(json)
+        .bind(stamp(Utc::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::database(context.clone(), e))?;
+        tx.commit()
+            .await
+            .map_err(|e| Error::database(context.clone(), e))
+    }
+
+    async fn intents(&self) -> Result<Vec<Intent>> {
+        let texts: Vec<String> = sqlx::query_scalar(
+            "SELECT intent FROM reconciler.intents WHERE scope = ?1 ORDER BY key",
+        )
+        .bind(&self.scope_name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::database("reading reconciler.intents", e))?;
+        Intent::from_json(&texts)
+    }
 }
 
 fn lease(duration: Duration) -> chrono::Duration {
@@ -979,6 +1013,16 @@ impl Transaction for SqliteTransaction<'_> {
         .execute(&mut *self.tx)
         .await
         .map_err(|e| Error::database("writing reconciler.key_events", e))?;
+        Ok(())
+    }
+
+    async fn clear_intent(&mut self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM reconciler.intents WHERE scope = ?1 AND key = ?2")
+            .bind(&self.catalog.scope_name)
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| Error::database(format!("clearing the intent for {key:?}"), e))?;
         Ok(())
     }
 

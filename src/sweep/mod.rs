@@ -262,9 +262,23 @@ impl Sweep<'_> {
         }
 
         let applying = !options.dry_run && held.is_none();
+        let executor = Executor {
+            after_upload: self.rules.after_upload,
+            mode: if options.dry_run {
+                Mode::DryRun
+            } else {
+                Mode::Apply
+            },
+            catalog: self.catalog,
+            bucket: self.bucket,
+            quarantine: &self.rules.quarantine,
+            sweep_id: applying.then_some(sweep_id),
+        };
         if applying {
             // After the breaker, so that a safety stop leaves the database exactly as it was.
             self.catalog.migrate().await?;
+            // Under the sweep lock: audit what a process that died mid-action changed.
+            executor.settle_intents().await?;
         }
         let history = applying.then(|| SweepRecord {
             id: sweep_id,
@@ -282,18 +296,6 @@ impl Sweep<'_> {
             self.catalog.sweep_started(history).await?;
         }
 
-        let executor = Executor {
-            after_upload: self.rules.after_upload,
-            mode: if options.dry_run {
-                Mode::DryRun
-            } else {
-                Mode::Apply
-            },
-            catalog: self.catalog,
-            bucket: self.bucket,
-            quarantine: &self.rules.quarantine,
-            sweep_id: history.as_ref().map(|h| h.id),
-        };
         let mut actions = Tally::default();
         let mut left = 0u64;
         let executed = async {

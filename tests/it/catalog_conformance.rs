@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use upload_reconciler::catalog::postgres::PgCatalog;
 use upload_reconciler::catalog::sqlite::SqliteCatalog;
-use upload_reconciler::catalog::{AuditEntry, Catalog, KeyEvent, Retention, Scope};
+use upload_reconciler::catalog::{AuditEntry, Catalog, Intent, KeyEvent, Retention, Scope};
 use upload_reconciler::config::DatabaseConfig;
 use upload_reconciler::model::{JobState, ObjectMeta, Status};
 use upload_reconciler::processing::SystemClock;
@@ -128,6 +128,7 @@ conformance!(
     sweep_lock_excludes_a_second_holder_until_released,
     scopes_on_one_database_do_not_see_each_others_rows,
     prune_deletes_only_what_is_old_enough,
+    intents_stay_until_a_committed_clear_and_only_in_their_scope,
 );
 
 /// Times as both databases keep them (microseconds).
@@ -579,4 +580,57 @@ async fn prune_deletes_only_what_is_old_enough(backend: Backend) {
         catalog.job("failed").await.expect("job").is_some(),
         "failed jobs stay for retry"
     );
+}
+
+/// An intent noted before a bucket change outlives everything but the commit that clears it; a
+/// second note for the key replaces the first; its free text is stored redacted.
+async fn intents_stay_until_a_committed_clear_and_only_in_their_scope(backend: Backend) {
+    let catalog = backend.catalog().await;
+    catalog.migrate().await.expect("migrate");
+    let intent = |key: &str, detail: &str| Intent {
+        object: ObjectMeta {
+            key: key.into(),
+            size: 8,
+            etag: Some("\"e\"".into()),
+            last_modified: now(),
+        },
+        target: Some(format!("quarantine/{key}/20261127T000000Z-e")),
+        entry: AuditEntry {
+            at: now(),
+            sweep_id: Some(uuid::Uuid::new_v4()),
+            finding: "orphan_object".into(),
+            action: "quarantine".into(),
+            doc_id: key.trim_start_matches("docs/").into(),
+            key: key.into(),
+            old_status: None,
+            new_status: None,
+            detail: detail.into(),
+        },
+    };
+    catalog
+        .note_intent(&intent("docs/b", "first"))
+        .await
+        .expect("note");
+    let b = intent("docs/b", "then http://u:PW4INTENT@h/x");
+    let a = intent("docs/a", "a");
+    catalog.note_intent(&b).await.expect("note again");
+    catalog.note_intent(&a).await.expect("note");
+    let mut stored_b = b.clone();
+    stored_b.entry.detail = "then http://u:***@h/x".into();
+    assert_eq!(
+        catalog.intents().await.expect("intents"),
+        vec![a.clone(), stored_b.clone()]
+    );
+    let other = backend.catalog_of("uploads", "avatars/").await;
+    other.migrate().await.expect("migrate");
+    assert_eq!(other.intents().await.expect("intents"), vec![]);
+
+    let mut tx = catalog.begin().await.expect("begin");
+    tx.clear_intent("docs/a").await.expect("clear");
+    drop(tx);
+    assert_eq!(catalog.intents().await.expect("intents").len(), 2);
+    let mut tx = catalog.begin().await.expect("begin");
+    tx.clear_intent("docs/a").await.expect("clear");
+    tx.commit().await.expect("commit");
+    assert_eq!(catalog.intents().await.expect("intents"), vec![stored_b]);
 }

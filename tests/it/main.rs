@@ -5,6 +5,7 @@ mod bucket_conformance;
 mod catalog_conformance;
 mod config;
 mod convergence;
+mod crash;
 mod daemon;
 mod demo;
 mod deployments;

@@ -22,7 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use upload_reconciler::catalog::{
-    AuditEntry, Catalog, KeyEvent, Pruned, Retention, Scope, SweepLock, SweepRecord, Transaction,
+    AuditEntry, Catalog, Intent, KeyEvent, Pruned, Retention, Scope, SweepLock, SweepRecord,
+    Transaction,
 };
 use upload_reconciler::config::StatusWords;
 use upload_reconciler::error::{Error, Result};
@@ -86,6 +87,8 @@ struct Own {
     objects: Vec<(String, ObjectMeta, DateTime<Utc>)>,
     audit: Vec<(String, AuditEntry)>,
     sweeps: Vec<(String, SweepRecord)>,
+    /// Bucket changes about to be made, by scope and key.
+    intents: BTreeMap<(String, String), Intent>,
 }
 
 #[derive(Clone)]
@@ -435,6 +438,32 @@ impl Catalog for MemoryCatalog {
                 .collect()
         }))
     }
+
+    async fn note_intent(&self, intent: &Intent) -> Result<()> {
+        // Stored as the adapters store it: the audit detail redacted.
+        let mut stored = intent.clone();
+        stored.entry.detail = redact::text(&stored.entry.detail);
+        let key = self.key(&intent.object.key);
+        self.write_own("note_intent", "noting an intent", |own| {
+            own.intents.insert(key, stored);
+        })
+        .await
+    }
+
+    async fn intents(&self) -> Result<Vec<Intent>> {
+        self.db.enter("intents")?;
+        let state = self.db.committed();
+        let own = state
+            .own
+            .as_ref()
+            .ok_or_else(|| not_migrated("reading the intents"))?;
+        Ok(own
+            .intents
+            .iter()
+            .filter(|((scope, _), _)| *scope == self.scope)
+            .map(|(_, intent)| intent.clone())
+            .collect())
+    }
 }
 
 /// A held sweep lock: freed when released or dropped, as an advisory lock goes with its session.
@@ -464,6 +493,7 @@ enum Write {
     SaveJob(Job),
     TouchKey(String),
     StoreKey(KeyEvent),
+    ClearIntent(String),
 }
 
 struct MemoryTransaction<'c> {
@@ -556,6 +586,11 @@ fn apply(state: &mut State, scope: &str, write: &Write, now: DateTime<Utc>) {
         Write::TouchKey(name) => {
             if let Some(own) = state.own.as_mut() {
                 own.key_events.entry(key(name)).or_insert((None, now));
+            }
+        }
+        Write::ClearIntent(name) => {
+            if let Some(own) = state.own.as_mut() {
+                own.intents.remove(&key(name));
             }
         }
         Write::StoreKey(event) => {
@@ -670,6 +705,11 @@ impl Transaction for MemoryTransaction<'_> {
     async fn store_key_event(&mut self, event: &KeyEvent) -> Result<()> {
         self.enter("store_key_event")?;
         self.write_own("writing a key's event", Write::StoreKey(event.clone()))
+    }
+
+    async fn clear_intent(&mut self, key: &str) -> Result<()> {
+        self.enter("clear_intent")?;
+        self.write_own("clearing an intent", Write::ClearIntent(key.to_owned()))
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
