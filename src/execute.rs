@@ -3,7 +3,7 @@
 //! read it, the action is skipped (the next sweep decides again), never forced through.
 
 use crate::bucket::{Bucket, CopyOutcome, DeleteOutcome};
-use crate::catalog::{AuditEntry, Catalog, Intent, Transaction};
+use crate::catalog::{AuditEntry, BucketChange, Catalog, Intent, Transaction};
 use crate::error::Result;
 use crate::model::{
     Action, Finding, JobState, MultipartUpload, ObjectMeta, Outcome, Record, Status,
@@ -110,16 +110,22 @@ impl Executor<'_> {
 
     /// The bucket change `finding`'s action is about to make, if it makes one.
     fn intent(&self, finding: &Finding) -> Option<Intent> {
-        let target = match finding.action {
-            Action::Quarantine => Some(self.quarantine.key_for(finding.object.as_ref()?)),
-            Action::Delete => None,
+        let change = match (finding.action, &finding.object, &finding.upload) {
+            (Action::Quarantine, Some(object), _) => BucketChange::Quarantine {
+                object: object.clone(),
+                target: self.quarantine.key_for(object),
+            },
+            (Action::Delete, Some(object), _) => BucketChange::Delete {
+                object: object.clone(),
+            },
+            (Action::Abort, _, Some(upload)) => BucketChange::Abort {
+                upload: upload.clone(),
+            },
             _ => return None,
         };
-        let object = finding.object.clone()?;
         Some(Intent {
-            entry: self.entry(finding, None, None, Some(&object)),
-            object,
-            target,
+            entry: self.entry(finding, None, None, finding.object.as_ref()),
+            change,
         })
     }
 
@@ -142,28 +148,30 @@ impl Executor<'_> {
                 tx.audit(&entry).await?;
                 audited += 1;
             }
-            tx.clear_intent(&intent.object.key).await?;
+            tx.clear_intent(intent.key()).await?;
             tx.commit().await?;
-            tracing::warn!(key = %intent.object.key, action = %intent.entry.action, happened,
+            tracing::warn!(key = %intent.key(), action = %intent.entry.action, happened,
                 "settled a bucket change left unrecorded by a process that ended");
         }
         Ok(audited)
     }
 
     /// Whether an intent's change took place: the object it saw is gone from its key and, for a
-    /// quarantine, its copy is there. An object at the key (the same one, or another uploaded
-    /// since) means it did not, or not by this action: the sweep judges that key afresh.
+    /// quarantine, its copy is there; an upload is no longer in progress and left no object (it
+    /// was not completed instead). An object at the key (the same one, or another uploaded since)
+    /// means it did not, or not by this action: the sweep judges that key afresh.
     async fn happened(&self, intent: &Intent) -> Result<bool> {
-        if self.bucket.head(&intent.object.key).await?.is_some() {
+        if self.bucket.head(intent.key()).await?.is_some() {
             return Ok(false);
         }
-        Ok(match &intent.target {
-            Some(target) => self
+        Ok(match &intent.change {
+            BucketChange::Quarantine { object, target } => self
                 .bucket
                 .head(target)
                 .await?
-                .is_some_and(|copy| copy.size == intent.object.size),
-            None => true,
+                .is_some_and(|copy| copy.size == object.size),
+            BucketChange::Delete { .. } => true,
+            BucketChange::Abort { upload } => !self.bucket.multipart_in_progress(upload).await?,
         })
     }
 
@@ -328,7 +336,10 @@ impl Executor<'_> {
                 self.delete(object).await
             }
             (_, Action::Abort) => match &finding.upload {
-                Some(upload) => self.abort(upload).await,
+                Some(upload) => {
+                    tx.clear_intent(&upload.key).await?;
+                    self.abort(upload).await
+                }
                 None => Ok(Err("the finding names no upload".into())),
             },
             _ => Ok(Ok(())),

@@ -53,6 +53,11 @@ pub trait Bucket: Send + Sync {
         Ok(0)
     }
 
+    /// Whether the upload is still in progress (neither completed nor aborted).
+    async fn multipart_in_progress(&self, _upload: &MultipartUpload) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Abort the upload if it is still in progress: its parts are freed and it can no longer be
     /// completed. `false` when it was not (completed or aborted since it was listed).
     async fn abort_multipart(&self, _upload: &MultipartUpload) -> Result<bool> {

@@ -537,6 +537,31 @@ impl Bucket for S3Bucket {
         }
     }
 
+    async fn multipart_in_progress(&self, upload: &MultipartUpload) -> Result<bool> {
+        let result = self
+            .client
+            .list_parts()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .max_parts(1)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            // NoSuchUpload: completed or aborted.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) => Err(Error::storage(
+                format!(
+                    "looking up upload {} of {}",
+                    upload.upload_id,
+                    self.object_url(&upload.key)
+                ),
+                describe_sdk(&e),
+            )),
+        }
+    }
+
     async fn abort_multipart(&self, upload: &MultipartUpload) -> Result<bool> {
         let result = self
             .client

@@ -6,7 +6,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::error::Result;
-use crate::model::{Job, ObjectMeta, Record, Status};
+use crate::model::{Job, MultipartUpload, ObjectMeta, Record, Status};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -218,22 +218,47 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-/// A bucket change an action is about to make: a quarantine's move or a delete. The bucket cannot
-/// roll back with the transaction that audits the change, so the intent is committed first, on
-/// its own, and cleared in that transaction. One still recorded later names a change whose audit
-/// row may be missing: its process died between the bucket call and the commit (or the commit
-/// failed). The next applying sweep settles it (`Executor::settle_intents`).
+/// A bucket change an action is about to make: a quarantine's move, a delete or an abort. The
+/// bucket cannot roll back with the transaction that audits the change, so the intent is
+/// committed first, on its own, and cleared in that transaction. One still recorded later names a
+/// change whose audit row may be missing: its process died between the bucket call and the commit
+/// (or the commit failed). The next applying sweep settles it (`Executor::settle_intents`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Intent {
-    /// The object the action acts on, as its decision saw it.
-    pub object: ObjectMeta,
-    /// Where a quarantine copies it; `None` for a delete.
-    pub target: Option<String>,
+    pub change: BucketChange,
     /// The audit row the change gets.
     pub entry: AuditEntry,
 }
 
+/// What an intent is about to do to the bucket, with what its decision saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BucketChange {
+    /// Copy `object` to `target`, then delete it.
+    Quarantine {
+        object: ObjectMeta,
+        target: String,
+    },
+    Delete {
+        object: ObjectMeta,
+    },
+    /// Abort a multipart upload in progress.
+    Abort {
+        upload: MultipartUpload,
+    },
+}
+
 impl Intent {
+    /// The key the change is at; one intent per key.
+    pub fn key(&self) -> &str {
+        match &self.change {
+            BucketChange::Quarantine { object, .. } | BucketChange::Delete { object } => {
+                &object.key
+            }
+            BucketChange::Abort { upload } => &upload.key,
+        }
+    }
+
     /// As `reconciler.intents` stores it: JSON, its audit detail redacted like every free text
     /// of the reconciler's tables.
     pub(crate) fn to_json(&self) -> std::result::Result<String, sqlx::Error> {

@@ -702,13 +702,13 @@ impl Catalog for PgCatalog {
     }
 
     async fn note_intent(&self, intent: &Intent) -> Result<()> {
-        let context = || format!("noting the intent for {:?}", intent.object.key);
+        let context = || format!("noting the intent for {:?}", intent.key());
         sqlx::query(
             "INSERT INTO reconciler.intents (scope, key, intent) VALUES ($1, $2, $3) \
              ON CONFLICT (scope, key) DO UPDATE SET intent = EXCLUDED.intent, created_at = now()",
         )
         .bind(&self.scope_name)
-        .bind(&intent.object.key)
+        .bind(intent.key())
         .bind(
             intent
                 .to_json()

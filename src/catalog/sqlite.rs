@@ -785,7 +785,7 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn note_intent(&self, intent: &Intent) -> Result<()> {
-        let context = format!("noting the intent for {:?}", intent.object.key);
+        let context = format!("noting the intent for {:?}", intent.key());
         let json = intent
             .to_json()
             .map_err(|e| Error::database(context.clone(), e))?;
@@ -796,7 +796,7 @@ impl Catalog for SqliteCatalog {
              SET intent = excluded.intent, created_at = excluded.created_at",
         )
         .bind(&self.scope_name)
-        .bind(&intent.object.key)
+        .bind(intent.key())
         .bind(json)
         .bind(stamp(Utc::now()))
         .execute(&mut *tx)

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use upload_reconciler::catalog::postgres::PgCatalog;
 use upload_reconciler::catalog::sqlite::SqliteCatalog;
-use upload_reconciler::catalog::{AuditEntry, Catalog, Intent, KeyEvent, Retention, Scope};
+use upload_reconciler::catalog::{
+    AuditEntry, BucketChange, Catalog, Intent, KeyEvent, Retention, Scope,
+};
 use upload_reconciler::config::DatabaseConfig;
 use upload_reconciler::model::{JobState, ObjectMeta, Status};
 use upload_reconciler::processing::SystemClock;
@@ -588,13 +590,15 @@ async fn intents_stay_until_a_committed_clear_and_only_in_their_scope(backend: B
     let catalog = backend.catalog().await;
     catalog.migrate().await.expect("migrate");
     let intent = |key: &str, detail: &str| Intent {
-        object: ObjectMeta {
-            key: key.into(),
-            size: 8,
-            etag: Some("\"e\"".into()),
-            last_modified: now(),
+        change: BucketChange::Quarantine {
+            object: ObjectMeta {
+                key: key.into(),
+                size: 8,
+                etag: Some("\"e\"".into()),
+                last_modified: now(),
+            },
+            target: format!("quarantine/{key}/20261127T000000Z-e"),
         },
-        target: Some(format!("quarantine/{key}/20261127T000000Z-e")),
         entry: AuditEntry {
             at: now(),
             sweep_id: Some(uuid::Uuid::new_v4()),

@@ -24,6 +24,8 @@ const PART: usize = 5 * 1024 * 1024;
 struct Uploads {
     proxy: FaultProxy,
     started: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+    /// A process to SIGKILL right after the bucket answered an AbortMultipartUpload.
+    kill_after_abort: Arc<Mutex<Option<u32>>>,
     /// A client of the proxy, so that every upload's start is seen.
     client: aws_sdk_s3::Client,
 }
@@ -32,6 +34,8 @@ impl Uploads {
     async fn start() -> Uploads {
         let started: Arc<Mutex<HashMap<String, DateTime<Utc>>>> = Default::default();
         let seen = started.clone();
+        let kill_after_abort: Arc<Mutex<Option<u32>>> = Default::default();
+        let armed = kill_after_abort.clone();
         let proxy = FaultProxy::rewriting(
             &s3_target().endpoint,
             |_| Box::pin(async {}),
@@ -39,6 +43,14 @@ impl Uploads {
                 let creates = request.method == "POST" && request.target.ends_with("?uploads");
                 let lists = request.method == "GET" && request.target.contains("?uploads");
                 let parts = request.method == "GET" && request.target.contains("uploadId=");
+                let aborts = request.method == "DELETE" && request.target.contains("uploadId=");
+                if aborts && let Some(pid) = armed.lock().ok().and_then(|mut pid| pid.take()) {
+                    let killed = std::process::Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()
+                        .expect("run kill");
+                    assert!(killed.success(), "kill -KILL {pid}");
+                }
                 let xml = String::from_utf8_lossy(&body).into_owned();
                 let Ok(mut started) = seen.lock() else {
                     return body;
@@ -65,6 +77,7 @@ impl Uploads {
         Uploads {
             proxy,
             started,
+            kill_after_abort,
             client,
         }
     }
@@ -442,4 +455,56 @@ async fn the_daemon_reports_the_bytes_abandoned_parts_hold() {
     .await;
     daemon.kill().await.expect("stop the daemon");
     assert_eq!(uploads.in_progress(&bucket.name).await.len(), 2);
+}
+
+/// A sweep killed after the bucket aborted an upload and before the abort's audit row committed:
+/// the intent it noted first tells the next sweep, which audits the abort once.
+#[tokio::test]
+async fn an_abort_cut_short_by_a_kill_is_audited_by_the_next_sweep() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let uploads = Uploads::start().await;
+    let id = uploads.begin(&bucket.name, "docs/gone", &[100]).await;
+    uploads.age(&id, 2 * DAY);
+    let reconcile = uploads.reconcile(&db, &bucket);
+    let logs = tempfile::tempdir().expect("temporary folder");
+    let log = logs.path().join("killed.log");
+
+    let mut killed = reconcile.spawn(&["--format", "json"], &log);
+    *uploads.kill_after_abort.lock().expect("armed") = killed.id();
+    let status = tokio::time::timeout(Duration::from_secs(60), killed.wait())
+        .await
+        .expect("the sweep ended")
+        .expect("wait for the sweep");
+    assert_eq!(status.code(), None, "not killed: {status:?}");
+    assert!(
+        uploads.in_progress(&bucket.name).await.is_empty(),
+        "aborted"
+    );
+    assert_eq!(db.audit().await, vec![], "audited before the commit");
+    let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciler.intents")
+        .fetch_one(&db.pool)
+        .await
+        .expect("read intents");
+    assert_eq!(intents, 1, "the intent outlives the process");
+
+    let next = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(next.code, 0, "{}", next.stderr);
+    let audit: Vec<(String, String)> =
+        sqlx::query_as("SELECT action, detail FROM reconciler.audit_log WHERE doc_id = 'gone'")
+            .fetch_all(&db.pool)
+            .await
+            .expect("read the audit log");
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].0, "abort");
+    assert!(
+        audit[0].1.contains("recorded by a later sweep"),
+        "{audit:?}"
+    );
+    assert!(audit[0].1.contains(&id), "{audit:?}");
+    let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciler.intents")
+        .fetch_one(&db.pool)
+        .await
+        .expect("read intents");
+    assert_eq!(intents, 0, "settled");
 }

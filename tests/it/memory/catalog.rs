@@ -443,7 +443,7 @@ impl Catalog for MemoryCatalog {
         // Stored as the adapters store it: the audit detail redacted.
         let mut stored = intent.clone();
         stored.entry.detail = redact::text(&stored.entry.detail);
-        let key = self.key(&intent.object.key);
+        let key = self.key(intent.key());
         self.write_own("note_intent", "noting an intent", |own| {
             own.intents.insert(key, stored);
         })
