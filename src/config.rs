@@ -358,6 +358,14 @@ impl Default for EventsConfig {
     }
 }
 
+impl EventsConfig {
+    /// The queue to consume: `queue_url`, unless it is unset or empty (an empty
+    /// `RECONCILE_EVENTS__QUEUE_URL` unsets the file's).
+    pub fn queue(&self) -> Option<&str> {
+        self.queue_url.as_deref().filter(|url| !url.is_empty())
+    }
+}
+
 /// `[processing]`: what runs after an upload is confirmed, and how it is retried.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -501,13 +509,24 @@ impl<'de> Deserialize<'de> for TableName {
     }
 }
 
+/// The longest duration a setting takes. The catalogs turn durations into times (when a lease
+/// ends, when a retry comes, the cutoff of pruning), and chrono's times end in the year 262143:
+/// with a century at most every such time exists, and no setting needs more.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     let raw = String::deserialize(d)?;
-    humantime::parse_duration(raw.trim()).map_err(|e| {
+    let duration = humantime::parse_duration(raw.trim()).map_err(|e| {
         serde::de::Error::custom(format!(
             "{raw:?} is not a duration like 90s, 15m or 24h ({e})"
         ))
-    })
+    })?;
+    if duration > MAX_DURATION {
+        return Err(serde::de::Error::custom(format!(
+            "{raw:?} is longer than 100 years"
+        )));
+    }
+    Ok(duration)
 }
 
 fn some_duration<'de, D: Deserializer<'de>>(
@@ -603,19 +622,6 @@ impl Config {
 
     /// Checks that span keys, or that serde cannot express.
     pub fn validate(&self) -> Result<()> {
-        #[cfg(not(feature = "s3"))]
-        if self
-            .events
-            .queue_url
-            .as_deref()
-            .is_some_and(|u| !u.is_empty())
-        {
-            return Err(Error::config(
-                "events.queue_url",
-                "this reconcile was built without S3 and SQS support (cargo's `s3` feature, on \
-                 by default): it cannot consume a queue",
-            ));
-        }
         let db = &self.database;
         match db.url.as_deref() {
             None | Some("") => {
@@ -633,7 +639,7 @@ impl Config {
                 return Err(Error::config(
                     "database.url",
                     format!(
-                        "{} is neither a postgres:// nor a sqlite:// URL",
+                        "{:?} is neither a postgres:// nor a sqlite:// URL",
                         crate::redact::url(url)
                     ),
                 ));
@@ -672,16 +678,11 @@ impl Config {
             Err(message) => return Err(Error::config("storage.bucket", message)),
             Ok(BucketLocation::Folder(_)) => {
                 // A folder's events are its file notifications; no S3 event names it.
-                if self
-                    .events
-                    .queue_url
-                    .as_deref()
-                    .is_some_and(|u| !u.is_empty())
-                {
+                if self.events.queue().is_some() {
                     return Err(Error::config(
                         "events.queue_url",
                         format!(
-                            "is set, but storage.bucket names a local folder ({}), whose events \
+                            "is set, but storage.bucket names a local folder ({:?}), whose events \
                              come from file notifications; remove events.queue_url",
                             storage.bucket
                         ),
@@ -699,7 +700,7 @@ impl Config {
                     return Err(Error::config(
                         *key,
                         format!(
-                            "is an S3 setting, but storage.bucket names a local folder ({}); \
+                            "is an S3 setting, but storage.bucket names a local folder ({:?}); \
                              remove one of the two",
                             storage.bucket
                         ),
@@ -909,6 +910,16 @@ impl Config {
                 return Err(Error::config(key, "must be at least 1s"));
             }
         }
+        // Last, so that a build without S3 checks the rest of the file like any other (the
+        // fuzz target of the configuration runs that build).
+        #[cfg(not(feature = "s3"))]
+        if self.events.queue().is_some() {
+            return Err(Error::config(
+                "events.queue_url",
+                "this reconcile was built without S3 and SQS support (cargo's `s3` feature, on \
+                 by default): it cannot consume a queue",
+            ));
+        }
         Ok(())
     }
 }
@@ -946,14 +957,18 @@ fn from_figment(error: figment::Error) -> Error {
         };
         let kind = match &e.kind {
             Kind::UnknownField(field, expected) => format!(
-                "unknown key `{field}`; expected one of: {}",
+                "unknown key `{}`; expected one of: {}",
+                toml_key(field),
                 expected.join(", ")
             ),
+            Kind::Message(message) if message.starts_with("TOML parse error") => {
+                without_quoted_source(message)
+            }
             other => other.to_string(),
         };
         messages.push(one_line(&format!("{kind}{origin}")));
         let key = match (path.is_empty(), file) {
-            (false, _) => path.join("."),
+            (false, _) => dotted(&path),
             (true, Some(file)) => file,
             (true, None) => "config".to_owned(),
         };
@@ -963,6 +978,43 @@ fn from_figment(error: figment::Error) -> Error {
         first_key.unwrap_or_else(|| "config".into()),
         messages.join("; "),
     )
+}
+
+/// A key path as TOML writes it, `sweep.pending_ttl`, with a key that is not a bare word quoted
+/// (`sweep."a\nb"`): a key the user made up can neither pass for two nor break the error's line.
+fn dotted(path: &[String]) -> String {
+    path.iter()
+        .map(|key| toml_key(key))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn toml_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+/// A TOML syntax error quotes the line it is on, and that line may hold a secret whose shape
+/// gives it away to no redaction (a webhook's `?token-alone` query); syntax errors come before
+/// any secret is known. Keep where and why (`TOML parse error at line 7, column 39: expected
+/// newline`), drop the quote: the gutter lines (`  |`, `7 | url = ...`, the caret under it).
+fn without_quoted_source(message: &str) -> String {
+    message
+        .lines()
+        .filter(|line| {
+            !line
+                .trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ')
+                .starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn one_line(text: &str) -> String {
@@ -1022,6 +1074,85 @@ mod tests {
         assert_eq!(c.sweep.pending_ttl, Duration::from_secs(90));
         assert_eq!(c.storage.upload_url_lifetime, Duration::from_secs(60));
         assert_eq!(c.sweep.orphan_grace, Duration::from_secs(900));
+    }
+
+    // Found by fuzz/fuzz_targets/config_load.rs: these were valid. A processing.timeout of
+    // u64::MAX seconds overflowed the lease (`timeout + lease_grace`), one of 100000 years made
+    // the lease end no time (claim_job's `now + lease` panics), and a retention of a million
+    // years panicked the first pruning (`DateTime - TimeDelta` overflowed).
+    #[test]
+    fn durations_longer_than_a_century_are_refused() {
+        for (setting, key) in [
+            (
+                "[processing]\ntimeout = \"18446744073709551615s\"",
+                "processing.timeout",
+            ),
+            ("[processing]\ntimeout = \"100000y\"", "processing.timeout"),
+            (
+                "[retention]\nkey_events = \"1000000y\"",
+                "retention.key_events",
+            ),
+            ("[sweep]\npending_ttl = \"101y\"", "sweep.pending_ttl"),
+        ] {
+            assert_eq!(key_of(with(setting)), key, "{setting}");
+        }
+        let c = with("[retention]\nobjects = \"36500d\"").expect("a century is allowed");
+        assert_eq!(c.retention.objects, MAX_DURATION);
+    }
+
+    // Found by fuzz/fuzz_targets/config_load.rs: a syntax error quoted its line, here the
+    // webhook's token, which no redaction can tell from a word.
+    #[test]
+    fn a_syntax_error_gives_its_place_without_quoting_the_line() {
+        let error =
+            with("[processing]\nhook = \"webhook\"\nurl = \"https://h/hook?SECRETTOKEN123\" x")
+                .expect_err("not TOML")
+                .to_string();
+        assert_eq!(
+            error,
+            "configuration: config: TOML parse error at line 9, column 39: expected newline, `#` \
+             (from TOML source string)"
+        );
+    }
+
+    // Caught by the one-line check of fuzz/fuzz_targets/config_load.rs: a line break in a key
+    // or a value broke the error's one line (README: errors are one line on stderr).
+    #[test]
+    fn odd_keys_and_values_keep_the_error_on_one_line() {
+        let cases = [
+            (
+                with("[sweep]\n\"a\\nb\" = 1"),
+                r#"sweep."a\nb""#,
+                r#"unknown key `"a\nb"`"#,
+            ),
+            (
+                with("[sweep]\n\"a.b\" = 1"),
+                r#"sweep."a.b""#,
+                "unknown key",
+            ),
+            (
+                Config::from_toml("[database]\nurl = \"x\\ny\"\n[storage]\nbucket = \"b\""),
+                "database.url",
+                r#""x\ny" is neither"#,
+            ),
+            (
+                Config::from_toml(
+                    "[database]\nurl = \"sqlite://a.db\"\n[storage]\nbucket = \"file:///a\\nb\"\n\
+                     force_path_style = true",
+                ),
+                "storage.force_path_style",
+                r#"("file:///a\nb")"#,
+            ),
+        ];
+        for (result, key, shown) in cases {
+            let error = result.expect_err("invalid").to_string();
+            assert!(!error.contains('\n'), "{error}");
+            assert!(
+                error.starts_with(&format!("configuration: {key}: ")),
+                "{error}"
+            );
+            assert!(error.contains(shown), "{error}");
+        }
     }
 
     #[test]
