@@ -247,8 +247,11 @@ fn scrub_assignments(text: &str) -> String {
             out.push_str(&text[copied..value_start]);
             out.push_str(MASK);
             copied = value_end;
+            search = value_end;
+        } else {
+            // A harmless value may hold the next assignment: `conn=db?password=pw`.
+            search = value_start;
         }
-        search = value_end.max(value_start);
     }
     out.push_str(&text[copied..]);
     out
@@ -439,6 +442,10 @@ mod tests {
                 "a bare postgres://u:p/w?#x@h:1/db",
                 "a bare postgres://***@h:1/db",
             ),
+            // Found by fuzz/fuzz_targets/config_load.rs: the harmless `=` before it hid the
+            // secret in its value.
+            ("sqlite:=?key=s3cr3t", "sqlite:=?key=***"),
+            ("conn=db?password=pw, x=1", "conn=db?password=***, x=1"),
         ];
         for (raw, shown) in cases {
             assert_eq!(text(raw), shown, "text({raw:?})");
