@@ -63,13 +63,12 @@ pub fn text(raw: &str) -> String {
 
 /// A URL fit for logs and errors: its password and its secret-looking query parameters
 /// (`password=`, `token=`, `key=`, presigned `X-Amz-Signature=`...) shown as `***`. It is read by
-/// the parser sqlx and reqwest use, so what is hidden is what they would send. A URL that parser
-/// refuses, or that puts `user:...@` somewhere it would not read as credentials (a raw `/`, `?`
-/// or `#` in a password), loses everything between `://` and its last `@`.
+/// the parser sqlx and reqwest use, so what is hidden is what they would send; whatever it reads
+/// as a URL is scrubbed as one, `//` or not, as [`secrets_in_url`] finds secrets (the rules for
+/// free text would miss a `#key=` and stop a value at a comma). A URL that parser refuses, or
+/// that puts `user:...@` somewhere it would not read as credentials (a raw `/`, `?` or `#` in a
+/// password), loses everything between `://` and its last `@`.
 pub fn url(raw: &str) -> String {
-    if !raw.contains("://") {
-        return scrub_assignments(raw);
-    }
     match Url::parse(raw) {
         Ok(parsed) if !has_misplaced_userinfo(&parsed, raw) => scrub_parsed(parsed, raw),
         _ => conservative(raw),
@@ -248,8 +247,11 @@ fn scrub_assignments(text: &str) -> String {
             out.push_str(&text[copied..value_start]);
             out.push_str(MASK);
             copied = value_end;
+            search = value_end;
+        } else {
+            // A harmless value may hold the next assignment: `conn=db?password=pw`.
+            search = value_start;
         }
-        search = value_end.max(value_start);
     }
     out.push_str(&text[copied..]);
     out
@@ -391,6 +393,11 @@ mod tests {
             // Nothing to hide: the text as written, not the parser's rewrite of it.
             ("s3://b/a{b}", "s3://b/a{b}"),
             ("not a url", "not a url"),
+            // Found by fuzz/fuzz_targets/config_load.rs (a database.url of `s:#key=...`): read
+            // as URLs without `//` too, as secrets_in_url reads them.
+            ("s:#key=r@x1y2z3", "s:#key=***"),
+            ("postgres:/db?password=ab,cd", "postgres:/db?password=***"),
+            ("localhost:5432", "localhost:5432"),
             ("conn password=pw host=h", "conn password=*** host=h"),
         ];
         for (written, shown) in cases {
@@ -435,6 +442,10 @@ mod tests {
                 "a bare postgres://u:p/w?#x@h:1/db",
                 "a bare postgres://***@h:1/db",
             ),
+            // Found by fuzz/fuzz_targets/config_load.rs: the harmless `=` before it hid the
+            // secret in its value.
+            ("sqlite:=?key=s3cr3t", "sqlite:=?key=***"),
+            ("conn=db?password=pw, x=1", "conn=db?password=***, x=1"),
         ];
         for (raw, shown) in cases {
             assert_eq!(text(raw), shown, "text({raw:?})");

@@ -66,17 +66,20 @@ pub fn side_file(app: &Path) -> PathBuf {
 
 /// The file a `sqlite://` URL names: `sqlite://app.db` (relative), `sqlite:///srv/app.db`.
 pub fn path_of(url: &str) -> std::result::Result<PathBuf, String> {
+    // Shown redacted, as every database URL: the options refused here may hold a password.
+    let shown = || redact::url(url);
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
-        .ok_or_else(|| format!("{url:?} is not a sqlite:// URL"))?;
+        .ok_or_else(|| format!("{:?} is not a sqlite:// URL", shown()))?;
     if path.contains('?') {
         return Err(format!(
-            "{url:?} has URL options; give only the path of the database file"
+            "{:?} has URL options; give only the path of the database file",
+            shown()
         ));
     }
     if path.is_empty() || path == ":memory:" {
-        return Err(format!("{url:?} names no database file"));
+        return Err(format!("{:?} names no database file", shown()));
     }
     Ok(PathBuf::from(path))
 }
@@ -1229,6 +1232,20 @@ mod tests {
         assert_eq!(
             side_file(Path::new("/srv/app.db")),
             PathBuf::from("/srv/app.db.reconciler.db")
+        );
+    }
+
+    // Found by fuzz/fuzz_targets/config_load.rs: the refused URL was shown as written, password
+    // and all ("sqlite:db?password=hunter2hux...": has URL options).
+    #[test]
+    fn a_refused_url_is_shown_without_its_password() {
+        assert_eq!(
+            path_of("sqlite://app.db?password=hunter2hunter2&mode=ro"),
+            Err(
+                "\"sqlite://app.db?password=***&mode=ro\" has URL options; give only the path \
+                 of the database file"
+                    .into()
+            )
         );
     }
 
