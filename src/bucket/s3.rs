@@ -324,12 +324,7 @@ impl Bucket for S3Bucket {
                     .map(|o| {
                         let raw = o.key().unwrap_or_default();
                         Ok(ObjectMeta {
-                            key: decode_form(raw).ok_or_else(|| {
-                                Error::storage(
-                                    &context,
-                                    format!("key {raw:?} does not decode to UTF-8"),
-                                )
-                            })?,
+                            key: decode_key(raw, &context)?,
                             size: o.size().unwrap_or(0),
                             etag: o.e_tag().map(str::to_owned),
                             last_modified: to_chrono(o.last_modified()),
@@ -339,13 +334,7 @@ impl Bucket for S3Bucket {
                 Ok(Some((stream::iter(objects), next)))
             }
         });
-        pages
-            .map(|page: Result<_>| match page {
-                Ok(objects) => objects.boxed(),
-                Err(e) => stream::once(async { Err(e) }).boxed(),
-            })
-            .flatten()
-            .boxed()
+        flatten_pages(pages)
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
@@ -483,12 +472,7 @@ impl Bucket for S3Bucket {
                     .map(|u| {
                         let raw = u.key().unwrap_or_default();
                         Ok(MultipartUpload {
-                            key: decode_form(raw).ok_or_else(|| {
-                                Error::storage(
-                                    &context,
-                                    format!("key {raw:?} does not decode to UTF-8"),
-                                )
-                            })?,
+                            key: decode_key(raw, &context)?,
                             upload_id: u.upload_id().unwrap_or_default().to_owned(),
                             initiated: to_chrono(u.initiated()),
                         })
@@ -497,13 +481,7 @@ impl Bucket for S3Bucket {
                 Ok(Some((stream::iter(uploads), next)))
             }
         });
-        pages
-            .map(|page: Result<_>| match page {
-                Ok(uploads) => uploads.boxed(),
-                Err(e) => stream::once(async { Err(e) }).boxed(),
-            })
-            .flatten()
-            .boxed()
+        flatten_pages(pages)
     }
 
     async fn multipart_bytes(&self, upload: &MultipartUpload) -> Result<u64> {
@@ -550,7 +528,7 @@ impl Bucket for S3Bucket {
         match result {
             Ok(_) => Ok(true),
             // NoSuchUpload: completed or aborted.
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) if no_such_upload(&e) => Ok(false),
             Err(e) => Err(Error::storage(
                 format!(
                     "looking up upload {} of {}",
@@ -574,7 +552,7 @@ impl Bucket for S3Bucket {
         match result {
             Ok(_) => Ok(true),
             // Completed or aborted since it was listed: nothing left to abort.
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            Err(e) if no_such_upload(&e) => Ok(false),
             Err(e) => Err(Error::storage(
                 format!(
                     "aborting upload {} of {}",
@@ -585,6 +563,32 @@ impl Bucket for S3Bucket {
             )),
         }
     }
+}
+
+/// A listed key, decoded (listings ask for URL encoding).
+fn decode_key(raw: &str, context: &str) -> Result<String> {
+    decode_form(raw)
+        .ok_or_else(|| Error::storage(context, format!("key {raw:?} does not decode to UTF-8")))
+}
+
+/// Pages of a listing as one stream; a failed page ends it with its error.
+fn flatten_pages<'a, T: Send + 'a>(
+    pages: impl futures::Stream<Item = Result<stream::Iter<std::vec::IntoIter<Result<T>>>>> + Send + 'a,
+) -> BoxStream<'a, Result<T>> {
+    pages
+        .map(|page| match page {
+            Ok(items) => items.boxed(),
+            Err(e) => stream::once(async { Err(e) }).boxed(),
+        })
+        .flatten()
+        .boxed()
+}
+
+/// NoSuchUpload: the multipart upload was completed or aborted.
+fn no_such_upload<E>(error: &SdkError<E, HttpResponse>) -> bool {
+    error
+        .raw_response()
+        .is_some_and(|r| r.status().as_u16() == 404)
 }
 
 /// The server refused a conditional request because the object is not the one it was conditional
