@@ -188,6 +188,9 @@ pub struct StorageConfig {
     pub force_path_style: bool,
     /// Keys per ListObjectsV2 page (1 to 1000).
     pub list_page_size: Option<i32>,
+    /// Key ranges a sweep lists at once (1 to 64; 1: one listing stream); default
+    /// [`DEFAULT_LIST_CONCURRENCY`]. The sweep cuts the key space at ids of the table.
+    pub list_concurrency: Option<usize>,
     /// How long one try of a request to the bucket may wait for the first byte of its answer;
     /// default [`DEFAULT_STORAGE_READ_TIMEOUT`].
     #[serde(deserialize_with = "some_duration")]
@@ -211,12 +214,16 @@ impl Default for StorageConfig {
             endpoint_url: None,
             force_path_style: false,
             list_page_size: None,
+            list_concurrency: None,
             multipart_copy_threshold: None,
             read_timeout: None,
             upload_url_lifetime: Duration::from_secs(300),
         }
     }
 }
+
+/// `storage.list_concurrency` unless set: measured on garage in BENCHMARKS.md.
+pub const DEFAULT_LIST_CONCURRENCY: usize = 8;
 
 /// `storage.read_timeout` unless set: a HEAD or a listing page answers in milliseconds, and a
 /// large copy's answer starts at once (S3 keeps the connection busy while it copies).
@@ -694,6 +701,10 @@ impl Config {
                     ("storage.endpoint_url", storage.endpoint_url.is_some()),
                     ("storage.force_path_style", storage.force_path_style),
                     ("storage.list_page_size", storage.list_page_size.is_some()),
+                    (
+                        "storage.list_concurrency",
+                        storage.list_concurrency.is_some(),
+                    ),
                     ("storage.read_timeout", storage.read_timeout.is_some()),
                 ];
                 if let Some((key, _)) = s3_only.iter().find(|(_, set)| *set) {
@@ -715,6 +726,14 @@ impl Config {
             return Err(Error::config(
                 "storage.list_page_size",
                 format!("{size} is outside 1..=1000"),
+            ));
+        }
+        if let Some(ranges) = storage.list_concurrency
+            && !(1..=64).contains(&ranges)
+        {
+            return Err(Error::config(
+                "storage.list_concurrency",
+                format!("{ranges} is outside 1..=64"),
             ));
         }
         if let Some(bytes) = storage.multipart_copy_threshold
@@ -1306,6 +1325,7 @@ mod tests {
             ),
             ("force_path_style = true", "storage.force_path_style"),
             ("list_page_size = 10", "storage.list_page_size"),
+            ("list_concurrency = 4", "storage.list_concurrency"),
             ("read_timeout = \"5s\"", "storage.read_timeout"),
         ] {
             let result = Config::from_toml(&format!(

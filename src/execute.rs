@@ -10,7 +10,16 @@ use crate::model::{
 };
 use crate::rules::Quarantine;
 use chrono::Utc;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use tokio::sync::watch;
 use uuid::Uuid;
+
+/// Status-only actions per batch transaction: one statement locks their rows, one sets their
+/// statuses, one writes their audit rows.
+pub const BATCH: usize = 100;
+
+/// The HEADs of one batch sent at once.
+const HEADS_AT_ONCE: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -55,27 +64,110 @@ impl Executor<'_> {
         if self.mode == Mode::DryRun {
             return Outcome::DryRun;
         }
-        let outcome = match self.apply(finding).await {
-            Ok(Ok(())) => Outcome::Applied,
-            Ok(Err(Changed(reason))) => Outcome::Skipped(reason),
-            Err(e) => Outcome::Failed(e.to_string()),
-        };
-        match &outcome {
-            Outcome::Applied => tracing::info!(
-                kind = finding.kind.as_str(), action = finding.action.as_str(),
-                key = %finding.key, "applied"
-            ),
-            Outcome::Skipped(reason) => tracing::warn!(
-                kind = finding.kind.as_str(), action = finding.action.as_str(),
-                key = %finding.key, reason = %reason, "skipped: changed since the sweep read it"
-            ),
-            Outcome::Failed(error) => tracing::error!(
-                kind = finding.kind.as_str(), action = finding.action.as_str(),
-                key = %finding.key, error = %error, "action failed"
-            ),
-            Outcome::DryRun | Outcome::Reported => {}
-        }
+        let outcome = outcome_of(self.apply(finding).await);
+        log(finding, &outcome);
         outcome
+    }
+
+    /// Execute many findings, `concurrency` transactions at once: the status-only actions
+    /// (expire, fail, mark_missing) in batches of [`BATCH`], one transaction each, every other
+    /// action in a transaction of its own. The outcomes come in the order of `findings`; `None`
+    /// for an action not started because `stop` was requested.
+    pub async fn execute_many(
+        &self,
+        findings: &[Finding],
+        concurrency: usize,
+        stop: &watch::Receiver<bool>,
+    ) -> Vec<Option<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; findings.len()];
+        let mut batched = Vec::new();
+        let mut work = Vec::new();
+        for (i, finding) in findings.iter().enumerate() {
+            if !finding.action.changes_state() {
+                outcomes[i] = Some(Outcome::Reported);
+            } else if self.mode == Mode::DryRun {
+                outcomes[i] = Some(Outcome::DryRun);
+            } else if finding.action.is_status_only() {
+                batched.push(i);
+            } else {
+                work.push(vec![i]);
+            }
+        }
+        work.extend(batched.chunks(BATCH).map(<[usize]>::to_vec));
+        // Futures built up front (they do nothing until polled): a closure making them inside
+        // the stream would not be `Send` for every lifetime, as the daemon's tasks must be.
+        let work: Vec<_> = work
+            .into_iter()
+            .map(|indices| self.execute_indexed(findings, indices, stop))
+            .collect();
+        let mut done = stream::iter(work).buffer_unordered(concurrency.max(1));
+        while let Some(finished) = done.next().await {
+            for (i, outcome) in finished {
+                log(&findings[i], &outcome);
+                outcomes[i] = Some(outcome);
+            }
+        }
+        outcomes
+    }
+
+    /// One unit of `execute_many`'s work: one action, or a batch of status-only ones. Nothing
+    /// when a stop came first.
+    async fn execute_indexed(
+        &self,
+        findings: &[Finding],
+        indices: Vec<usize>,
+        stop: &watch::Receiver<bool>,
+    ) -> Vec<(usize, Outcome)> {
+        if *stop.borrow() {
+            return Vec::new();
+        }
+        let outcomes: Vec<Outcome> = match indices.as_slice() {
+            [i] if !findings[*i].action.is_status_only() => {
+                vec![outcome_of(self.apply(&findings[*i]).await)]
+            }
+            _ => {
+                let batch: Vec<&Finding> = indices.iter().map(|i| &findings[*i]).collect();
+                match self.apply_batch(&batch).await {
+                    Ok(results) => results.into_iter().map(|r| outcome_of(Ok(r))).collect(),
+                    Err(e) => vec![Outcome::Failed(e.to_string()); indices.len()],
+                }
+            }
+        };
+        indices.into_iter().zip(outcomes).collect()
+    }
+
+    /// Status-only actions in one transaction: every row locked, every object looked at afresh
+    /// (concurrently), then one write of the statuses and one of the audit rows for those still
+    /// due. Each action is still re-checked against its own row and object, and commits with its
+    /// audit row; the skipped ones write nothing.
+    async fn apply_batch(&self, findings: &[&Finding]) -> Result<Vec<Result<(), Changed>>> {
+        let mut tx = self.catalog.begin().await?;
+        let ids: Vec<String> = findings.iter().map(|f| f.id.clone()).collect();
+        // Rows first, then objects, as `apply_in` does: an event for the key waits on the row
+        // lock, so it cannot slip in between the look at the object and the write.
+        let now = tx.lock_records(&ids).await?;
+        let heads: Vec<_> = findings.iter().map(|f| self.fresh_look(f)).collect();
+        let objects: Vec<Option<ObjectMeta>> = stream::iter(heads)
+            .buffered(HEADS_AT_ONCE)
+            .try_collect()
+            .await?;
+        let mut results = Vec::with_capacity(findings.len());
+        let mut changes = Vec::new();
+        let mut entries = Vec::new();
+        for ((finding, now), object) in findings.iter().zip(&now).zip(&objects) {
+            match status_change(finding, now, object.as_ref()) {
+                Ok((old, new)) => {
+                    changes.push((finding.id.clone(), new));
+                    entries.push(self.entry(finding, Some(old), Some(new), None));
+                    results.push(Ok(()));
+                }
+                Err(changed) => results.push(Err(changed)),
+            }
+        }
+        tx.set_statuses(&changes).await?;
+        tx.audit_all(&entries).await?;
+        tx.commit().await?;
+        Ok(results)
     }
 
     async fn apply(&self, finding: &Finding) -> Result<Result<(), Changed>> {
@@ -100,6 +192,15 @@ impl Executor<'_> {
             }
         }
         Ok(applied)
+    }
+
+    /// The object a status-only action depends on, as it is now.
+    async fn fresh_look(&self, finding: &Finding) -> Result<Option<ObjectMeta>> {
+        match finding.action {
+            // A failed job is decided by the job, not the object.
+            Action::Fail => Ok(None),
+            _ => self.bucket.head(&finding.key).await,
+        }
     }
 
     async fn forget_intent(&self, key: &str) -> Result<()> {
@@ -223,16 +324,14 @@ impl Executor<'_> {
         let object = self.bucket.head(&finding.key).await?;
         let change = match finding.action {
             Action::Report => return Ok(Ok(())),
-            Action::Expire => {
-                let old = match unchanged(&finding.record, &now) {
-                    Ok(old) => old,
+            Action::Expire | Action::Fail | Action::MarkMissing => {
+                match status_change(finding, &now, object.as_ref()) {
+                    Ok((old, new)) => {
+                        tx.set_status(&finding.id, new).await?;
+                        (Some(old), Some(new), None)
+                    }
                     Err(changed) => return Ok(Err(changed)),
-                };
-                if object.is_some() {
-                    return Ok(Err("the object arrived after the listing".into()));
                 }
-                tx.set_status(&finding.id, Status::Expired).await?;
-                (Some(old), Some(Status::Expired), None)
             }
             Action::Adopt => {
                 let old = match unchanged(&finding.record, &now) {
@@ -264,28 +363,6 @@ impl Executor<'_> {
                 };
                 let new = self.uploaded(tx, finding, &object).await?;
                 (Some(old), Some(new), Some(object))
-            }
-            Action::Fail => {
-                let old = match unchanged(&finding.record, &now) {
-                    Ok(old) => old,
-                    Err(changed) => return Ok(Err(changed)),
-                };
-                if now.as_ref().and_then(|r| r.job) != Some(JobState::Failed) {
-                    return Ok(Err("the processing job was retried meanwhile".into()));
-                }
-                tx.set_status(&finding.id, Status::Failed).await?;
-                (Some(old), Some(Status::Failed), None)
-            }
-            Action::MarkMissing => {
-                let old = match unchanged(&finding.record, &now) {
-                    Ok(old) => old,
-                    Err(changed) => return Ok(Err(changed)),
-                };
-                if object.is_some() {
-                    return Ok(Err("the object is back since the listing".into()));
-                }
-                tx.set_status(&finding.id, Status::Missing).await?;
-                (Some(old), Some(Status::Missing), None)
             }
             Action::Abort => {
                 // Decided by whether a record existed (which grace applied), not by its status.
@@ -415,6 +492,65 @@ impl Executor<'_> {
             )),
         }
     }
+}
+
+/// What an attempted action came to.
+fn outcome_of(applied: Result<Result<(), Changed>>) -> Outcome {
+    match applied {
+        Ok(Ok(())) => Outcome::Applied,
+        Ok(Err(Changed(reason))) => Outcome::Skipped(reason),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// One log line per action attempted.
+fn log(finding: &Finding, outcome: &Outcome) {
+    match outcome {
+        Outcome::Applied => tracing::info!(
+            kind = finding.kind.as_str(), action = finding.action.as_str(),
+            key = %finding.key, "applied"
+        ),
+        Outcome::Skipped(reason) => tracing::warn!(
+            kind = finding.kind.as_str(), action = finding.action.as_str(),
+            key = %finding.key, reason = %reason, "skipped: changed since the sweep read it"
+        ),
+        Outcome::Failed(error) => tracing::error!(
+            kind = finding.kind.as_str(), action = finding.action.as_str(),
+            key = %finding.key, error = %error, "action failed"
+        ),
+        Outcome::DryRun | Outcome::Reported => {}
+    }
+}
+
+/// Whether a status-only action (expire, fail, mark_missing) still holds for the record as
+/// locked now and the object as seen now: its old status word and the new status, or why not.
+fn status_change(
+    finding: &Finding,
+    now: &Option<Record>,
+    object: Option<&ObjectMeta>,
+) -> Result<(String, Status), Changed> {
+    let old = unchanged(&finding.record, now)?;
+    let new = match finding.action {
+        Action::Expire if object.is_some() => {
+            return Err("the object arrived after the listing".into());
+        }
+        Action::Expire => Status::Expired,
+        Action::MarkMissing if object.is_some() => {
+            return Err("the object is back since the listing".into());
+        }
+        Action::MarkMissing => Status::Missing,
+        Action::Fail if now.as_ref().and_then(|r| r.job) != Some(JobState::Failed) => {
+            return Err("the processing job was retried meanwhile".into());
+        }
+        Action::Fail => Status::Failed,
+        other => {
+            return Err(Changed(format!(
+                "{} is not a status-only action",
+                other.as_str()
+            )));
+        }
+    };
+    Ok((old, new))
 }
 
 /// The record as locked now must have the status word the sweep read; returns that word.

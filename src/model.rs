@@ -230,6 +230,12 @@ impl Action {
     pub fn changes_state(self) -> bool {
         self != Action::Report
     }
+
+    /// Whether the action only sets the record's status (no object, job or bucket change), so
+    /// that many can share one transaction.
+    pub fn is_status_only(self) -> bool {
+        matches!(self, Action::Expire | Action::Fail | Action::MarkMissing)
+    }
 }
 
 /// One inconsistency found by a sweep, with what was observed, so the executor can check that the

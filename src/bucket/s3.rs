@@ -1,5 +1,6 @@
 //! The bucket on S3 or any S3-compatible server (custom endpoint, path-style addressing).
 
+use super::ranges::{self, KeyRange};
 use super::{Bucket, CopyOutcome, DeleteOutcome};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result, describe_sdk};
@@ -19,11 +20,19 @@ pub struct S3Bucket {
     client: Client,
     bucket: String,
     page_size: Option<i32>,
+    /// Key ranges listed at once by `list_split`.
+    list_concurrency: usize,
     /// Objects larger than this are copied in parts (UploadPartCopy), not by one CopyObject.
     multipart_copy_threshold: u64,
 }
 
 pub use super::MAX_COPY_OBJECT_BYTES;
+
+/// Keys per ListObjectsV2 page when `storage.list_page_size` is not set: S3's own default.
+const DEFAULT_PAGE_SIZE: i32 = 1000;
+
+/// The longest key S3 takes, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
 
 /// S3's bounds on a multipart upload: every part but the last at least 5 MiB, none over 5 GiB,
 /// at most 10 000 parts.
@@ -80,9 +89,22 @@ impl S3Bucket {
             client,
             bucket: config.bucket.clone(),
             page_size: config.list_page_size,
+            list_concurrency: config
+                .list_concurrency
+                .unwrap_or(crate::config::DEFAULT_LIST_CONCURRENCY),
             multipart_copy_threshold: config
                 .multipart_copy_threshold
                 .unwrap_or(MAX_COPY_OBJECT_BYTES),
+        }
+    }
+
+    fn lister(&self, prefix: &str) -> Lister {
+        Lister {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            prefix: prefix.to_owned(),
+            page_size: self.page_size,
+            context: format!("listing {}", self.object_url(prefix)),
         }
     }
 
@@ -287,54 +309,34 @@ impl Bucket for S3Bucket {
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> BoxStream<'a, Result<ObjectMeta>> {
-        let context = format!("listing {}", self.object_url(prefix));
-        let pages = stream::try_unfold(Page::First, move |page| {
-            let context = context.clone();
-            async move {
-                let token = match page {
-                    Page::Done => return Ok(None),
-                    Page::First => None,
-                    Page::Next(token) => Some(token),
-                };
-                // URL encoding: keys may hold characters XML 1.0 cannot carry.
-                let out = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(&self.bucket)
-                    .prefix(prefix)
-                    .encoding_type(EncodingType::Url)
-                    .set_max_keys(self.page_size)
-                    .set_continuation_token(token)
-                    .send()
-                    .await
-                    .map_err(|e| Error::storage(&context, describe_sdk(&e)))?;
-                let next = match (out.is_truncated(), out.next_continuation_token()) {
-                    (Some(true), Some(token)) => Page::Next(token.to_owned()),
-                    (Some(true), None) => {
-                        return Err(Error::storage(
-                            &context,
-                            "a truncated page came without a continuation token",
-                        ));
-                    }
-                    _ => Page::Done,
-                };
-                let objects: Vec<Result<ObjectMeta>> = out
-                    .contents()
-                    .iter()
-                    .map(|o| {
-                        let raw = o.key().unwrap_or_default();
-                        Ok(ObjectMeta {
-                            key: decode_key(raw, &context)?,
-                            size: o.size().unwrap_or(0),
-                            etag: o.e_tag().map(str::to_owned),
-                            last_modified: to_chrono(o.last_modified()),
-                        })
-                    })
-                    .collect();
-                Ok(Some((stream::iter(objects), next)))
-            }
-        });
-        flatten_pages(pages)
+        flatten_pages(self.lister(prefix).pages(KeyRange::all()))
+    }
+
+    fn keys_per_range(&self) -> Option<u64> {
+        // Two pages a range: each range's first request overlaps the others' second.
+        let page = u64::try_from(self.page_size.unwrap_or(DEFAULT_PAGE_SIZE)).unwrap_or(1);
+        (self.list_concurrency > 1).then_some(2 * page.max(1))
+    }
+
+    fn list_split<'a>(
+        &'a self,
+        prefix: &'a str,
+        split_points: Vec<String>,
+    ) -> BoxStream<'a, Result<ObjectMeta>> {
+        if self.list_concurrency < 2 || split_points.is_empty() {
+            return self.list(prefix);
+        }
+        // S3 keys are at most 1024 bytes: a longer id is no key, and no use as a StartAfter.
+        let split_points = split_points
+            .into_iter()
+            .filter(|key| key.len() <= MAX_KEY_BYTES && key.starts_with(prefix))
+            .collect();
+        let lister = self.lister(prefix);
+        flatten_pages(ranges::list_concurrently(
+            ranges::ranges(split_points),
+            self.list_concurrency,
+            move |range| lister.clone().pages(range),
+        ))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
@@ -466,7 +468,7 @@ impl Bucket for S3Bucket {
                         "a truncated page came without a next key marker",
                     ));
                 }
-                let uploads: Vec<Result<MultipartUpload>> = out
+                let uploads = out
                     .uploads()
                     .iter()
                     .map(|u| {
@@ -477,8 +479,8 @@ impl Bucket for S3Bucket {
                             initiated: to_chrono(u.initiated()),
                         })
                     })
-                    .collect();
-                Ok(Some((stream::iter(uploads), next)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Some((uploads, next)))
             }
         });
         flatten_pages(pages)
@@ -573,15 +575,85 @@ fn decode_key(raw: &str, context: &str) -> Result<String> {
 
 /// Pages of a listing as one stream; a failed page ends it with its error.
 fn flatten_pages<'a, T: Send + 'a>(
-    pages: impl futures::Stream<Item = Result<stream::Iter<std::vec::IntoIter<Result<T>>>>> + Send + 'a,
+    pages: impl futures::Stream<Item = Result<Vec<T>>> + Send + 'a,
 ) -> BoxStream<'a, Result<T>> {
     pages
         .map(|page| match page {
-            Ok(items) => items.boxed(),
+            Ok(items) => stream::iter(items.into_iter().map(Ok)).boxed(),
             Err(e) => stream::once(async { Err(e) }).boxed(),
         })
         .flatten()
         .boxed()
+}
+
+/// Lists the objects of one prefix, a key range at a time; owns what it needs, so that ranges
+/// can be listed by tasks of their own.
+#[derive(Clone)]
+struct Lister {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    page_size: Option<i32>,
+    context: String,
+}
+
+impl Lister {
+    /// The pages of the objects in `range`, in byte order.
+    fn pages(
+        self,
+        range: KeyRange,
+    ) -> impl futures::Stream<Item = Result<Vec<ObjectMeta>>> + Send + 'static {
+        stream::try_unfold(Page::First, move |page| {
+            let lister = self.clone();
+            let range = range.clone();
+            async move {
+                let (token, start_after) = match page {
+                    Page::Done => return Ok(None),
+                    Page::First => (None, range.after.clone()),
+                    Page::Next(token) => (Some(token), None),
+                };
+                let context = &lister.context;
+                // URL encoding: keys may hold characters XML 1.0 cannot carry.
+                let out = lister
+                    .client
+                    .list_objects_v2()
+                    .bucket(&lister.bucket)
+                    .prefix(&lister.prefix)
+                    .encoding_type(EncodingType::Url)
+                    .set_max_keys(lister.page_size)
+                    .set_start_after(start_after)
+                    .set_continuation_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| Error::storage(context, describe_sdk(&e)))?;
+                let mut next = match (out.is_truncated(), out.next_continuation_token()) {
+                    (Some(true), Some(token)) => Page::Next(token.to_owned()),
+                    (Some(true), None) => {
+                        return Err(Error::storage(
+                            context,
+                            "a truncated page came without a continuation token",
+                        ));
+                    }
+                    _ => Page::Done,
+                };
+                let mut objects = Vec::with_capacity(out.contents().len());
+                for o in out.contents() {
+                    let key = decode_key(o.key().unwrap_or_default(), context)?;
+                    if range.past_end(&key) {
+                        next = Page::Done;
+                        break;
+                    }
+                    objects.push(ObjectMeta {
+                        key,
+                        size: o.size().unwrap_or(0),
+                        etag: o.e_tag().map(str::to_owned),
+                        last_modified: to_chrono(o.last_modified()),
+                    });
+                }
+                Ok(Some((objects, next)))
+            }
+        })
+    }
 }
 
 /// NoSuchUpload: the multipart upload was completed or aborted.

@@ -62,6 +62,20 @@ pub trait Catalog: Send + Sync {
     /// The ids of every record in `status`.
     async fn ids_with_status(&self, status: Status) -> Result<Vec<String>>;
 
+    /// How many write transactions the executor may hold at once without starving the rest of
+    /// the process (the event path, the workers) of connections. One unless the catalog says.
+    fn concurrent_writes(&self) -> usize {
+        1
+    }
+
+    /// Ids to cut the bucket's listing at, so that its key ranges can be listed at once: every
+    /// `every`th id in byte order. Any ids would give the same listing (they only balance its
+    /// ranges), so a catalog that cannot pick them cheaply gives none.
+    async fn split_points(&self, every: u64) -> Result<Vec<String>> {
+        let _ = every;
+        Ok(Vec::new())
+    }
+
     /// Delete what is older than the retention (finished jobs, event states, noted objects), in
     /// batches. Returns how many rows of each went.
     async fn prune(&self, retention: &Retention, now: DateTime<Utc>) -> Result<Pruned>;
@@ -167,6 +181,31 @@ pub trait Transaction: Send {
 
     /// Set the status of a record locked by `lock_record`.
     async fn set_status(&mut self, id: &str, status: Status) -> Result<()>;
+
+    /// `lock_record` for many ids at once: each record as it is now, in the order of `ids`.
+    async fn lock_records(&mut self, ids: &[String]) -> Result<Vec<Option<Record>>> {
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            records.push(self.lock_record(id).await?);
+        }
+        Ok(records)
+    }
+
+    /// `set_status` for many records at once.
+    async fn set_statuses(&mut self, changes: &[(String, Status)]) -> Result<()> {
+        for (id, status) in changes {
+            self.set_status(id, *status).await?;
+        }
+        Ok(())
+    }
+
+    /// `audit` for many entries at once.
+    async fn audit_all(&mut self, entries: &[AuditEntry]) -> Result<()> {
+        for entry in entries {
+            self.audit(entry).await?;
+        }
+        Ok(())
+    }
 
     /// Create a record; `false` when one with that id exists already.
     async fn create_record(&mut self, id: &str, status: Status) -> Result<bool>;

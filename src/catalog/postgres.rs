@@ -44,9 +44,15 @@ struct Statements {
     select_all: String,
     select_one: String,
     lock_one: String,
+    /// `lock_one` for the ids of the array `$1`.
+    lock_many: String,
     update_status: String,
+    /// `update_status` for the ids of the array `$1`.
+    update_many: String,
     insert: String,
     ids_with_status: String,
+    /// Every `$1`th id in byte order.
+    split_points: String,
     /// The id column, quoted, unqualified.
     bare_id: String,
 }
@@ -367,6 +373,17 @@ impl IdType {
             IdType::Other => format!("CAST({column} AS text) = $1"),
         }
     }
+
+    /// The condition that `column` is one of the text array `$1`, as `equals_param` compares.
+    fn in_array_param(self, column: &str, sql_type: &str) -> String {
+        match self {
+            IdType::Text => format!("{column} = ANY($1)"),
+            IdType::Uuid | IdType::Integer { .. } => {
+                format!("{column} = ANY(CAST($1 AS {sql_type}[]))")
+            }
+            IdType::Other => format!("CAST({column} AS text) = ANY($1)"),
+        }
+    }
 }
 
 impl Statements {
@@ -427,10 +444,23 @@ impl Statements {
                 "SELECT {columns} FROM {} WHERE {by_id} FOR UPDATE OF t",
                 from(2)
             ),
+            // Locked in byte order of the ids: two transactions locking overlapping sets take
+            // their rows in the same order, and cannot deadlock on each other.
+            lock_many: format!(
+                "SELECT {columns} FROM {} WHERE {} ORDER BY CAST({id} AS text) COLLATE \"C\" \
+                 FOR UPDATE OF t",
+                from(2),
+                id_type.in_array_param(&id, &types.id)
+            ),
             update_status: format!(
                 "UPDATE {table} SET {status} = CAST($2 AS {}){touch} WHERE {}",
                 types.status,
                 id_type.equals_param(&bare_id, &types.id)
+            ),
+            update_many: format!(
+                "UPDATE {table} SET {status} = CAST($2 AS {}){touch} WHERE {}",
+                types.status,
+                id_type.in_array_param(&bare_id, &types.id)
             ),
             // Only id and status: every other column keeps the app's default.
             insert: format!(
@@ -441,6 +471,12 @@ impl Statements {
             ids_with_status: format!(
                 "SELECT CAST({bare_id} AS text) FROM {table} WHERE CAST({status} AS text) = $1 \
                  ORDER BY 1"
+            ),
+            // The order of `select_all`, so that the same index serves both.
+            split_points: format!(
+                "SELECT id FROM (SELECT CAST({id} AS text) AS id, \
+                 row_number() OVER (ORDER BY CAST({id} AS text) COLLATE \"C\") AS n \
+                 FROM {table} t) numbered WHERE n % $1 = 0"
             ),
             bare_id,
         }
@@ -658,6 +694,20 @@ impl Catalog for PgCatalog {
             .map_err(|e| Error::database(format!("listing {status} docs in {}", self.table), e))
     }
 
+    fn concurrent_writes(&self) -> usize {
+        // One connection is the sweep lock's, one stays free for the event path and workers.
+        let pool = self.pool.options().get_max_connections() as usize;
+        pool.saturating_sub(2).max(1)
+    }
+
+    async fn split_points(&self, every: u64) -> Result<Vec<String>> {
+        sqlx::query_scalar(AssertSqlSafe(self.sql().split_points.as_str()))
+            .bind(i64::try_from(every.max(1)).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::database(format!("sampling the ids of {}", self.table), e))
+    }
+
     async fn prune(&self, retention: &Retention, now: DateTime<Utc>) -> Result<Pruned> {
         let [jobs, key_events, objects] = retention.targets(now);
         Ok(Pruned {
@@ -769,6 +819,98 @@ impl Transaction for PgTransaction<'_> {
                     e,
                 )
             })?;
+        Ok(())
+    }
+
+    async fn lock_records(&mut self, ids: &[String]) -> Result<Vec<Option<Record>>> {
+        let context = || format!("locking {} records in {}", ids.len(), self.catalog.table);
+        let sql = self.catalog.sql();
+        let id_type = self.catalog.id_type;
+        // An id the column cannot hold has no row (asking would only be an error).
+        let asked: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| id_type.admits(id))
+            .collect();
+        let query = sqlx::query(AssertSqlSafe(sql.lock_many.as_str())).bind(&asked);
+        let query = if sql.scoped {
+            query.bind(&self.catalog.scope_name)
+        } else {
+            query
+        };
+        let rows = query
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| Error::database(context(), e))?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let record = self
+                .catalog
+                .record_from(row)
+                .map_err(|e| Error::database(context(), e))?;
+            found.insert(record.id.clone(), record);
+        }
+        Ok(ids.iter().map(|id| found.remove(id)).collect())
+    }
+
+    async fn set_statuses(&mut self, changes: &[(String, Status)]) -> Result<()> {
+        for status in Status::ALL {
+            let ids: Vec<&str> = changes
+                .iter()
+                .filter(|(id, s)| *s == status && self.catalog.id_type.admits(id))
+                .map(|(id, _)| id.as_str())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            sqlx::query(AssertSqlSafe(self.catalog.sql().update_many.as_str()))
+                .bind(&ids)
+                .bind(self.catalog.statuses.word(status))
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| {
+                    Error::database(
+                        format!(
+                            "setting {} records to {status} in {}",
+                            ids.len(),
+                            self.catalog.table
+                        ),
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn audit_all(&mut self, entries: &[AuditEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let column = |f: fn(&AuditEntry) -> Option<String>| -> Vec<Option<String>> {
+            entries.iter().map(f).collect()
+        };
+        // One row per array element: the arrays are the entries' columns.
+        sqlx::query(
+            "INSERT INTO reconciler.audit_log \
+             (at, sweep_id, finding, action, doc_id, key, old_status, new_status, detail, scope) \
+             SELECT at, sweep_id, finding, action, doc_id, key, old_status, new_status, detail, $10 \
+             FROM unnest($1::timestamptz[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+                         $6::text[], $7::text[], $8::text[], $9::text[]) \
+             AS e(at, sweep_id, finding, action, doc_id, key, old_status, new_status, detail)",
+        )
+        .bind(entries.iter().map(|e| e.at).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.sweep_id).collect::<Vec<_>>())
+        .bind(column(|e| Some(e.finding.clone())))
+        .bind(column(|e| Some(e.action.clone())))
+        .bind(column(|e| Some(e.doc_id.clone())))
+        .bind(column(|e| Some(e.key.clone())))
+        .bind(column(|e| e.old_status.clone()))
+        .bind(column(|e| e.new_status.clone()))
+        .bind(column(|e| Some(redact::text(&e.detail))))
+        .bind(&self.catalog.scope_name)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|e| Error::database("writing reconciler.audit_log", e))?;
         Ok(())
     }
 

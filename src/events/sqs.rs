@@ -40,7 +40,7 @@ enum Handled {
     Done,
     /// Left to the queue and its redrive policy.
     Kept,
-    /// A stop came while waiting for a dependency: leave the rest of the batch in the queue.
+    /// A stop came while waiting for a dependency: the message stays in the queue.
     Stopped,
 }
 
@@ -218,9 +218,9 @@ impl Poller {
         Ok(self.handle(messages, crate::stop::never()).await)
     }
 
-    /// Apply a batch, extending its visibility while it runs long (or waits for a dependency),
-    /// then delete what took effect. A stop while waiting for a dependency ends the batch there:
-    /// what is left comes back once its visibility runs out.
+    /// Apply a batch, its messages at once, extending its visibility while it runs long (or
+    /// waits for a dependency), then delete what took effect. A stop while waiting for a
+    /// dependency ends the messages waiting: they come back once their visibility runs out.
     pub async fn handle(&self, messages: Vec<Message>, stop: watch::Receiver<bool>) -> Batch {
         if messages.is_empty() {
             return Batch::default();
@@ -231,17 +231,17 @@ impl Poller {
             .enumerate()
             .filter_map(|(i, m)| m.receipt_handle().map(|r| (i.to_string(), r.to_owned())))
             .collect();
+        // The messages of a batch at once: each event is its own transaction, and events for
+        // one key serialize on its event state (the newest sequencer wins whatever the order).
+        let handled: Vec<_> = messages
+            .iter()
+            .map(|message| self.handle_message(message, stop.clone()))
+            .collect();
         let work = async {
-            let mut stop = stop;
-            let mut done = Vec::new();
-            for (i, message) in messages.iter().enumerate() {
-                match self.handle_message(message, &mut stop).await {
-                    Handled::Done => done.push(i),
-                    Handled::Kept => {}
-                    Handled::Stopped => break,
-                }
-            }
-            done
+            let handled = futures::future::join_all(handled).await;
+            (0..messages.len())
+                .filter(|i| handled[*i] == Handled::Done)
+                .collect::<Vec<usize>>()
         };
         tokio::pin!(work);
         let half = (self.visibility / 2).max(Duration::from_secs(1));
@@ -272,7 +272,7 @@ impl Poller {
     }
 
     /// One message: `Done` when every effect is committed and it may be deleted.
-    async fn handle_message(&self, message: &Message, stop: &mut watch::Receiver<bool>) -> Handled {
+    async fn handle_message(&self, message: &Message, mut stop: watch::Receiver<bool>) -> Handled {
         let id = message.message_id().unwrap_or("-");
         let parsed = parse::parse(message.body().unwrap_or_default());
         let events = match parsed {
@@ -299,7 +299,7 @@ impl Poller {
                 .events_received
                 .with_label_values(&[event.kind.label()])
                 .inc();
-            match self.apply(id, event, stop).await {
+            match self.apply(id, event, &mut stop).await {
                 Handled::Done => {}
                 other => return other,
             }

@@ -18,7 +18,7 @@ use crate::decide::{Decision, decide_key};
 use crate::error::{Error, Interrupted, Result, SafetyStop};
 use crate::execute::{Executor, Mode};
 use crate::metrics::Metrics;
-use crate::model::{Action, Finding, FindingKind, key_of};
+use crate::model::{Action, Finding, FindingKind, Outcome, key_of};
 use crate::report::{Counts, Footer, Header, Sink, Tally};
 use crate::rules::Rules;
 use chrono::{DateTime, Utc};
@@ -26,6 +26,10 @@ use merge::{Merge, Pair};
 use spool::Spool;
 use tokio::sync::watch;
 use uuid::Uuid;
+
+/// Findings read from the spool and executed together: a few batches' worth, so that memory
+/// stays flat and the report follows closely.
+const CHUNK: usize = 8 * crate::execute::BATCH;
 
 pub struct Sweep<'a> {
     pub catalog: &'a dyn Catalog,
@@ -99,6 +103,18 @@ impl Plan {
     pub fn next_finding(&mut self) -> Result<Option<Finding>> {
         self.spool.pop()
     }
+
+    /// The next (up to) `n` findings; none when all were taken.
+    pub fn next_findings(&mut self, n: usize) -> Result<Vec<Finding>> {
+        let mut findings = Vec::new();
+        while findings.len() < n {
+            match self.spool.pop()? {
+                Some(finding) => findings.push(finding),
+                None => break,
+            }
+        }
+        Ok(findings)
+    }
 }
 
 /// What a finished sweep reports back.
@@ -125,9 +141,19 @@ impl Progress for Quiet {
 impl Sweep<'_> {
     /// Merge and decide every key; nothing is written anywhere.
     pub async fn plan(&self, now: DateTime<Utc>, progress: &mut dyn Progress) -> Result<Plan> {
+        let split_points = match self.bucket.keys_per_range() {
+            Some(every) => self
+                .catalog
+                .split_points(every)
+                .await?
+                .iter()
+                .map(|id| key_of(self.prefix, id))
+                .collect(),
+            None => Vec::new(),
+        };
         let mut merge = Merge::new(
             self.catalog.records(),
-            self.bucket.list(self.prefix),
+            self.bucket.list_split(self.prefix, split_points),
             self.prefix,
         )
         .with_uploads(self.bucket.multipart_uploads(self.prefix));
@@ -298,23 +324,42 @@ impl Sweep<'_> {
 
         let mut actions = Tally::default();
         let mut left = 0u64;
+        let concurrency = self.catalog.concurrent_writes();
         let executed = async {
-            while let Some(finding) = plan.next_finding()? {
-                let outcome = if !finding.action.changes_state() {
-                    executor.execute(&finding).await
-                } else if held.is_some() {
-                    crate::model::Outcome::Skipped("safety stop".into())
-                } else if *shutdown.borrow() {
-                    left += 1;
-                    crate::model::Outcome::Skipped("shutdown".into())
-                } else {
-                    executor.execute(&finding).await
-                };
-                actions.add(&outcome);
-                if let Some(m) = self.metrics {
-                    m.action(finding.kind, finding.action, &outcome);
+            // A chunk of findings at a time: executed concurrently, then reported in key order.
+            loop {
+                let chunk = plan.next_findings(CHUNK)?;
+                if chunk.is_empty() {
+                    break;
                 }
-                report.finding(&finding, &outcome)?;
+                let outcomes: Vec<Outcome> = if held.is_some() {
+                    chunk
+                        .iter()
+                        .map(|finding| match finding.action.changes_state() {
+                            true => Outcome::Skipped("safety stop".into()),
+                            false => Outcome::Reported,
+                        })
+                        .collect()
+                } else {
+                    executor
+                        .execute_many(&chunk, concurrency, &shutdown)
+                        .await
+                        .into_iter()
+                        .map(|outcome| {
+                            outcome.unwrap_or_else(|| {
+                                left += 1;
+                                Outcome::Skipped("shutdown".into())
+                            })
+                        })
+                        .collect()
+                };
+                for (finding, outcome) in chunk.iter().zip(&outcomes) {
+                    actions.add(outcome);
+                    if let Some(m) = self.metrics {
+                        m.action(finding.kind, finding.action, outcome);
+                    }
+                    report.finding(finding, outcome)?;
+                }
             }
             Ok::<_, Error>(())
         }

@@ -92,6 +92,38 @@ fn skipped_because(outcome: &Outcome, words: &str) -> bool {
 
 #[tokio::test]
 async fn a_row_or_object_changed_since_the_read_is_skipped_not_clobbered() {
+    skipped_not_clobbered(false).await;
+}
+
+#[tokio::test]
+async fn a_row_or_object_changed_since_the_read_is_skipped_not_clobbered_in_a_batch() {
+    skipped_not_clobbered(true).await;
+}
+
+/// The findings executed one by one, or all at once as a sweep does (the status-only ones in one
+/// batch transaction, the deletes beside it).
+async fn execute_all(
+    executor: &Executor<'_>,
+    found: &BTreeMap<String, Finding>,
+    concurrently: bool,
+) -> BTreeMap<String, Outcome> {
+    let mut outcomes = BTreeMap::new();
+    if concurrently {
+        let findings: Vec<Finding> = found.values().cloned().collect();
+        let (_stop, stop) = tokio::sync::watch::channel(false);
+        let done = executor.execute_many(&findings, 3, &stop).await;
+        for (finding, outcome) in findings.iter().zip(done) {
+            outcomes.insert(finding.id.clone(), outcome.expect("attempted"));
+        }
+    } else {
+        for (id, finding) in found {
+            outcomes.insert(id.clone(), executor.execute(finding).await);
+        }
+    }
+    outcomes
+}
+
+async fn skipped_not_clobbered(concurrently: bool) {
     let w =
         world("orphan_grace = \"0s\"\norphan_action = \"delete\"\nallow_bucket_root = true").await;
     w.db.doc("paid-up", "pending", 2 * HOUR).await; // the API marks it uploaded meanwhile
@@ -118,10 +150,7 @@ async fn a_row_or_object_changed_since_the_read_is_skipped_not_clobbered() {
     w.bucket.put("rewritten", "someone's new upload").await;
 
     let executor = w.executor();
-    let mut outcomes = BTreeMap::new();
-    for (id, finding) in &found {
-        outcomes.insert(id.clone(), executor.execute(finding).await);
-    }
+    let outcomes = execute_all(&executor, &found, concurrently).await;
     assert!(
         skipped_because(&outcomes["paid-up"], "changed"),
         "{outcomes:?}"
@@ -164,11 +193,20 @@ async fn a_row_or_object_changed_since_the_read_is_skipped_not_clobbered() {
 
 #[tokio::test]
 async fn a_write_waits_for_the_row_lock_and_then_sees_the_new_status() {
+    waits_for_the_row_lock(false).await;
+}
+
+#[tokio::test]
+async fn a_batch_waits_for_the_row_lock_and_then_sees_the_new_status() {
+    waits_for_the_row_lock(true).await;
+}
+
+async fn waits_for_the_row_lock(concurrently: bool) {
     let w = world("").await;
+    w.db.doc("beside", "pending", 2 * HOUR).await;
     w.db.doc("contended", "pending", 2 * HOUR).await;
     let mut plan = w.plan().await;
     let found = findings(&mut plan);
-    let finding = &found["contended"];
 
     // The API holds the row mid-transaction, changing it, when the executor arrives.
     let mut api = w.db.pool.begin().await.expect("begin");
@@ -178,7 +216,7 @@ async fn a_write_waits_for_the_row_lock_and_then_sees_the_new_status() {
         .expect("update in the API's transaction");
     let executor = w.executor();
     let (outcome, _) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        tokio::join!(executor.execute(finding), async {
+        tokio::join!(execute_all(&executor, &found, concurrently), async {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             api.commit().await.expect("commit");
         })
@@ -186,6 +224,14 @@ async fn a_write_waits_for_the_row_lock_and_then_sees_the_new_status() {
     .await
     .expect("executor and API finished (likely deadlocked)");
 
-    assert!(skipped_because(&outcome, "changed"), "{outcome:?}");
+    assert!(
+        skipped_because(&outcome["contended"], "changed"),
+        "{outcome:?}"
+    );
     assert_eq!(w.db.status("contended").await.as_deref(), Some("uploaded"));
+    // The other row of the batch went through, audited alone.
+    assert_eq!(outcome["beside"], Outcome::Applied);
+    assert_eq!(w.db.status("beside").await.as_deref(), Some("expired"));
+    let audited: Vec<String> = w.db.audit().await.into_iter().map(|a| a.0).collect();
+    assert_eq!(audited, ["beside"]);
 }

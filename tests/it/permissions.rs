@@ -83,7 +83,9 @@ fn calls_in_source() -> BTreeSet<String> {
                         .chars()
                         .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
                         .collect();
-                    if call[name.len()..].starts_with("()") && !name.is_empty() {
+                    // `clone` and `config` are the client's own methods, not operations.
+                    let operation = !matches!(name.as_str(), "" | "clone" | "config");
+                    if call[name.len()..].starts_with("()") && operation {
                         out.insert(name);
                     }
                 }

@@ -195,6 +195,51 @@ async fn a_listing_that_fails_mid_sweep_aborts_it_and_nothing_is_applied() {
 }
 
 #[tokio::test]
+async fn a_split_listing_whose_later_range_fails_aborts_the_sweep_and_nothing_is_applied() {
+    // Pages of two: the sweep cuts the listing at every fourth id of the table (fine-03, fine-07)
+    // and lists the three ranges at once; the two after the first start after a key. Only those
+    // fail: the first range lists fine, and its keys must not be taken for the whole bucket.
+    for fault in LISTING_BREAKS {
+        let db = TestDb::with_docs(None).await;
+        let bucket = TestBucket::new().await;
+        listing_world(&db, &bucket, 8, 3).await;
+        let before = db.snapshot().await;
+        let proxy = FaultProxy::http(&bucket.endpoint).await;
+        proxy.set(Rule {
+            fault,
+            only: Some("start-after=".into()),
+            after: 0,
+        });
+        let mut reconcile = Reconcile::new(&db, &bucket).set("storage.list_page_size", "2");
+        reconcile.endpoint = proxy.endpoint.clone();
+
+        let run = reconcile.run(&["--format", "json"]).await;
+        assert_eq!(run.code, 1, "{fault:?}: {}\n{}", run.stdout, run.stderr);
+        assert!(proxy.injected()[fault.label()] >= 1, "{fault:?}");
+        let expected = format!("listing s3://{}/", bucket.name);
+        assert!(run.stderr.contains(&expected), "{fault:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{fault:?}: {}", run.stdout);
+        assert_eq!(db.snapshot().await, before, "{fault:?}");
+        assert!(!db.reconciler_schema_exists().await, "{fault:?}");
+
+        // Split the same way without the fault: every key once, the stale docs expired.
+        proxy.set(Fault::Pass);
+        let run = reconcile.run(&["--format", "json"]).await;
+        assert_eq!(run.code, 0, "{fault:?}: {}", run.stderr);
+        let report = run.json();
+        assert_eq!(report["objects_listed"], 8, "{report}");
+        assert_eq!(report["records_scanned"], 11, "{report}");
+        assert_eq!(report["actions"]["applied"], 3, "{report}");
+        for i in 0..3 {
+            assert_eq!(
+                db.status(&format!("stale-{i}")).await.as_deref(),
+                Some("expired")
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_listing_slowed_down_mid_way_is_retried_and_read_whole() {
     // From the third page on, each page's first try is answered 503 SlowDown; its retry passes.
     let slow_down = Fault::Answer(HttpError::SlowDown, Pick::EveryNth(2));
