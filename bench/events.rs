@@ -5,7 +5,14 @@
 //! Postgres at 127.0.0.1:5432).
 //!
 //! The events are ObjectRemoved for docs `uploaded` whose objects are not there: each one's effect
-//! is a status change with its audit row, and no object has to be loaded into moto first.
+//! is a HEAD of the object (gone), a status change and its audit row. The bucket is on garage,
+//! as in `bench/garage.rs`, and only the queue on moto: moto serves every request from one
+//! Python thread, and HEADs sent to it would be measured as moto's work, not the daemon's.
+//!
+//! The queue is filled and drained [`CHUNK`] messages at a time, each drain timed: moto's
+//! SendMessage reads the queue's attributes, which walk every message in it, so filling one
+//! queue with 20 000 messages would take hours (quadratic), and so would draining it (its
+//! DeleteMessage walks them too). Both drains see the same queue sizes.
 
 mod common;
 
@@ -24,6 +31,8 @@ use upload_reconciler::metrics::Metrics;
 
 const DB: &str = "reconcile_bench_events";
 const EVENTS: u64 = 20_000;
+/// Messages in the queue at a time.
+const CHUNK: u64 = 200;
 
 fn message(bucket: &str, i: u64) -> String {
     serde_json::json!({"Records": [{
@@ -35,38 +44,33 @@ fn message(bucket: &str, i: u64) -> String {
     .to_string()
 }
 
-/// Send the 20 000 notifications, 10 a request, 8 requests at a time.
-async fn fill(queue: &Queue, bucket: &str) {
-    stream::iter(
-        (0..EVENTS)
-            .collect::<Vec<_>>()
-            .chunks(10)
-            .map(<[u64]>::to_vec),
-    )
-    .map(|chunk| async move {
-        let entries = chunk
-            .iter()
-            .map(|i| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(message(bucket, *i))
-                    .build()
-                    .expect("batch entry")
-            })
-            .collect();
-        queue
-            .client
-            .send_message_batch()
-            .queue_url(&queue.url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map(|_| ())
-    })
-    .buffer_unordered(8)
-    .try_collect::<()>()
-    .await
-    .expect("fill the queue");
+/// Send the notifications of docs `docs`, 10 a request, 8 requests at a time.
+async fn fill(queue: &Queue, bucket: &str, docs: std::ops::Range<u64>) {
+    stream::iter(docs.collect::<Vec<_>>().chunks(10).map(<[u64]>::to_vec))
+        .map(|chunk| async move {
+            let entries = chunk
+                .iter()
+                .map(|i| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(message(bucket, *i))
+                        .build()
+                        .expect("batch entry")
+                })
+                .collect();
+            queue
+                .client
+                .send_message_batch()
+                .queue_url(&queue.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map(|_| ())
+        })
+        .buffer_unordered(8)
+        .try_collect::<()>()
+        .await
+        .expect("fill the queue");
 }
 
 /// Receive 10, delete them in one batch, until a receive comes back empty: what draining costs
@@ -120,6 +124,7 @@ async fn missing(pool: &sqlx::PgPool) -> i64 {
 #[tokio::main]
 async fn main() {
     let moto = std::env::var("MOTO_ENDPOINT").expect("MOTO_ENDPOINT (run scripts/bench)");
+    let garage = std::env::var("BENCH_S3_ENDPOINT").expect("BENCH_S3_ENDPOINT (run scripts/bench)");
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -127,9 +132,9 @@ async fn main() {
     let bucket = format!("bench-events-{}", uuid::Uuid::new_v4().simple());
     let config = Config::from_toml(&format!(
         "[database]\nurl = \"{}\"\n\
-         [storage]\nbucket = \"{bucket}\"\nprefix = \"docs/\"\nregion = \"us-east-1\"\n\
-         endpoint_url = \"{moto}\"\nforce_path_style = true\n\
-         [events]\nendpoint_url = \"{moto}\"\n",
+         [storage]\nbucket = \"{bucket}\"\nprefix = \"docs/\"\nregion = \"garage\"\n\
+         endpoint_url = \"{garage}\"\nforce_path_style = true\n\
+         [events]\nendpoint_url = \"{moto}\"\nregion = \"us-east-1\"\n",
         common::database_url(DB)
     ))
     .expect("bench config");
@@ -138,7 +143,7 @@ async fn main() {
         .bucket(&bucket)
         .send()
         .await
-        .expect("create bucket on moto");
+        .expect("create bucket on garage");
     let queue = Queue::connect(&config.events, &format!("{moto}/000000000000/q"), None).await;
     let url = queue
         .client
@@ -151,7 +156,10 @@ async fn main() {
         .expect("queue url");
     let queue = Queue { url, ..queue };
 
-    println!("\nevent path: {EVENTS} ObjectRemoved events on moto, {rounds} rounds");
+    println!(
+        "\nevent path: {EVENTS} ObjectRemoved events on moto, {CHUNK} in the queue at a time, \
+         {rounds} rounds"
+    );
     let (mut daemon, mut bare) = (vec![], vec![]);
     for _ in 0..rounds {
         common::seed(DB, EVENTS, "'uploaded'").await;
@@ -179,18 +187,28 @@ async fn main() {
             gate: Default::default(),
         };
 
-        fill(&queue, &config.storage.bucket).await;
-        let started = Instant::now();
-        let mut deleted = 0;
-        loop {
-            let batch = poller.poll_once().await.expect("poll");
-            if batch.received == 0 {
-                break;
+        let (mut daemon_s, mut bare_s, mut deleted, mut drained) = (0.0, 0.0, 0, 0);
+        for start in (0..EVENTS).step_by(CHUNK as usize) {
+            fill(&queue, &config.storage.bucket, start..start + CHUNK).await;
+            let started = Instant::now();
+            loop {
+                let batch = poller.poll_once().await.expect("poll");
+                if batch.received == 0 {
+                    break;
+                }
+                deleted += batch.deleted as u64;
             }
-            deleted += batch.deleted as u64;
+            daemon_s += started.elapsed().as_secs_f64();
+
+            fill(&queue, &config.storage.bucket, start..start + CHUNK).await;
+            let started = Instant::now();
+            drained += bare_drain(&queue).await;
+            bare_s += started.elapsed().as_secs_f64();
         }
-        daemon.push(started.elapsed().as_secs_f64());
         assert_eq!(deleted, EVENTS, "every message took effect");
+        assert_eq!(drained, EVENTS, "every message drained");
+        daemon.push(daemon_s);
+        bare.push(bare_s);
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .connect(&common::database_url(DB))
@@ -202,11 +220,6 @@ async fn main() {
             "every event marked its doc"
         );
         pool.close().await;
-
-        fill(&queue, &config.storage.bucket).await;
-        let started = Instant::now();
-        assert_eq!(bare_drain(&queue).await, EVENTS);
-        bare.push(started.elapsed().as_secs_f64());
     }
     let daemon_s = show("daemon's poller: drain with effects", &daemon, "s");
     let bare_s = show("bare drain: receive 10 + batch-delete", &bare, "s");

@@ -4,7 +4,7 @@
 //! table, and measures.
 //!
 //!     scripts/bench                      # 10k and 100k objects, 3 rounds
-//!     scripts/bench 10000 100000 1000000 # the long setting (loading 1M objects takes an hour)
+//!     scripts/bench 10000 100000 1000000 # the long setting (loading 1M objects: about 4 minutes)
 //!
 //! For each size, every round runs the three listings one after the other (alternated, so that a
 //! slower moment of the machine weighs on all three alike):
@@ -17,7 +17,9 @@
 //! mark_missing actions (a tenth of the rows: 1k at 10k, 10k at 100k); its actions a second count
 //! the time beyond the dry run's median.
 //!
-//! Wall time and peak RSS come from `/usr/bin/time`. Each figure printed is the median of the
+//! Wall time, CPU time and peak RSS come from `/usr/bin/time`; beside them garage's CPU time over
+//! the same command, from `/proc` (scripts/bench passes its pid as `BENCH_SERVER_PID`): both share
+//! the machine's cores. Each figure printed is the median of the
 //! rounds, min and max beside it.
 
 mod common;
@@ -76,14 +78,13 @@ impl Garage {
     }
 
     fn storage(&self, bucket: &str) -> StorageConfig {
-        let toml = format!(
-            "[storage]\nbucket = \"{bucket}\"\nregion = \"garage\"\nendpoint_url = \"{}\"\n\
-             force_path_style = true\n",
-            self.endpoint
-        );
-        upload_reconciler::config::Config::from_toml(&toml)
-            .expect("storage config")
-            .storage
+        StorageConfig {
+            bucket: bucket.to_owned(),
+            region: Some("garage".into()),
+            endpoint_url: Some(self.endpoint.clone()),
+            force_path_style: true,
+            ..StorageConfig::default()
+        }
     }
 }
 
@@ -165,13 +166,15 @@ async fn seed(rows: u64) {
     .await;
 }
 
+/// Postgres on localhost, without TLS: its handshake is a fixed cost of each process (about
+/// 0.2 s here, BENCHMARKS.md), nothing to do with the bucket's size.
 fn write_config(dir: &Path, garage: &Garage, rows: u64) -> PathBuf {
     let path = dir.join(format!("reconcile-{rows}.toml"));
     let toml = format!(
-        "[database]\nurl = \"{}\"\n\
+        "[database]\nurl = \"{}?sslmode=disable\"\n\
          [storage]\nbucket = \"{}\"\nprefix = \"{PREFIX}\"\nregion = \"garage\"\n\
          endpoint_url = \"{}\"\nforce_path_style = true\n\
-         [sweep]\norphan_grace = \"100years\"\n",
+         [sweep]\norphan_grace = \"10years\"\n",
         common::database_url(&database(rows)),
         bucket_name(rows),
         garage.endpoint
@@ -180,11 +183,35 @@ fn write_config(dir: &Path, garage: &Garage, rows: u64) -> PathBuf {
     path
 }
 
-/// What one measured command took: wall seconds and peak RSS, from `/usr/bin/time`.
+/// What one measured command took: wall seconds, its own CPU seconds and peak RSS (from
+/// `/usr/bin/time`), and the CPU seconds garage spent meanwhile (both share the machine's cores).
 #[derive(Debug, Clone, Copy)]
 struct Run {
     seconds: f64,
+    cpu: f64,
     rss_mib: f64,
+    server_cpu: f64,
+}
+
+/// Garage's CPU seconds so far (user and system), from /proc: scripts/bench passes its pid.
+fn server_cpu() -> f64 {
+    let Some(pid) = std::env::var("BENCH_SERVER_PID").ok() else {
+        return 0.0;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses: utime and stime are the 12th
+    // and 13th, in clock ticks (100 a second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Run `program args` under `/usr/bin/time`, its stdout to `out` (or nowhere); panics when it
@@ -193,7 +220,7 @@ fn timed(program: &str, args: &[String], out: Option<&Path>) -> Run {
     let mut command = Command::new("/usr/bin/time");
     command
         .arg("-f")
-        .arg("BENCH %e %M")
+        .arg("BENCH %e %M %U %S")
         .arg(program)
         .args(args)
         // rclone refuses to start with a custom CA bundle set; nobody here uses TLS.
@@ -203,9 +230,11 @@ fn timed(program: &str, args: &[String], out: Option<&Path>) -> Run {
         Some(path) => Stdio::from(std::fs::File::create(path).expect("bench output file")),
         None => Stdio::null(),
     });
+    let server_before = server_cpu();
     let output = command
         .output()
         .expect("run /usr/bin/time (Debian package `time`)");
+    let server_cpu = server_cpu() - server_before;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
@@ -217,12 +246,19 @@ fn timed(program: &str, args: &[String], out: Option<&Path>) -> Run {
         .rev()
         .find(|l| l.starts_with("BENCH "))
         .expect("/usr/bin/time's line");
-    let mut fields = line.split_whitespace().skip(1);
-    let seconds = fields.next().and_then(|s| s.parse().ok()).expect("seconds");
-    let kib: f64 = fields.next().and_then(|s| s.parse().ok()).expect("max RSS");
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().expect("a figure of /usr/bin/time"))
+        .collect();
+    let [seconds, kib, user, system] = fields[..] else {
+        panic!("/usr/bin/time's line: {line}");
+    };
     Run {
         seconds,
+        cpu: user + system,
         rss_mib: kib / 1024.0,
+        server_cpu,
     }
 }
 
@@ -315,6 +351,29 @@ fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// The median wall time of `runs` (printed with min and max), and beside it the median CPU
+/// seconds of the command and of garage: on a machine they share, the listing cannot end before
+/// both have had their CPU time.
+fn show_runs(label: &str, runs: &[Run]) -> f64 {
+    let median = |f: fn(&Run) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let wall = show(
+        label,
+        &runs.iter().map(|r| r.seconds).collect::<Vec<_>>(),
+        "s",
+    );
+    println!(
+        "  {:<40} {:>9.3} s CPU, garage {:.3} s CPU",
+        "",
+        median(|r| r.cpu),
+        median(|r| r.server_cpu)
+    );
+    wall
+}
+
 fn actions(summary: &serde_json::Value, outcome: &str) -> u64 {
     summary["actions"][outcome].as_u64().unwrap_or(0)
 }
@@ -329,22 +388,25 @@ async fn size(garage: &Garage, tools: &Tools, rows: u64, rounds: usize) {
         keys.len()
     );
 
-    let (mut sweep, mut rss, mut rclone, mut floor) = (vec![], vec![], vec![], vec![]);
+    let (mut sweep, mut rclone, mut floor) = (vec![], vec![], vec![]);
     for _ in 0..rounds {
         let (run, summary) = tools.sweep(&config, true);
         assert_eq!(summary["objects_listed"].as_u64(), Some(keys.len() as u64));
-        sweep.push(run.seconds);
-        rss.push(run.rss_mib);
+        sweep.push(run);
         let (run, listed) = tools.rclone(rows);
         assert_eq!(listed, keys.len(), "rclone listed another bucket");
-        rclone.push(run.seconds);
+        rclone.push(run);
         let (run, _) = tools.floor(garage, rows, &keys);
-        floor.push(run.seconds);
+        floor.push(run);
     }
-    let sweep_s = show("dry-run sweep", &sweep, "s");
-    let rclone_s = show("rclone lsf -R", &rclone, "s");
-    let floor_s = show("listing floor (curl, 4 at once)", &floor, "s");
-    show("sweep peak RSS", &rss, "MiB");
+    let sweep_s = show_runs("dry-run sweep", &sweep);
+    let rclone_s = show_runs("rclone lsf -R", &rclone);
+    let floor_s = show_runs("listing floor (curl, 4 at once)", &floor);
+    show(
+        "sweep peak RSS",
+        &sweep.iter().map(|r| r.rss_mib).collect::<Vec<_>>(),
+        "MiB",
+    );
     println!(
         "  sweep/floor {:.2}   sweep/rclone {:.2}   objects/s in the sweep {:.0}",
         sweep_s / floor_s,

@@ -58,6 +58,14 @@ async fn each_bad_config_file_is_an_error_that_names_its_key() {
             &["storage.list_page_size"],
         ),
         (
+            "[storage]\nlist_concurrency = 0\n",
+            &["storage.list_concurrency", "1..=64"],
+        ),
+        (
+            "[storage]\nlist_concurrency = 65\n",
+            &["storage.list_concurrency", "65"],
+        ),
+        (
             "[sweep]\nallow_bucket_root = \"maybe\"\n",
             &["sweep.allow_bucket_root"],
         ),
