@@ -206,7 +206,7 @@ async fn sweep(config: &Config, args: &SweepArgs) -> Result<i32> {
             ))
         })?)
     };
-    // An applying sweep stops between two actions on SIGTERM or SIGINT and says what it applied;
+    // An applying sweep stops between actions on SIGTERM or SIGINT and says what it applied;
     // a dry run writes nothing, so the signals' default (end at once) is right for it.
     let stop = if args.dry_run {
         crate::stop::never()

@@ -331,7 +331,7 @@ impl Sweeper {
                 _ = stopped.changed() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            // A shutdown stops the sweep between two actions (each is its own transaction);
+            // A shutdown stops the sweep between transactions (an action each, or a batch);
             // its history row says `interrupted`.
             self.sweep_once(&stopped).await;
         }

@@ -83,7 +83,7 @@ impl Dependency {
 pub enum Interrupted {
     /// Stopped while scanning: nothing was written.
     Scan,
-    /// Stopped between two actions; `left` were not attempted.
+    /// Stopped between actions; `left` were not attempted.
     Actions {
         applied: u64,
         failed: u64,

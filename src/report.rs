@@ -1,6 +1,6 @@
 //! Reports: `table` for people, `json` (one object) and `jsonl` (one finding a line, then the
-//! summary) for programs. All three stream: the sweep hands findings over one at a time, after the
-//! scan is complete, so no format holds the findings in memory.
+//! summary) for programs. All three stream: the sweep hands findings over one at a time (a chunk
+//! executed at a time), after the scan is complete, so no format holds the findings in memory.
 
 use crate::error::{Error, Result};
 use crate::model::{Finding, FindingKind, Outcome};

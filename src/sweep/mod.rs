@@ -1,13 +1,14 @@
-//! One sweep: merge the table against the listing, decide every key, check the breaker, then hand
-//! each finding to the executor and the report. Dry run and apply take this same path; only the
-//! executor's mode differs.
+//! One sweep: merge the table against the listing (listed in key ranges at once where the bucket
+//! can), decide every key, check the breaker, then hand the findings to the executor a chunk at a
+//! time and report them in key order. Dry run and apply take this same path; only the executor's
+//! mode differs.
 //!
 //! The scan finishes before the first write so that the breaker can see the whole picture; the
 //! findings wait in a spool file meanwhile, so memory stays flat however many there are.
 //!
-//! A stop (SIGTERM, SIGINT) ends the scan at once, or the actions between two of them: each action
-//! is its own transaction, the rest are reported skipped (`shutdown`) and the history row says
-//! `interrupted`.
+//! A stop (SIGTERM, SIGINT) ends the scan at once, or the actions between transactions: the
+//! transactions under way (an action each, or a batch of status-only ones) finish, the rest are
+//! reported skipped (`shutdown`) and the history row says `interrupted`.
 
 pub mod merge;
 mod spool;
