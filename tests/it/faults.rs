@@ -439,7 +439,7 @@ async fn the_breaker_holds_under_listing_faults_and_after_them() {
     }
     proxy.set(listing_after(
         0,
-        Fault::Answer(HttpError::SlowDown, Pick::EveryNth(2)),
+        Fault::Answer(HttpError::SlowDown, Pick::FirstTry),
     ));
     let run = reconcile.run(&["--format", "json"]).await;
     assert_eq!(run.code, 4, "{}", run.stderr);

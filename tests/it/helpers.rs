@@ -1244,6 +1244,9 @@ pub enum Pick {
     EveryNth(usize),
     /// Each with this probability, from the proxy's seeded RNG.
     Fraction(f64),
+    /// The first try of each request (a target not seen since the rule was set): its retry, the
+    /// same target, passes, however many other requests run at the same time.
+    FirstTry,
 }
 
 /// A fault and the requests it applies to: those whose target (path and query) contains `only`,
@@ -1284,6 +1287,8 @@ struct FaultState {
     rule: tokio::sync::watch::Sender<Rule>,
     /// Requests that matched the rule since it was set.
     matched: std::sync::atomic::AtomicUsize,
+    /// The targets of those requests (for [`Pick::FirstTry`]).
+    tried: std::sync::Mutex<std::collections::HashSet<String>>,
     rng: std::sync::Mutex<fastrand::Rng>,
     injected: std::sync::Mutex<BTreeMap<&'static str, usize>>,
     rewritten: std::sync::atomic::AtomicUsize,
@@ -1362,6 +1367,7 @@ impl FaultProxy {
             http,
             rule: tokio::sync::watch::Sender::new(Rule::from(Fault::Pass)),
             matched: Default::default(),
+            tried: Default::default(),
             rng: std::sync::Mutex::new(fastrand::Rng::with_seed(fault_seed())),
             injected: Default::default(),
             rewritten: Default::default(),
@@ -1394,6 +1400,9 @@ impl FaultProxy {
         self.state
             .matched
             .store(0, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut tried) = self.state.tried.lock() {
+            tried.clear();
+        }
         self.state.rule.send_replace(rule.into());
     }
 
@@ -1464,6 +1473,10 @@ impl FaultState {
         let picked = match rule.fault {
             Fault::Answer(_, Pick::EveryNth(every)) => i % every.max(1) == 0,
             Fault::Answer(_, Pick::Fraction(p)) => self.rng.lock().is_ok_and(|mut r| r.f64() < p),
+            Fault::Answer(_, Pick::FirstTry) => self
+                .tried
+                .lock()
+                .is_ok_and(|mut tried| tried.insert(request.target.clone())),
             _ => true,
         };
         if picked { rule.fault } else { Fault::Pass }
