@@ -1,7 +1,32 @@
-//! What the benches share: the table they sweep, and how their figures are printed.
+//! What the benches share: the docs they sweep, the table that holds them, and how their figures
+//! are printed. Each bench uses its part.
+#![allow(dead_code)]
 
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgPoolOptions;
+
+/// Row i is doc `{i:09}`. Every 10th row has no object (half of them pending, to expire; half
+/// uploaded, to mark missing), every 50th object has no row (an orphan `{i:09}o`, which sorts
+/// right after its neighbour in byte order).
+pub fn has_object(i: u64) -> bool {
+    i % 10 != 3
+}
+
+pub fn has_orphan(i: u64) -> bool {
+    i % 50 == 7
+}
+
+/// The status of row i, as an SQL expression for [`seed`]: those without an object pending or
+/// uploaded (as [`has_object`] says), the rest processed.
+pub const STATUS_OF_ROW: &str = "CASE WHEN i % 10 = 3 AND i % 20 = 3 THEN 'pending' \
+                                      WHEN i % 10 = 3 THEN 'uploaded' ELSE 'processed' END";
+
+/// The median of `values`.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
 
 const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -56,13 +81,9 @@ pub async fn seed(db: &str, rows: u64, status: &str) {
 
 /// Print the median of one measure over the rounds, min and max beside it; returns the median.
 pub fn show(label: &str, values: &[f64], unit: &str) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    println!(
-        "  {label:<40} {median:>9.3} {unit:<10} (min {:.3}, max {:.3})",
-        sorted[0],
-        sorted[sorted.len() - 1]
-    );
+    let median = median(values);
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    println!("  {label:<40} {median:>9.3} {unit:<10} (min {min:.3}, max {max:.3})");
     median
 }

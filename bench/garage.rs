@@ -25,7 +25,7 @@
 mod common;
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::show;
+use common::{has_object, has_orphan, show};
 use futures::stream::{self, StreamExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,17 +35,7 @@ use upload_reconciler::config::StorageConfig;
 const PREFIX: &str = "docs/";
 const PAGE: usize = 1000;
 
-/// Row i is doc `{i:09}`. Every 10th row has no object (half of them pending, to expire; half
-/// uploaded, to mark missing), every 50th object has no row (an orphan `{i:09}o`, in grace).
-fn has_object(i: u64) -> bool {
-    i % 10 != 3
-}
-
-fn has_orphan(i: u64) -> bool {
-    i % 50 == 7
-}
-
-/// Every key of a bucket of `rows` docs, in byte order.
+/// Every key of a bucket of `rows` docs, in byte order (the orphans within their grace).
 fn keys(rows: u64) -> Vec<String> {
     let mut keys = Vec::new();
     for i in 0..rows {
@@ -157,13 +147,7 @@ fn database(rows: u64) -> String {
 /// A fresh table of `rows` docs: the rows without objects were created two hours ago (past the
 /// pending TTL), the orphans' objects are young for an orphan grace of years.
 async fn seed(rows: u64) {
-    common::seed(
-        &database(rows),
-        rows,
-        "CASE WHEN i % 10 = 3 AND i % 20 = 3 THEN 'pending' \
-              WHEN i % 10 = 3 THEN 'uploaded' ELSE 'processed' END",
-    )
-    .await;
+    common::seed(&database(rows), rows, common::STATUS_OF_ROW).await;
 }
 
 /// Postgres on localhost, without TLS: its handshake is a fixed cost of each process (about
@@ -355,11 +339,7 @@ fn urlencode(s: &str) -> String {
 /// seconds of the command and of garage: on a machine they share, the listing cannot end before
 /// both have had their CPU time.
 fn show_runs(label: &str, runs: &[Run]) -> f64 {
-    let median = |f: fn(&Run) -> f64| {
-        let mut values: Vec<f64> = runs.iter().map(f).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
+    let median = |f: fn(&Run) -> f64| common::median(&runs.iter().map(f).collect::<Vec<_>>());
     let wall = show(
         label,
         &runs.iter().map(|r| r.seconds).collect::<Vec<_>>(),

@@ -9,8 +9,6 @@
 
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
-use sqlx::AssertSqlSafe;
-use sqlx::postgres::PgPoolOptions;
 use std::time::Instant;
 use upload_reconciler::bucket::{Bucket, CopyOutcome, DeleteOutcome};
 use upload_reconciler::catalog::postgres::PgCatalog;
@@ -20,18 +18,11 @@ use upload_reconciler::report::{self, Format};
 use upload_reconciler::sweep::{Options, Quiet, Sweep};
 use upload_reconciler::{Error, Result};
 
-const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+mod common;
+
+use common::{has_object, has_orphan};
+
 const DB: &str = "reconcile_bench";
-
-/// Row i is doc `{i:09}`. Every 10th row has no object (missing or stale), every 50th object has
-/// no row (an orphan `{i:09}o`, which sorts right after its neighbour in byte order).
-fn has_object(i: u64) -> bool {
-    i % 10 != 3
-}
-
-fn has_orphan(i: u64) -> bool {
-    i % 50 == 7
-}
 
 struct GeneratedBucket {
     rows: u64,
@@ -100,60 +91,17 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-async fn seed(rows: u64) {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(ADMIN)
-        .await
-        .expect("Postgres at 127.0.0.1:5432");
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"),
-        format!("CREATE DATABASE {DB}"),
-    ] {
-        sqlx::query(AssertSqlSafe(sql))
-            .execute(&admin)
-            .await
-            .expect("recreate bench database");
-    }
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&format!("postgres://postgres@127.0.0.1:5432/{DB}"))
-        .await
-        .expect("connect bench database");
-    for sql in [
-        "CREATE TABLE docs (id text PRIMARY KEY, title text NOT NULL DEFAULT '', \
-         status text NOT NULL DEFAULT 'pending', created_at timestamptz NOT NULL DEFAULT now(), \
-         updated_at timestamptz NOT NULL DEFAULT now())"
-            .to_owned(),
-        format!(
-            "INSERT INTO docs (id, status, created_at) \
-             SELECT lpad(i::text, 9, '0'), \
-                    CASE WHEN i % 10 = 3 AND i % 20 = 3 THEN 'pending' \
-                         WHEN i % 10 = 3 THEN 'uploaded' ELSE 'processed' END, \
-                    now() - interval '2 hours' \
-             FROM generate_series(0, {}) AS i",
-            rows - 1
-        ),
-        "CREATE INDEX ON docs (id COLLATE \"C\")".to_owned(),
-        "ANALYZE docs".to_owned(),
-    ] {
-        sqlx::query(AssertSqlSafe(sql))
-            .execute(&pool)
-            .await
-            .expect("seed bench table");
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let rows: u64 = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(100_000);
-    seed(rows).await;
+    common::seed(DB, rows, common::STATUS_OF_ROW).await;
     let config = Config::from_toml(&format!(
-        "[database]\nurl = \"postgres://postgres@127.0.0.1:5432/{DB}\"\n\
-         [storage]\nbucket = \"bench\"\n[sweep]\norphan_grace = \"1h\"\n"
+        "[database]\nurl = \"{}\"\n\
+         [storage]\nbucket = \"bench\"\n[sweep]\norphan_grace = \"1h\"\n",
+        common::database_url(DB)
     ))
     .expect("bench config");
     let catalog = PgCatalog::connect(

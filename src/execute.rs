@@ -21,6 +21,14 @@ pub const BATCH: usize = 100;
 /// The HEADs of one batch sent at once.
 const HEADS_AT_ONCE: usize = 32;
 
+/// A transaction's worth of `execute_many`, by index into its findings.
+enum Work {
+    /// Any action but a status-only one, in a transaction of its own.
+    One(usize),
+    /// Up to [`BATCH`] status-only actions, in one transaction.
+    Batch(Vec<usize>),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     DryRun,
@@ -58,11 +66,8 @@ impl From<&str> for Changed {
 
 impl Executor<'_> {
     pub async fn execute(&self, finding: &Finding) -> Outcome {
-        if !finding.action.changes_state() {
-            return Outcome::Reported;
-        }
-        if self.mode == Mode::DryRun {
-            return Outcome::DryRun;
+        if let Some(outcome) = self.without_writing(finding) {
+            return outcome;
         }
         let outcome = outcome_of(self.apply(finding).await);
         log(finding, &outcome);
@@ -79,26 +84,22 @@ impl Executor<'_> {
         concurrency: usize,
         stop: &watch::Receiver<bool>,
     ) -> Vec<Option<Outcome>> {
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; findings.len()];
-        let mut batched = Vec::new();
-        let mut work = Vec::new();
-        for (i, finding) in findings.iter().enumerate() {
-            if !finding.action.changes_state() {
-                outcomes[i] = Some(Outcome::Reported);
-            } else if self.mode == Mode::DryRun {
-                outcomes[i] = Some(Outcome::DryRun);
-            } else if finding.action.is_status_only() {
-                batched.push(i);
-            } else {
-                work.push(vec![i]);
-            }
-        }
-        work.extend(batched.chunks(BATCH).map(<[usize]>::to_vec));
+        let mut outcomes: Vec<Option<Outcome>> =
+            findings.iter().map(|f| self.without_writing(f)).collect();
+        let (batched, single): (Vec<usize>, Vec<usize>) = (0..findings.len())
+            .filter(|i| outcomes[*i].is_none())
+            .partition(|i| findings[*i].action.is_status_only());
+        let mut work: Vec<Work> = single.into_iter().map(Work::One).collect();
+        work.extend(
+            batched
+                .chunks(BATCH)
+                .map(|batch| Work::Batch(batch.to_vec())),
+        );
         // Futures built up front (they do nothing until polled): a closure making them inside
         // the stream would not be `Send` for every lifetime, as the daemon's tasks must be.
         let work: Vec<_> = work
             .into_iter()
-            .map(|indices| self.execute_indexed(findings, indices, stop))
+            .map(|work| self.execute_work(findings, work, stop))
             .collect();
         let mut done = stream::iter(work).buffer_unordered(concurrency.max(1));
         while let Some(finished) = done.next().await {
@@ -110,30 +111,39 @@ impl Executor<'_> {
         outcomes
     }
 
-    /// One unit of `execute_many`'s work: one action, or a batch of status-only ones. Nothing
+    /// The outcome of a finding that writes nothing: a report, or any action in a dry run.
+    fn without_writing(&self, finding: &Finding) -> Option<Outcome> {
+        if !finding.action.changes_state() {
+            Some(Outcome::Reported)
+        } else if self.mode == Mode::DryRun {
+            Some(Outcome::DryRun)
+        } else {
+            None
+        }
+    }
+
+    /// One unit of `execute_many`'s work, with the index of each finding it attempted; nothing
     /// when a stop came first.
-    async fn execute_indexed(
+    async fn execute_work(
         &self,
         findings: &[Finding],
-        indices: Vec<usize>,
+        work: Work,
         stop: &watch::Receiver<bool>,
     ) -> Vec<(usize, Outcome)> {
         if *stop.borrow() {
             return Vec::new();
         }
-        let outcomes: Vec<Outcome> = match indices.as_slice() {
-            [i] if !findings[*i].action.is_status_only() => {
-                vec![outcome_of(self.apply(&findings[*i]).await)]
-            }
-            _ => {
+        match work {
+            Work::One(i) => vec![(i, outcome_of(self.apply(&findings[i]).await))],
+            Work::Batch(indices) => {
                 let batch: Vec<&Finding> = indices.iter().map(|i| &findings[*i]).collect();
-                match self.apply_batch(&batch).await {
+                let outcomes: Vec<Outcome> = match self.apply_batch(&batch).await {
                     Ok(results) => results.into_iter().map(|r| outcome_of(Ok(r))).collect(),
                     Err(e) => vec![Outcome::Failed(e.to_string()); indices.len()],
-                }
+                };
+                indices.into_iter().zip(outcomes).collect()
             }
-        };
-        indices.into_iter().zip(outcomes).collect()
+        }
     }
 
     /// Status-only actions in one transaction: every row locked, every object looked at afresh

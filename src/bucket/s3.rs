@@ -329,7 +329,7 @@ impl Bucket for S3Bucket {
         // S3 keys are at most 1024 bytes: a longer id is no key, and no use as a StartAfter.
         let split_points = split_points
             .into_iter()
-            .filter(|key| key.len() <= MAX_KEY_BYTES && key.starts_with(prefix))
+            .filter(|key| key.len() <= MAX_KEY_BYTES)
             .collect();
         let lister = self.lister(prefix);
         flatten_pages(ranges::list_concurrently(
