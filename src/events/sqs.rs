@@ -25,6 +25,7 @@ use aws_sdk_sqs::types::{
     QueueAttributeName,
 };
 use chrono::Utc;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -42,6 +43,23 @@ enum Handled {
     Kept,
     /// A stop came while waiting for a dependency: the message stays in the queue.
     Stopped,
+}
+
+/// One lock per key of a batch, so that the batch's events for one key apply in the order its
+/// messages came, while other keys' apply at the same time. The messages are started in order
+/// and each asks for its key's lock before it first waits; the locks serve first come, first
+/// served.
+#[derive(Default)]
+struct KeyOrder(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl KeyOrder {
+    fn turn(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.entry(key.to_owned()).or_default().clone()
+    }
 }
 
 /// An SQS client and the endpoint it talks to, named in every error about the queue.
@@ -231,17 +249,20 @@ impl Poller {
             .enumerate()
             .filter_map(|(i, m)| m.receipt_handle().map(|r| (i.to_string(), r.to_owned())))
             .collect();
-        // The messages of a batch at once: each event is its own transaction, and events for
-        // one key serialize on its event state (the newest sequencer wins whatever the order).
+        // The messages of a batch at once: each event is its own transaction; the events of one
+        // key still apply in the order received.
+        let order = KeyOrder::default();
         let handled: Vec<_> = messages
             .iter()
-            .map(|message| self.handle_message(message, stop.clone()))
+            .map(|message| self.handle_message(message, &order, stop.clone()))
             .collect();
         let work = async {
             let handled = futures::future::join_all(handled).await;
-            (0..messages.len())
-                .filter(|i| handled[*i] == Handled::Done)
-                .collect::<Vec<usize>>()
+            let done = handled
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| **h == Handled::Done);
+            done.map(|(i, _)| i).collect::<Vec<usize>>()
         };
         tokio::pin!(work);
         let half = (self.visibility / 2).max(Duration::from_secs(1));
@@ -272,7 +293,12 @@ impl Poller {
     }
 
     /// One message: `Done` when every effect is committed and it may be deleted.
-    async fn handle_message(&self, message: &Message, mut stop: watch::Receiver<bool>) -> Handled {
+    async fn handle_message(
+        &self,
+        message: &Message,
+        order: &KeyOrder,
+        mut stop: watch::Receiver<bool>,
+    ) -> Handled {
         let id = message.message_id().unwrap_or("-");
         let parsed = parse::parse(message.body().unwrap_or_default());
         let events = match parsed {
@@ -299,6 +325,9 @@ impl Poller {
                 .events_received
                 .with_label_values(&[event.kind.label()])
                 .inc();
+            // Until the earlier events of this batch for the same key are through.
+            let turn = order.turn(&event.key);
+            let _turn = turn.lock().await;
             match self.apply(id, event, &mut stop).await {
                 Handled::Done => {}
                 other => return other,
