@@ -2,11 +2,12 @@
 
 use crate::bucket::Bucket;
 use crate::catalog::{AuditEntry, Catalog};
-use crate::decide::{Decision, Policy, decide};
+use crate::decide::{Decision, Policy, decide_key};
 use crate::error::{Error, Result};
-use crate::model::{Job, ObjectMeta, Record, key_of};
+use crate::model::{Job, MultipartUpload, ObjectMeta, Record, key_of};
 use crate::report::Format;
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::TryStreamExt;
 use serde::Serialize;
 use std::io::Write;
 
@@ -17,6 +18,9 @@ pub struct Explanation {
     pub record: Option<Record>,
     /// A fresh HEAD of the object.
     pub object: Option<ObjectMeta>,
+    /// The multipart uploads in progress at the key, oldest first, each with what a sweep would
+    /// do with it.
+    pub uploads: Vec<UploadVerdict>,
     /// The doc's post-processing job, if it has one.
     pub job: Option<Job>,
     /// `None` when the reconciler's tables do not exist yet.
@@ -27,6 +31,16 @@ pub struct Explanation {
 #[derive(Debug, Serialize)]
 pub struct Verdict {
     /// The finding kind, `in_grace`, or `null` when record and object agree.
+    pub finding: Option<&'static str>,
+    pub action: Option<&'static str>,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UploadVerdict {
+    pub upload_id: String,
+    pub initiated: DateTime<Utc>,
+    /// `abandoned_multipart` or `in_grace`.
     pub finding: Option<&'static str>,
     pub action: Option<&'static str>,
     pub detail: String,
@@ -53,17 +67,65 @@ pub async fn explain(
     }
     let key = key_of(prefix, &id);
     let object = bucket.head(&key).await?;
+    let uploads = uploads_at(bucket, &key).await?;
     let audit_trail = catalog.audit_trail(&id, &key).await?;
     let job = catalog.job(&id).await?;
-    let decision = decide(record.as_ref(), object.as_ref(), now, policy);
-    let decision = match decision {
+    // The sweep's decision: a pending record whose upload is in progress is in grace.
+    let (decision, upload_decisions) =
+        decide_key(record.as_ref(), object.as_ref(), &uploads, now, policy);
+    let consistent = match (&record, &object) {
+        (None, None) if uploads.is_empty() => "no record and no object by that id or key",
+        _ => "record and object agree",
+    };
+    let decision = verdict(decision, consistent);
+    let uploads = uploads
+        .into_iter()
+        .zip(upload_decisions)
+        .map(|(upload, decision)| {
+            let Verdict {
+                finding,
+                action,
+                detail,
+            } = verdict(decision, "in progress");
+            UploadVerdict {
+                upload_id: upload.upload_id,
+                initiated: upload.initiated,
+                finding,
+                action,
+                detail,
+            }
+        })
+        .collect();
+    Ok(Explanation {
+        id,
+        key,
+        record,
+        object,
+        uploads,
+        job,
+        audit_trail,
+        decision,
+    })
+}
+
+/// The uploads in progress at exactly `key` (listed with the key as prefix, which also lists
+/// longer keys), oldest first as the sweep has them.
+async fn uploads_at(bucket: &dyn Bucket, key: &str) -> Result<Vec<MultipartUpload>> {
+    let mut uploads: Vec<MultipartUpload> = bucket
+        .multipart_uploads(key)
+        .try_filter(|upload| futures::future::ready(upload.key == key))
+        .try_collect()
+        .await?;
+    uploads.sort_by(|a, b| (a.initiated, &a.upload_id).cmp(&(b.initiated, &b.upload_id)));
+    Ok(uploads)
+}
+
+fn verdict(decision: Decision, consistent: &str) -> Verdict {
+    match decision {
         Decision::Consistent => Verdict {
             finding: None,
             action: None,
-            detail: match (&record, &object) {
-                (None, None) => "no record and no object by that id or key".into(),
-                _ => "record and object agree".into(),
-            },
+            detail: consistent.into(),
         },
         Decision::InGrace => Verdict {
             finding: Some("in_grace"),
@@ -79,16 +141,7 @@ pub async fn explain(
             action: Some(action.as_str()),
             detail,
         },
-    };
-    Ok(Explanation {
-        id,
-        key,
-        record,
-        object,
-        job,
-        audit_trail,
-        decision,
-    })
+    }
 }
 
 pub fn print(explanation: &Explanation, format: Format, out: &mut dyn Write) -> Result<()> {
@@ -131,6 +184,16 @@ fn table(e: &Explanation) -> String {
             time(o.last_modified)
         )),
         None => s.push_str("object  none\n"),
+    }
+    for u in &e.uploads {
+        s.push_str(&format!(
+            "upload  {}, started {}: {}{}: {}\n",
+            u.upload_id,
+            time(u.initiated),
+            u.finding.unwrap_or("consistent"),
+            u.action.map(|a| format!(" -> {a}")).unwrap_or_default(),
+            u.detail
+        ));
     }
     if let Some(j) = &e.job {
         s.push_str(&format!(

@@ -61,8 +61,9 @@ pub trait Bucket: Send + Sync {
     /// Check that the bucket exists and these credentials reach it.
     async fn ping(&self) -> Result<()>;
 
-    /// The multipart uploads in progress under `prefix`, in UTF-8 byte order of their keys
-    /// (several at one key oldest first). A store without multipart uploads (a folder) has none.
+    /// The multipart uploads in progress under `prefix`, in the server's order: S3 lists them by
+    /// key, garage by upload id, so the sweep sorts them itself. A store without multipart
+    /// uploads (a folder) has none.
     fn multipart_uploads<'a>(&'a self, _prefix: &'a str) -> BoxStream<'a, Result<MultipartUpload>> {
         stream::empty().boxed()
     }

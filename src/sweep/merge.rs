@@ -1,7 +1,7 @@
 //! The streaming merge: the table's rows (ordered by id) against the bucket's listing (ordered by
-//! key) and its multipart uploads in progress (ordered by key, several per key possible), all in
-//! byte order, one key at a time. Memory stays constant whatever the size of any side (one key's
-//! uploads at a time). An out-of-order stream is an error: a merge over it would report false
+//! key) and its multipart uploads in progress (ordered by key, several per key possible: put in
+//! that order by [`super::sort`], as servers list them otherwise), all in byte order, one key at
+//! a time. Memory stays constant whatever the size of any side (one key's uploads at a time). An out-of-order stream is an error: a merge over it would report false
 //! findings.
 
 use crate::error::{Error, Result};

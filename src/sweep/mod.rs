@@ -11,6 +11,7 @@
 //! reported skipped (`shutdown`) and the history row says `interrupted`.
 
 pub mod merge;
+mod sort;
 mod spool;
 
 use crate::bucket::Bucket;
@@ -152,16 +153,18 @@ impl Sweep<'_> {
                 .collect(),
             None => Vec::new(),
         };
+        // Listed whole first, and put in key order: the server's order need not be.
+        let uploads = sort::by_key(self.bucket.multipart_uploads(self.prefix), sort::RUN).await?;
         let mut merge = Merge::new(
             self.catalog.records(),
             self.bucket.list_split(self.prefix, split_points),
             self.prefix,
         )
-        .with_uploads(self.bucket.multipart_uploads(self.prefix));
+        .with_uploads(uploads.into_stream());
         let mut findings = Findings {
             counts: Counts::default(),
             state_changes: 0,
-            spool: Spool::new()?,
+            spool: Spool::new("findings")?,
         };
         let mut abandoned_multipart_bytes = 0;
         while let Some(pair) = merge.next().await? {

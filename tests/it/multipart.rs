@@ -7,6 +7,8 @@
 //! through a proxy that restores both on the wire: each upload's start is the moment the proxy
 //! saw its CreateMultipartUpload answered, moved back when a test ages it. moto also names
 //! ListParts' answer `ListPartsResponse` where S3 says `ListPartsResult`; the proxy renames it.
+//! A proxy that keeps the server's order ([`Order::AsListed`]) stands for garage, which lists
+//! uploads in upload-id order.
 
 use crate::helpers::*;
 use aws_sdk_s3::primitives::ByteStream;
@@ -20,6 +22,15 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// S3's smallest part but the last.
 const PART: usize = 5 * 1024 * 1024;
 
+/// The order the proxy gives a ListMultipartUploads answer.
+#[derive(Clone, Copy)]
+enum Order {
+    /// S3's: by key, then start.
+    ByKey,
+    /// The server's own (moto's: creation order), as garage does it (upload-id order).
+    AsListed,
+}
+
 /// moto behind a proxy that makes its multipart listings look like S3's.
 struct Uploads {
     proxy: FaultProxy,
@@ -32,6 +43,10 @@ struct Uploads {
 
 impl Uploads {
     async fn start() -> Uploads {
+        Uploads::listing(Order::ByKey).await
+    }
+
+    async fn listing(order: Order) -> Uploads {
         let started: Arc<Mutex<HashMap<String, DateTime<Utc>>>> = Default::default();
         let seen = started.clone();
         let kill_after_abort: Arc<Mutex<Option<u32>>> = Default::default();
@@ -61,7 +76,7 @@ impl Uploads {
                     }
                     body
                 } else if lists {
-                    as_s3_lists(&xml, &started).into_bytes()
+                    as_s3_lists(&xml, &started, order).into_bytes()
                 } else if parts {
                     // moto names ListParts' root element ListPartsResponse; S3's (and the
                     // SDK's) is ListPartsResult.
@@ -185,9 +200,9 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
     Some(&text[start..end])
 }
 
-/// A ListMultipartUploads answer as S3 gives it: uploads by key, then start; each `Initiated`
-/// the start the proxy saw (or was told).
-fn as_s3_lists(xml: &str, started: &HashMap<String, DateTime<Utc>>) -> String {
+/// A ListMultipartUploads answer as S3 gives it: uploads by key, then start (or in the server's
+/// order); each `Initiated` the start the proxy saw (or was told).
+fn as_s3_lists(xml: &str, started: &HashMap<String, DateTime<Utc>>, order: Order) -> String {
     let Some(first) = xml.find("<Upload>") else {
         return xml.to_owned();
     };
@@ -215,7 +230,9 @@ fn as_s3_lists(xml: &str, started: &HashMap<String, DateTime<Utc>>) -> String {
             (key, at, stamped)
         })
         .collect();
-    uploads.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    if let Order::ByKey = order {
+        uploads.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    }
     let blocks: String = uploads.into_iter().map(|(_, _, block)| block).collect();
     format!("{}{blocks}{}", &xml[..first], &xml[last..])
 }
@@ -507,4 +524,134 @@ async fn an_abort_cut_short_by_a_kill_is_audited_by_the_next_sweep() {
         .await
         .expect("read intents");
     assert_eq!(intents, 0, "settled");
+}
+
+/// garage lists uploads in upload-id order: keys z, b, m, a, b came back b, m, b, z, a. moto lists
+/// them in creation order, so starting them at keys out of order gives the same kind of answer.
+#[tokio::test]
+async fn uploads_listed_out_of_key_order_are_swept_as_if_listed_by_key() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let uploads = Uploads::listing(Order::AsListed).await;
+    // Pending past pending_ttl, each with an upload in progress: all in grace.
+    for id in ["a", "b", "m", "z"] {
+        db.doc(id, "pending", 2 * HOUR).await;
+    }
+    let mut started = Vec::new();
+    for key in ["z", "b", "m", "a", "b"] {
+        started.push(
+            uploads
+                .begin(&bucket.name, &format!("docs/{key}"), &[100])
+                .await,
+        );
+    }
+    // An older upload at m, abandoned (past multipart_grace), listed after the live ones.
+    let abandoned = uploads.begin(&bucket.name, "docs/m", &[100]).await;
+    uploads.age(&abandoned, 8 * DAY);
+    // And a stray one without a record, listed last, sorting first.
+    let stray = uploads.begin(&bucket.name, "docs/0-stray", &[100]).await;
+    uploads.age(&stray, 2 * DAY);
+    let reconcile = uploads.reconcile(&db, &bucket);
+
+    let audit = reconcile.run(&["--dry-run", "--format", "json"]).await;
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    assert_eq!(
+        audit.findings(),
+        triples(&[
+            ("abandoned_multipart", "0-stray", "abort"),
+            ("abandoned_multipart", "m", "abort"),
+        ]),
+        "{}",
+        audit.stdout
+    );
+    // Four records and five uploads in progress.
+    assert_eq!(audit.json()["counts"]["in_grace"], 9, "{}", audit.stdout);
+
+    let apply = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    started.sort();
+    assert_eq!(uploads.in_progress(&bucket.name).await, started);
+    for id in ["a", "b", "m", "z"] {
+        assert_eq!(db.status(id).await.as_deref(), Some("pending"), "{id}");
+    }
+}
+
+/// `explain` sees what the sweep sees: a pending record past its ttl whose upload is in progress
+/// is in grace, not expired; the key's uploads are listed, and only that key's.
+#[tokio::test]
+async fn explain_sees_a_key_s_uploads_in_progress_as_the_sweep_does() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let uploads = Uploads::start().await;
+    db.doc("video", "pending", 2 * HOUR).await;
+    let live = uploads.begin(&bucket.name, "docs/video", &[100]).await;
+    let old = uploads.begin(&bucket.name, "docs/video", &[100]).await;
+    uploads.age(&old, 8 * DAY);
+    // Shares the prefix "docs/video": not the doc's.
+    uploads.begin(&bucket.name, "docs/video-2", &[100]).await;
+    let reconcile = uploads.reconcile(&db, &bucket);
+
+    let sweep = reconcile.run(&["--dry-run", "--format", "json"]).await;
+    assert_eq!(sweep.code, 0, "{}", sweep.stderr);
+    assert_eq!(
+        sweep.findings(),
+        triples(&[("abandoned_multipart", "video", "abort")]),
+        "{}",
+        sweep.stdout
+    );
+
+    let json = reconcile
+        .run(&["explain", "video", "--format", "json"])
+        .await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let explained = json.json();
+    assert_eq!(
+        explained["decision"]["finding"], "in_grace",
+        "{}",
+        json.stdout
+    );
+    let listed: Vec<(String, String)> = explained["uploads"]
+        .as_array()
+        .map(|uploads| {
+            uploads
+                .iter()
+                .map(|u| {
+                    (
+                        u["upload_id"].as_str().unwrap_or_default().to_owned(),
+                        u["finding"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Oldest first, each with the sweep's verdict.
+    assert_eq!(
+        listed,
+        vec![
+            (old.clone(), "abandoned_multipart".to_owned()),
+            (live.clone(), "in_grace".to_owned()),
+        ],
+        "{}",
+        json.stdout
+    );
+
+    let table = reconcile
+        .run(&["explain", "docs/video", "--format", "table"])
+        .await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(
+        table.stdout.contains("now     in_grace"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains(&format!("upload  {old}")) && table.stdout.contains("-> abort"),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.contains(&format!("upload  {live}")),
+        "{}",
+        table.stdout
+    );
 }
