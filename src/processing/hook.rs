@@ -5,6 +5,7 @@ use crate::config::{HookKind, ProcessingConfig};
 use crate::redact;
 use std::process::Stdio;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// What a hook is told about the doc.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -107,10 +108,11 @@ async fn webhook(
         if status.is_success() {
             return Ok(());
         }
-        let body = response.text().await.unwrap_or_default();
+        let body = body_start(response, MAX_ERROR_BYTES).await;
         Err(HookError::Failed(bounded(&format!(
-            "POST {} answered {status}: {body}",
-            redact::endpoint(url)
+            "POST {} answered {status}: {}",
+            redact::endpoint(url),
+            String::from_utf8_lossy(&body)
         ))))
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -123,7 +125,7 @@ async fn command(argv: &[String], timeout: Duration, call: &Call<'_>) -> Result<
     let Some((program, args)) = argv.split_first() else {
         return Err(HookError::Failed("processing.command is empty".into()));
     };
-    let child = tokio::process::Command::new(program)
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .env("DOC_ID", call.id)
         .env("OBJECT_KEY", call.key)
@@ -136,20 +138,78 @@ async fn command(argv: &[String], timeout: Duration, call: &Call<'_>) -> Result<
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| HookError::Failed(format!("cannot start {program:?}: {e}")))?;
-    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => return Err(HookError::Failed(format!("waiting for {program:?}: {e}"))),
+    // Read as it comes, keeping only the end: the output may be larger than memory.
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (stdout, stderr) = tokio::join!(
+            output_tail(stdout, MAX_ERROR_BYTES),
+            output_tail(stderr, MAX_ERROR_BYTES)
+        );
+        (child.wait().await, stdout, stderr)
+    };
+    let (status, stdout, stderr) = match tokio::time::timeout(timeout, run).await {
+        Ok((Ok(status), stdout, stderr)) => (status, stdout, stderr),
+        Ok((Err(e), _, _)) => {
+            return Err(HookError::Failed(format!("waiting for {program:?}: {e}")));
+        }
         Err(_) => return Err(HookError::Timeout),
     };
-    if output.status.success() {
+    if status.success() {
         return Ok(());
     }
     // stderr last: the tail that is kept is where the error usually is.
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    let head = format!("{program:?} exited with {}: ", output.status);
+    let mut text = String::from_utf8_lossy(&stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&stderr));
+    let head = format!("{program:?} exited with {status}: ");
     let room = MAX_ERROR_BYTES.saturating_sub(head.len());
     Err(HookError::Failed(format!("{head}{}", tail(&text, room))))
+}
+
+/// The last `room` bytes a pipe gives until it closes (or fails), read as they come: memory
+/// holds at most twice `room` whatever the command writes.
+async fn output_tail(pipe: Option<impl AsyncRead + Unpin>, room: usize) -> Vec<u8> {
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut kept = Vec::with_capacity(2 * room);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let new = &chunk[..n];
+                if new.len() >= room {
+                    kept.clear();
+                    kept.extend_from_slice(&new[new.len() - room..]);
+                } else {
+                    kept.extend_from_slice(new);
+                    if kept.len() > 2 * room {
+                        kept.drain(..kept.len() - room);
+                    }
+                }
+            }
+        }
+    }
+    if kept.len() > room {
+        kept.drain(..kept.len() - room);
+    }
+    kept
+}
+
+/// The first `room` bytes of a response's body; the rest is never read (the connection is
+/// dropped with the response), however long the body or endless the stream.
+async fn body_start(mut response: reqwest::Response, room: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    while kept.len() < room {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(room - kept.len());
+                kept.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    kept
 }
 
 /// The last `room` bytes of a long output (where the error usually is), on a char boundary.

@@ -221,6 +221,13 @@ async fn a_hook_that_always_fails_gives_up_after_exactly_max_attempts_and_retry_
     );
     assert_eq!(hook.calls_for("doomed"), 5);
 
+    // explain lists the key's multipart uploads: the bucket must exist (already made by another
+    // test, or not: either answer will do).
+    let _ = s3_client(&moto_endpoint())
+        .create_bucket()
+        .bucket("uploads")
+        .send()
+        .await;
     let explained = Reconcile {
         database_url: j.db.url(),
         bucket: "uploads".into(),
@@ -490,4 +497,135 @@ async fn retry_names_a_doc_that_cannot_be_retried() {
     assert!(done.stderr.contains("\"done\""), "{}", done.stderr);
     let neither = reconcile.run(&["retry"]).await;
     assert_eq!(neither.code, 2, "{}", neither.stderr);
+}
+
+/// The most memory a process has held (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc status")
+        * 1024
+}
+
+/// What a hook may cost the daemon however much it writes: far less than the gigabyte here.
+const FLAT_RSS: u64 = 100 * 1024 * 1024;
+
+/// A daemon over one pending doc whose object is there: its first sweep adopts it and queues a
+/// job, which runs `reconcile`'s hook once. Returns the job's last error and the daemon's peak
+/// memory once the job has failed.
+async fn fail_one_job(db: &TestDb, reconcile: Reconcile) -> (String, u64) {
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("daemon.log");
+    let mut daemon = reconcile
+        .set("sweep.schedule", "* * * * * *")
+        .set("processing.max_attempts", "1")
+        .set("processing.timeout", "120s")
+        .spawn(&["daemon", "-v"], &log);
+    daemon_address(&log).await;
+    let failed = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM reconciler.jobs WHERE doc_id = 'doc'")
+            .fetch_optional(&db.pool)
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("failed")
+    };
+    eventually(Duration::from_secs(120), "the doc's job failed", failed).await;
+    let peak = peak_rss(daemon.id().expect("the daemon runs"));
+    daemon.kill().await.expect("stop the daemon");
+    let last_error: Option<String> =
+        sqlx::query_scalar("SELECT last_error FROM reconciler.jobs WHERE doc_id = 'doc'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the doc's job");
+    (last_error.expect("a failed job keeps its error"), peak)
+}
+
+#[tokio::test]
+async fn a_command_writing_a_gigabyte_leaves_the_daemon_s_memory_flat_and_keeps_its_output_s_end() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    db.doc("doc", "pending", MINUTE).await;
+    bucket.put("doc", "body").await;
+    let command =
+        r#"["sh", "-c", "yes 0123456789 | head -c 1000000000; echo THE-END >&2; exit 1"]"#;
+    let reconcile = Reconcile::new(&db, &bucket)
+        .set("processing.hook", "command")
+        .set("processing.command", command);
+    let (last_error, peak) = fail_one_job(&db, reconcile).await;
+    assert!(last_error.contains("exit status: 1"), "{last_error}");
+    assert!(last_error.ends_with("THE-END"), "{last_error}");
+    assert!(last_error.contains("0123456789"), "{last_error}");
+    assert!(
+        peak < FLAT_RSS,
+        "the daemon's peak RSS was {} MB",
+        peak / 1024 / 1024
+    );
+}
+
+/// An HTTP server answering every request 500 with a body of `size` bytes that starts with
+/// `THE-START`, written until the client stops reading; its URL.
+async fn huge_error_body(size: u64) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/process", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let start = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {size}\r\n\
+                     connection: close\r\n\r\nTHE-START"
+                );
+                if conn.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                let block = vec![b'x'; 1 << 16];
+                let mut left = size.saturating_sub("THE-START".len() as u64);
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    if conn.write_all(&block[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_webhook_answering_a_gigabyte_leaves_the_daemon_s_memory_flat_and_keeps_the_body_s_start()
+{
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    db.doc("doc", "pending", MINUTE).await;
+    bucket.put("doc", "body").await;
+    let url = huge_error_body(1_000_000_000).await;
+    let reconcile = Reconcile::new(&db, &bucket)
+        .set("processing.hook", "webhook")
+        .set("processing.url", &url);
+    let (last_error, peak) = fail_one_job(&db, reconcile).await;
+    assert!(last_error.contains("answered 500"), "{last_error}");
+    assert!(last_error.contains("THE-STARTxxx"), "{last_error}");
+    assert!(last_error.len() <= 2100, "{} bytes", last_error.len());
+    assert!(
+        peak < FLAT_RSS,
+        "the daemon's peak RSS was {} MB",
+        peak / 1024 / 1024
+    );
 }
