@@ -75,13 +75,28 @@ pub fn url(raw: &str) -> String {
     }
 }
 
-/// A URL whose whole query is a credential (a webhook's `?token=...`, whatever the parameter is
-/// called): shown as `?***`, on top of what [`url`] hides.
+/// A webhook URL fit for logs and errors: its scheme and host (and port) only. Slack- and
+/// Discord-style hook URLs carry their secret in the path (`/services/T0AAA/B0BBB/<token>`),
+/// others in the query or the user info: none of them is shown. A URL the parser refuses keeps
+/// what stands between `://` and the first `/`, `?` or `#`, without its user info.
 pub fn endpoint(raw: &str) -> String {
-    let shown = url(raw);
-    match shown.split_once('?') {
-        Some((base, _)) => format!("{base}?{MASK}"),
-        None => shown,
+    if let Ok(parsed) = Url::parse(raw)
+        && let Some(host) = parsed.host_str()
+    {
+        return match parsed.port() {
+            Some(port) => format!("{}://{host}:{port}", parsed.scheme()),
+            None => format!("{}://{host}", parsed.scheme()),
+        };
+    }
+    match raw.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}")
+        }
+        None => MASK.to_owned(),
     }
 }
 
@@ -107,8 +122,9 @@ pub fn secrets_in_url(raw: &str) -> Vec<String> {
     secrets
 }
 
-/// The secrets of an endpoint whose whole query is a credential (see [`endpoint`]): those of
-/// [`secrets_in_url`], the query string and each of its values.
+/// The secrets of a webhook URL (see [`endpoint`]): those of [`secrets_in_url`], the query
+/// string and each of its values, and the path with each of its segments that looks like a
+/// token (a library that repeats the URL, or a server that echoes the path, shows them).
 pub fn secrets_in_endpoint(raw: &str) -> Vec<String> {
     let mut secrets = secrets_in_url(raw);
     let queries = [
@@ -126,7 +142,39 @@ pub fn secrets_in_endpoint(raw: &str) -> Vec<String> {
         }
         secrets.push(query);
     }
+    let paths = [
+        Url::parse(raw).ok().map(|u| u.path().to_owned()),
+        raw.split_once("://").and_then(|(_, rest)| {
+            rest.find('/').map(|at| {
+                rest[at..]
+                    .split(['?', '#'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        }),
+    ];
+    for path in paths.into_iter().flatten() {
+        let tokens: Vec<&str> = path.split('/').filter(|s| looks_like_token(s)).collect();
+        for token in &tokens {
+            secrets.push((*token).to_owned());
+            secrets.push(decoded(token));
+        }
+        if !tokens.is_empty() {
+            secrets.push(decoded(&path));
+            secrets.push(path);
+        }
+    }
     secrets
+}
+
+/// A path segment that is not a plain word (`services`, `api`, `webhooks`): it holds a digit
+/// or a capital, or is long. Ids and tokens look like this; route names do not.
+fn looks_like_token(segment: &str) -> bool {
+    segment.len() >= 16
+        || segment
+            .chars()
+            .any(|c| !(c.is_ascii_lowercase() || "-_.".contains(c)))
 }
 
 fn replace_known(raw: &str) -> String {
@@ -406,11 +454,40 @@ mod tests {
     }
 
     #[test]
-    fn an_endpoint_hides_its_whole_query() {
-        assert_eq!(endpoint("https://h/p?token=s3cret"), "https://h/p?***");
-        assert_eq!(endpoint("https://h/p?code=1&x=y"), "https://h/p?***");
-        assert_eq!(endpoint("https://u:pw@h/p"), "https://u:***@h/p");
-        assert_eq!(endpoint("https://h/p"), "https://h/p");
+    fn an_endpoint_shows_its_scheme_and_host_only() {
+        let cases = [
+            ("https://h/p?token=s3cret", "https://h"),
+            ("https://h/p?code=1&x=y", "https://h"),
+            ("https://u:pw@h/p", "https://h"),
+            ("https://h/p", "https://h"),
+            (
+                "http://127.0.0.1:8080/services/T0AAA/B0BBB/tok",
+                "http://127.0.0.1:8080",
+            ),
+            ("https://H:443/api/webhooks/1/tok", "https://h"),
+            ("http://[::1]:9/x#frag", "http://[::1]:9"),
+            // Refused by the parser (a port out of range): cut at the path all the same.
+            ("http://u:pw@h:99999/services/T/B/tok?x", "http://h:99999"),
+            ("not a url /services/tok", "***"),
+        ];
+        for (written, shown) in cases {
+            assert_eq!(endpoint(written), shown, "endpoint({written:?})");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_s_path_tokens_are_secrets_and_its_route_words_are_not() {
+        let secrets = secrets_in_endpoint("https://h/services/T0AAA/B0BBB/XXsecretTOKEN?x=1");
+        for secret in [
+            "XXsecretTOKEN",
+            "/services/T0AAA/B0BBB/XXsecretTOKEN",
+            "T0AAA",
+        ] {
+            assert!(secrets.iter().any(|s| s == secret), "{secret}: {secrets:?}");
+        }
+        assert!(!secrets.iter().any(|s| s == "services"), "{secrets:?}");
+        let plain = secrets_in_endpoint("https://h/api/process");
+        assert!(plain.is_empty(), "{plain:?}");
     }
 
     #[test]

@@ -739,6 +739,64 @@ where
     }
 }
 
+/// An HTTP server answering every request `500 Internal Server Error` with the body `body` makes
+/// of the request's head: `(length, start)`, the start followed by `x` up to the length, written
+/// until the client stops reading. Its `host:port`.
+pub async fn failing_server(
+    body: impl Fn(&str) -> (u64, String) + Send + Sync + 'static,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let host = listener.local_addr().expect("address").to_string();
+    let body = std::sync::Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let (size, start) = body(&String::from_utf8_lossy(&head));
+                let response = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {size}\r\n\
+                     connection: close\r\n\r\n{start}"
+                );
+                if conn.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
+                let block = vec![b'x'; 1 << 16];
+                let mut left = size.saturating_sub(start.len() as u64);
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    if conn.write_all(&block[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+    host
+}
+
+/// The `last_error` of the doc's job, which must have one.
+pub async fn job_last_error(db: &TestDb, id: &str) -> String {
+    let last_error: Option<String> =
+        sqlx::query_scalar("SELECT last_error FROM reconciler.jobs WHERE doc_id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("the doc's job");
+    last_error.expect("a failed job keeps its error")
+}
+
 /// How the test hook answers one call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Reply {

@@ -537,12 +537,7 @@ async fn fail_one_job(db: &TestDb, reconcile: Reconcile) -> (String, u64) {
     eventually(Duration::from_secs(120), "the doc's job failed", failed).await;
     let peak = peak_rss(daemon.id().expect("the daemon runs"));
     daemon.kill().await.expect("stop the daemon");
-    let last_error: Option<String> =
-        sqlx::query_scalar("SELECT last_error FROM reconciler.jobs WHERE doc_id = 'doc'")
-            .fetch_one(&db.pool)
-            .await
-            .expect("the doc's job");
-    (last_error.expect("a failed job keeps its error"), peak)
+    (job_last_error(db, "doc").await, peak)
 }
 
 #[tokio::test]
@@ -567,47 +562,6 @@ async fn a_command_writing_a_gigabyte_leaves_the_daemon_s_memory_flat_and_keeps_
     );
 }
 
-/// An HTTP server answering every request 500 with a body of `size` bytes that starts with
-/// `THE-START`, written until the client stops reading; its URL.
-async fn huge_error_body(size: u64) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/process", listener.local_addr().expect("address"));
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let start = format!(
-                    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {size}\r\n\
-                     connection: close\r\n\r\nTHE-START"
-                );
-                if conn.write_all(start.as_bytes()).await.is_err() {
-                    return;
-                }
-                let block = vec![b'x'; 1 << 16];
-                let mut left = size.saturating_sub("THE-START".len() as u64);
-                while left > 0 {
-                    let n = left.min(block.len() as u64) as usize;
-                    if conn.write_all(&block[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n as u64;
-                }
-            });
-        }
-    });
-    url
-}
-
 #[tokio::test]
 async fn a_webhook_answering_a_gigabyte_leaves_the_daemon_s_memory_flat_and_keeps_the_body_s_start()
 {
@@ -615,7 +569,8 @@ async fn a_webhook_answering_a_gigabyte_leaves_the_daemon_s_memory_flat_and_keep
     let bucket = TestBucket::new().await;
     db.doc("doc", "pending", MINUTE).await;
     bucket.put("doc", "body").await;
-    let url = huge_error_body(1_000_000_000).await;
+    let host = failing_server(|_| (1_000_000_000, "THE-START".into())).await;
+    let url = format!("http://{host}/process");
     let reconcile = Reconcile::new(&db, &bucket)
         .set("processing.hook", "webhook")
         .set("processing.url", &url);

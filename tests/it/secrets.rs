@@ -8,6 +8,8 @@ use std::time::Duration;
 const PG_PASSWORD: &str = "PGPASSWORD123";
 const HOOK_TOKEN: &str = "SECRETTOKEN123";
 const AWS_SECRET: &str = "AWSSECRETKEY123";
+/// The secret of a Slack-style webhook URL, in its path.
+const PATH_TOKEN: &str = "XPATHTOKEN0123456789abcd";
 
 /// A port nothing listens on: bound, then released.
 fn closed_port() -> u16 {
@@ -70,15 +72,11 @@ async fn an_unreachable_webhook_keeps_its_token_and_every_other_secret_out_of_lo
     assert_no_secret("the daemon's log", &logged, &secrets);
     assert_no_secret("/metrics", &metrics, &secrets);
 
-    let last_error: Option<String> =
-        sqlx::query_scalar("SELECT last_error FROM reconciler.jobs WHERE doc_id = 'doc'")
-            .fetch_one(&db.pool)
-            .await
-            .expect("the doc's job");
-    let last_error = last_error.expect("a failed job keeps its error");
+    let last_error = job_last_error(&db, "doc").await;
     // Still says what failed, and where.
     assert!(
-        last_error.contains(&format!("POST http://127.0.0.1:{port}/hook?***")),
+        last_error.contains(&format!("POST http://127.0.0.1:{port}:"))
+            && !last_error.contains("/hook"),
         "{last_error}"
     );
     assert_no_secret("reconciler.jobs.last_error", &last_error, &secrets);
@@ -95,7 +93,12 @@ async fn an_unreachable_webhook_keeps_its_token_and_every_other_secret_out_of_lo
     for format in ["table", "json"] {
         let run = reconcile.run(&["explain", "doc", "--format", format]).await;
         assert_eq!(run.code, 0, "{}", run.stderr);
-        assert!(run.stdout.contains("hook?***"), "{}", run.stdout);
+        assert!(
+            run.stdout
+                .contains(&format!("POST http://127.0.0.1:{port}:")),
+            "{}",
+            run.stdout
+        );
         assert_no_secret(&format!("explain --format {format}"), &run.stdout, &secrets);
         assert_no_secret("explain's stderr", &run.stderr, &secrets);
     }
@@ -154,17 +157,107 @@ async fn a_database_password_in_the_query_or_holding_url_delimiters_is_never_pri
 }
 
 #[tokio::test]
-async fn a_webhook_url_refused_by_the_config_is_named_without_its_query() {
+async fn a_webhook_url_refused_by_the_config_is_named_by_its_scheme_and_host_only() {
     let db = TestDb::with_docs(None).await;
     let bucket = TestBucket::new().await;
     let run = Reconcile::new(&db, &bucket)
         .set("processing.hook", "webhook")
-        .set("processing.url", "ftp://h/hook?sig2=QUERYSECRET123")
+        .set(
+            "processing.url",
+            &format!("ftp://h/services/T0AAA/B0BBB/{PATH_TOKEN}?sig2=QUERYSECRET123"),
+        )
         .run(&["check-config"])
         .await;
     let stderr = run.stderr.trim();
     assert_eq!(run.code, 2, "{stderr}");
     assert!(stderr.contains("processing.url"), "{stderr}");
-    assert!(stderr.contains("ftp://h/hook?***"), "{stderr}");
-    assert_no_secret("check-config's stderr", stderr, &["QUERYSECRET123"]);
+    assert!(stderr.contains("\"ftp://h\""), "{stderr}");
+    assert_no_secret(
+        "check-config's stderr",
+        stderr,
+        &["QUERYSECRET123", PATH_TOKEN, "B0BBB"],
+    );
+}
+
+/// Slack- and Discord-style webhook URLs carry their secret in the path
+/// (`/services/T0AAA/B0BBB/<token>`): a webhook URL is shown as its scheme and host only, whether
+/// the hook is down, hangs past the timeout, or answers an error that repeats the path.
+#[tokio::test]
+async fn a_token_in_a_webhook_url_s_path_is_never_printed_whether_the_hook_is_down_hangs_or_fails()
+{
+    let echo = |head: &str| {
+        let body = format!("no hook at {}", head.lines().next().unwrap_or_default());
+        (body.len() as u64, body)
+    };
+    let hanging = HookServer::start(Duration::ZERO, |_| Reply::Hang).await;
+    let hanging_host = hanging
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/process")
+        .to_owned();
+    let cases = [
+        ("down", format!("127.0.0.1:{}", closed_port()), "POST"),
+        ("hangs", hanging_host, "timed out"),
+        // A body that repeats the request line, the URL's path and token with it (as some do).
+        ("fails", failing_server(echo).await, "answered 500"),
+    ];
+    for (case, host, error) in cases {
+        let db = TestDb::with_docs(None).await;
+        let bucket = TestBucket::new().await;
+        db.doc("doc", "pending", MINUTE).await;
+        bucket.put("doc", "body").await;
+        let url = format!("http://{host}/services/T0AAA/B0BBB/{PATH_TOKEN}");
+        let mut reconcile = Reconcile::new(&db, &bucket)
+            .set("processing.hook", "webhook")
+            .set("processing.url", &url)
+            .set("processing.timeout", "1s")
+            .set("processing.max_attempts", "1")
+            .set("sweep.schedule", "* * * * * *");
+        reconcile.env.push(("RUST_LOG".into(), "debug".into()));
+        let logs = tempfile::tempdir().expect("temp dir");
+        let log = logs.path().join("daemon.log");
+        let mut daemon = reconcile.spawn(&["daemon"], &log);
+        daemon_address(&log).await;
+        eventually(
+            Duration::from_secs(30),
+            &format!("the doc's job failed ({case})"),
+            || async { job_state(&db, "doc").await.as_deref() == Some("failed") },
+        )
+        .await;
+        signal(&daemon, "TERM");
+        assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)).await, 0);
+        // The token, and the rest of the path that leads to it.
+        let secrets = [PATH_TOKEN, "/services/T0AAA/B0BBB"];
+
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(logged.contains("processing gave up"), "{case}:\n{logged}");
+        assert_no_secret(&format!("the daemon's log ({case})"), &logged, &secrets);
+        let last_error = job_last_error(&db, "doc").await;
+        assert!(last_error.contains(error), "{case}: {last_error}");
+        assert_no_secret(
+            &format!("reconciler.jobs.last_error ({case})"),
+            &last_error,
+            &secrets,
+        );
+        let audit: Vec<String> = sqlx::query_scalar("SELECT detail FROM reconciler.audit_log")
+            .fetch_all(&db.pool)
+            .await
+            .expect("audit log");
+        assert_no_secret(
+            &format!("reconciler.audit_log ({case})"),
+            &audit.join("\n"),
+            &secrets,
+        );
+        for args in [
+            ["explain", "doc", "--format", "table"].as_slice(),
+            ["explain", "doc", "--format", "json"].as_slice(),
+            ["check-config"].as_slice(),
+        ] {
+            let run = reconcile.run(args).await;
+            assert_eq!(run.code, 0, "{case}: {args:?}: {}", run.stderr);
+            let place = format!("{args:?} ({case})");
+            assert_no_secret(&place, &run.stdout, &secrets);
+            assert_no_secret(&place, &run.stderr, &secrets);
+        }
+    }
 }
