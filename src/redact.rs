@@ -197,24 +197,44 @@ fn decoded(text: &str) -> String {
 }
 
 /// The URL parser put no credentials in the authority, yet `user:...@` shows further on: a
-/// password with a raw `/`, `?` or `#` cut the authority short (sqlx would not send it either,
-/// but it is still a password to hide).
+/// password with a raw `/`, `?` or `#` cut the authority short, or the URL has no `//`
+/// (`postgres:/app:pw@db/app`: the parser reads it all as a path). sqlx would not send it
+/// either, but it is still a password to hide.
 fn has_misplaced_userinfo(parsed: &Url, raw: &str) -> bool {
     if parsed.password().is_some() {
         return false;
     }
-    match (raw.find("://"), raw.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => raw[scheme_end + 3..at].contains(':'),
+    match (userinfo_start(raw), raw.rfind('@')) {
+        (Some(start), Some(at)) if at > start => raw[start..at].contains(':'),
         _ => false,
     }
 }
 
-/// Everything between `://` and the last `@`, as conservatively as the URL can be read.
+/// Where the user info would start: after `scheme:` and the slashes that follow it (two in a
+/// well-formed URL, maybe one or none in a mistyped one). `None` for text with no scheme.
+fn userinfo_start(raw: &str) -> Option<usize> {
+    let scheme_len = raw
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b))
+        .count();
+    let starts_as_scheme = raw.as_bytes().first().is_some_and(u8::is_ascii_alphabetic);
+    if !starts_as_scheme || raw.as_bytes().get(scheme_len) != Some(&b':') {
+        return None;
+    }
+    let slashes = raw[scheme_len + 1..]
+        .bytes()
+        .take_while(|b| *b == b'/')
+        .count();
+    Some(scheme_len + 1 + slashes)
+}
+
+/// Everything between the scheme (and its slashes) and the last `@`, as conservatively as the
+/// URL can be read.
 fn conservative(raw: &str) -> String {
-    match (raw.find("://"), raw.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at >= scheme_end + 3 => format!(
-            "{}://{MASK}@{}",
-            &raw[..scheme_end],
+    match (userinfo_start(raw), raw.rfind('@')) {
+        (Some(start), Some(at)) if at >= start => format!(
+            "{}{MASK}@{}",
+            &raw[..start],
             scrub_assignments(&raw[at + 1..])
         ),
         _ => scrub_assignments(raw),
@@ -223,9 +243,9 @@ fn conservative(raw: &str) -> String {
 
 /// The password of a URL the parser refuses, read as [`conservative`] reads it.
 fn userinfo_password(raw: &str) -> Option<String> {
-    let scheme_end = raw.find("://")?;
-    let at = raw.rfind('@').filter(|at| *at >= scheme_end + 3)?;
-    let (_user, password) = raw[scheme_end + 3..at].split_once(':')?;
+    let start = userinfo_start(raw)?;
+    let at = raw.rfind('@').filter(|at| *at >= start)?;
+    let (_user, password) = raw[start..at].split_once(':')?;
     Some(password.to_owned())
 }
 
@@ -416,6 +436,10 @@ mod tests {
             ("postgres://u:a:b@db/app", "postgres://u:***@db/app"),
             ("postgres://u:12/w?#x@db:1/app", "postgres://***@db:1/app"),
             ("postgres://u:p%40ss@db/app", "postgres://u:***@db/app"),
+            // Without `//` the parser reads the credentials as a path.
+            ("postgres:/app:pw@db/app", "postgres:/***@db/app"),
+            ("postgresql:app:pw@db/app", "postgresql:***@db/app"),
+            ("postgres:app@db/app", "postgres:app@db/app"),
             (
                 "postgresql://u@127.0.0.1:1/x?password=PWQUERY123",
                 "postgresql://u@127.0.0.1:1/x?password=***",
@@ -564,6 +588,7 @@ mod tests {
             secrets_in_url("postgres://u:p/w?#x@127.0.0.1:1/db"),
             ["p/w?#x"]
         );
+        assert_eq!(secrets_in_url("postgres:/app:pw@db/app"), ["pw"]);
         let found = secrets_in_endpoint("http://h/hook?code=Hk27&v=2");
         for secret in ["code=Hk27&v=2", "Hk27"] {
             assert!(found.contains(&secret.to_owned()), "{secret} in {found:?}");

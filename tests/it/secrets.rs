@@ -261,3 +261,28 @@ async fn a_token_in_a_webhook_url_s_path_is_never_printed_whether_the_hook_is_do
         }
     }
 }
+
+#[tokio::test]
+async fn a_database_password_in_a_url_without_slashes_is_hidden_in_the_config_error() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    for url in [
+        "postgres:/app:NOSLASHPW123@db/app",
+        "postgresql:app:NOSLASHPW123@db/app",
+    ] {
+        for command in ["--dry-run", "check-config"] {
+            let run = Reconcile::new(&db, &bucket)
+                .run(&["--database-url", url, command])
+                .await;
+            let stderr = run.stderr.trim();
+            assert_eq!(run.code, 2, "{command} with {url}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+            assert!(stderr.contains("database.url"), "{stderr}");
+            assert!(
+                stderr.contains("@db/app"),
+                "the host is still named: {stderr}"
+            );
+            assert_no_secret(&format!("{command}'s stderr"), stderr, &["NOSLASHPW123"]);
+        }
+    }
+}
