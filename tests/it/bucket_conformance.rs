@@ -361,3 +361,275 @@ async fn hostile_keys_round_trip(backend: Backend) {
     }
     assert_eq!(keys(bucket.as_ref(), "docs/").await, Vec::<String>::new());
 }
+
+/// What moto 5.2.5, the S3 server of these tests, really does with each listing and each
+/// condition, next to what the S3 adapter does with it. S3 itself documents key order for both
+/// listings, and honours every condition here; garage 2.5.0 lists multipart uploads in upload-id
+/// order and gives listings real milliseconds (see COMPONENTS.md). Where a server falls short of
+/// S3, the adapter must not rely on it: each case says which behaviour the adapter's safety
+/// rests on and checks the adapter's outcome over this server.
+mod moto {
+    use super::*;
+    use aws_sdk_s3::error::SdkError;
+    use aws_sdk_s3::primitives::ByteStream;
+    use chrono::{DateTime, Utc};
+
+    /// The HTTP status of a refused request; `None` for a request that succeeded.
+    fn refused<T, E>(
+        result: Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+    ) -> Option<u16> {
+        result
+            .err()
+            .map(|e| e.raw_response().map_or(0, |r| r.status().as_u16()))
+    }
+
+    fn chrono(time: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
+        let time = time.expect("a time");
+        DateTime::from_timestamp(time.secs(), time.subsec_nanos()).expect("a valid time")
+    }
+
+    fn adapter(b: &TestBucket) -> S3Bucket {
+        S3Bucket::with_client(
+            b.client.clone(),
+            &StorageConfig {
+                bucket: b.name.clone(),
+                ..StorageConfig::default()
+            },
+        )
+    }
+
+    /// Relied on: the object listing's order is the server's promise (the merge refuses a
+    /// listing that goes back), and a listing's time agrees with HEAD's to the second (the
+    /// executor's "still the same object" check compares them so).
+    #[tokio::test]
+    async fn objects_are_listed_in_byte_order_with_whole_second_times_that_head_repeats() {
+        let b = TestBucket::new().await;
+        let written = ["z", "b", "é", "B", "a-b", "a/b", "a"];
+        for key in written {
+            b.put(key, key).await;
+        }
+        let out = b
+            .client
+            .list_objects_v2()
+            .bucket(&b.name)
+            .send()
+            .await
+            .expect("list");
+        let listed: Vec<(String, DateTime<Utc>)> = out
+            .contents()
+            .iter()
+            .map(|o| {
+                (
+                    o.key().unwrap_or_default().to_owned(),
+                    chrono(o.last_modified()),
+                )
+            })
+            .collect();
+        let mut expected = written.map(str::to_owned).to_vec();
+        expected.sort();
+        let keys: Vec<String> = listed.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, expected, "byte order");
+        for (key, listed_at) in &listed {
+            // moto: `.000Z` (garage gives real milliseconds).
+            assert_eq!(listed_at.timestamp_subsec_nanos(), 0, "{key}: {listed_at}");
+            let head = b
+                .client
+                .head_object()
+                .bucket(&b.name)
+                .key(key)
+                .send()
+                .await
+                .expect("head");
+            assert_eq!(
+                chrono(head.last_modified()).timestamp(),
+                listed_at.timestamp(),
+                "{key}"
+            );
+        }
+        let through_adapter: Vec<String> = keys_of(&adapter(&b)).await;
+        assert_eq!(through_adapter, expected);
+    }
+
+    async fn keys_of(bucket: &dyn Bucket) -> Vec<String> {
+        super::keys(bucket, "").await
+    }
+
+    /// Not relied on: moto lists multipart uploads in creation order, with one fixed start
+    /// time, in one page whatever MaxUploads says. The adapter hands them on as listed and the
+    /// sweep puts them in key order itself (tests/it/multipart.rs runs it over this order).
+    #[tokio::test]
+    async fn multipart_uploads_are_listed_in_creation_order_with_a_fixed_start_in_one_page() {
+        let b = TestBucket::new().await;
+        let started = ["docs/z", "docs/b", "docs/m", "docs/a", "docs/b"];
+        for key in started {
+            b.client
+                .create_multipart_upload()
+                .bucket(&b.name)
+                .key(key)
+                .send()
+                .await
+                .expect("create multipart upload");
+        }
+        let out = b
+            .client
+            .list_multipart_uploads()
+            .bucket(&b.name)
+            .max_uploads(2)
+            .send()
+            .await
+            .expect("list multipart uploads");
+        let listed: Vec<&str> = out.uploads().iter().filter_map(|u| u.key()).collect();
+        assert_eq!(listed, started, "creation order, MaxUploads ignored");
+        assert_eq!(out.is_truncated(), Some(false));
+        for upload in out.uploads() {
+            assert_eq!(
+                chrono(upload.initiated()).to_rfc3339(),
+                "2010-11-10T20:48:33+00:00",
+                "moto's fixed start"
+            );
+        }
+        let through_adapter: Vec<String> = adapter(&b)
+            .multipart_uploads("docs/")
+            .map_ok(|u| u.key)
+            .try_collect()
+            .await
+            .expect("listed");
+        assert_eq!(through_adapter, started, "the adapter does not reorder");
+    }
+
+    /// Relied on: DeleteObject honours If-Match (412 when the object changed, 404 when it is
+    /// gone): it is the only guard between the decision's look and the delete.
+    #[tokio::test]
+    async fn delete_honours_if_match() {
+        let b = TestBucket::new().await;
+        b.put("docs/a", "first").await;
+        let wrong = b
+            .client
+            .delete_object()
+            .bucket(&b.name)
+            .key("docs/a")
+            .if_match("\"not-its-etag\"")
+            .send()
+            .await;
+        assert_eq!(refused(wrong), Some(412));
+        let missing = b
+            .client
+            .delete_object()
+            .bucket(&b.name)
+            .key("docs/none")
+            .if_match("\"any\"")
+            .send()
+            .await;
+        assert_eq!(refused(missing), Some(404));
+        let bucket = adapter(&b);
+        let a = bucket.head("docs/a").await.expect("head").expect("present");
+        b.put("docs/a", "second").await;
+        assert_eq!(
+            bucket.delete_if(&a).await.expect("delete"),
+            DeleteOutcome::Changed
+        );
+        assert_eq!(
+            bucket.head("docs/a").await.expect("head").map(|o| o.size),
+            Some(6)
+        );
+        let now = bucket.head("docs/a").await.expect("head").expect("present");
+        assert_eq!(
+            bucket.delete_if(&now).await.expect("delete"),
+            DeleteOutcome::Deleted
+        );
+    }
+
+    /// Honoured, though the adapter never puts: PutObject's If-None-Match and If-Match.
+    #[tokio::test]
+    async fn put_honours_if_none_match_and_if_match() {
+        let b = TestBucket::new().await;
+        b.put("docs/a", "first").await;
+        let put = |condition: fn(
+            aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+        )
+            -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder| {
+            condition(
+                b.client
+                    .put_object()
+                    .bucket(&b.name)
+                    .key("docs/a")
+                    .body(ByteStream::from_static(b"second")),
+            )
+            .send()
+        };
+        assert_eq!(refused(put(|p| p.if_none_match("*")).await), Some(412));
+        assert_eq!(
+            refused(put(|p| p.if_match("\"not-its-etag\"")).await),
+            Some(412)
+        );
+        assert_eq!(
+            b.client
+                .head_object()
+                .bucket(&b.name)
+                .key("docs/a")
+                .send()
+                .await
+                .expect("head")
+                .content_length(),
+            Some(5),
+            "unchanged"
+        );
+    }
+
+    /// Not relied on: CopyObject ignores If-None-Match (it overwrites) and
+    /// x-amz-copy-source-if-match (it copies the object as it is now). The adapter looks at the
+    /// destination first, and checks the copy against the original after, taking back a copy
+    /// of an original that changed.
+    #[tokio::test]
+    async fn copy_ignores_if_none_match_and_copy_source_if_match() {
+        let b = TestBucket::new().await;
+        b.put("docs/a", "original").await;
+        b.put("quarantine/a", "taken").await;
+        let over = b
+            .client
+            .copy_object()
+            .bucket(&b.name)
+            .key("quarantine/a")
+            .copy_source(format!("{}/docs/a", b.name))
+            .if_none_match("*")
+            .send()
+            .await;
+        assert_eq!(refused(over), None, "moto copied over an existing key");
+        let stale = b
+            .client
+            .copy_object()
+            .bucket(&b.name)
+            .key("quarantine/b")
+            .copy_source(format!("{}/docs/a", b.name))
+            .copy_source_if_match("\"not-its-etag\"")
+            .send()
+            .await;
+        assert_eq!(
+            refused(stale),
+            None,
+            "moto copied a source that did not match"
+        );
+
+        let bucket = adapter(&b);
+        let a = bucket.head("docs/a").await.expect("head").expect("present");
+        assert!(matches!(
+            bucket.copy_new(&a, "quarantine/b").await.expect("copy"),
+            CopyOutcome::AlreadyCopied
+        ));
+        b.put("quarantine/c", "someone else's").await;
+        assert!(matches!(
+            bucket.copy_new(&a, "quarantine/c").await.expect("copy"),
+            CopyOutcome::Taken(_)
+        ));
+        b.put("docs/a", "replaced since").await;
+        assert_eq!(
+            bucket.copy_new(&a, "quarantine/d").await.expect("copy"),
+            CopyOutcome::SourceChanged
+        );
+        assert_eq!(
+            bucket.head("quarantine/d").await.expect("head"),
+            None,
+            "taken back"
+        );
+    }
+}
