@@ -2,7 +2,7 @@
 
 use crate::bucket::Bucket;
 use crate::catalog::{AuditEntry, Catalog};
-use crate::decide::{Decision, Policy, decide_key};
+use crate::decide::{Decision, Policy, decide, decide_key};
 use crate::error::{Error, Result};
 use crate::model::{Job, MultipartUpload, ObjectMeta, Record, key_of};
 use crate::report::Format;
@@ -77,7 +77,17 @@ pub async fn explain(
         (None, None) if uploads.is_empty() => "no record and no object by that id or key",
         _ => "record and object agree",
     };
-    let decision = verdict(decision, consistent);
+    let uploading = matches!(decision, Decision::InGrace)
+        && !matches!(
+            decide(record.as_ref(), object.as_ref(), now, policy),
+            Decision::InGrace
+        );
+    let mut decision = verdict(decision, consistent);
+    if uploading {
+        decision.detail = "pending, with a multipart upload in progress at its key; a sweep \
+                           leaves it alone until the upload completes or is abandoned"
+            .into();
+    }
     let uploads = uploads
         .into_iter()
         .zip(upload_decisions)

@@ -367,7 +367,8 @@ async fn hostile_keys_round_trip(backend: Backend) {
 /// listings, and honours every condition here; garage 2.5.0 lists multipart uploads in upload-id
 /// order and gives listings real milliseconds (see COMPONENTS.md). Where a server falls short of
 /// S3, the adapter must not rely on it: each case says which behaviour the adapter's safety
-/// rests on and checks the adapter's outcome over this server.
+/// rests on and checks the adapter's outcome over this server. (They run on the tests' S3
+/// server: pointed at another one, they say where it differs from moto.)
 mod moto {
     use super::*;
     use aws_sdk_s3::error::SdkError;
@@ -497,8 +498,9 @@ mod moto {
         assert_eq!(through_adapter, started, "the adapter does not reorder");
     }
 
-    /// Relied on: DeleteObject honours If-Match (412 when the object changed, 404 when it is
-    /// gone): it is the only guard between the decision's look and the delete.
+    /// Relied on where the server honours it (S3, moto; garage 2.5.0 ignores it, README's
+    /// "Conditional writes"): DeleteObject's If-Match (412 when the object changed, 404 when it
+    /// is gone) is the only guard between the executor's last HEAD and the delete.
     #[tokio::test]
     async fn delete_honours_if_match() {
         let b = TestBucket::new().await;

@@ -610,6 +610,8 @@ async fn explain_sees_a_key_s_uploads_in_progress_as_the_sweep_does() {
         "{}",
         json.stdout
     );
+    let why = explained["decision"]["detail"].as_str().unwrap_or_default();
+    assert!(why.contains("multipart upload in progress"), "{why}");
     let listed: Vec<(String, String)> = explained["uploads"]
         .as_array()
         .map(|uploads| {
