@@ -24,6 +24,13 @@ pub trait Catalog: Send + Sync {
     /// A write transaction; dropping it without `commit` rolls it back.
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>>;
 
+    /// A write transaction of the reconciler's own tables only (audit rows, intents): on SQLite
+    /// it leaves the app's database file unlocked (the reconciler's tables are a file of their
+    /// own), so the app's writers never wait on its commit. `begin` where the catalog says not.
+    async fn begin_own(&self) -> Result<Box<dyn Transaction + '_>> {
+        self.begin().await
+    }
+
     /// Create or upgrade the reconciler's own tables.
     async fn migrate(&self) -> Result<()>;
 
