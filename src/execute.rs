@@ -234,7 +234,7 @@ impl Executor<'_> {
         };
         let mut tx = self.catalog.begin_own().await?;
         tx.audit(&self.checked_entry(finding, checked)).await?;
-        tx.clear_intent(intent.key()).await?;
+        tx.clear_intent(&intent.id).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -277,7 +277,7 @@ impl Executor<'_> {
     async fn forget_intent(&self, intent: &Intent) {
         let forgotten = async {
             let mut tx = self.catalog.begin_own().await?;
-            tx.clear_intent(intent.key()).await?;
+            tx.clear_intent(&intent.id).await?;
             tx.commit().await
         };
         if let Err(e) = forgotten.await {
@@ -302,6 +302,7 @@ impl Executor<'_> {
             _ => return None,
         };
         Some(Intent {
+            id: Uuid::new_v4().to_string(),
             entry: self.entry(finding, None, None, finding.object.as_ref()),
             change,
         })
@@ -326,7 +327,7 @@ impl Executor<'_> {
                 tx.audit(&entry).await?;
                 audited += 1;
             }
-            tx.clear_intent(intent.key()).await?;
+            tx.clear_intent(&intent.id).await?;
             tx.commit().await?;
             tracing::warn!(key = %intent.key(), action = %intent.entry.action, happened,
                 "settled a bucket change left unrecorded by a process that ended");

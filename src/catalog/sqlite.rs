@@ -899,11 +899,11 @@ impl Catalog for SqliteCatalog {
             .map_err(|e| Error::database(context.clone(), e))?;
         let mut tx = self.begin_own_tx(&context).await?;
         sqlx::query(
-            "INSERT INTO reconciler.intents (scope, key, intent, created_at) \
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (scope, key) DO UPDATE \
-             SET intent = excluded.intent, created_at = excluded.created_at",
+            "INSERT INTO reconciler.intents (scope, id, key, intent, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .bind(&self.scope_name)
+        .bind(&intent.id)
         .bind(intent.key())
         .bind(json)
         .bind(stamp(Utc::now()))
@@ -916,14 +916,15 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn intents(&self) -> Result<Vec<Intent>> {
-        let texts: Vec<String> = sqlx::query_scalar(
-            "SELECT intent FROM reconciler.intents WHERE scope = ?1 ORDER BY key",
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, intent FROM reconciler.intents WHERE scope = ?1 \
+             ORDER BY key, created_at, id",
         )
         .bind(&self.scope_name)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::database("reading reconciler.intents", e))?;
-        Intent::from_json(&texts)
+        Intent::from_json(&rows)
     }
 }
 
@@ -1124,13 +1125,13 @@ impl Transaction for SqliteTransaction<'_> {
         Ok(())
     }
 
-    async fn clear_intent(&mut self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM reconciler.intents WHERE scope = ?1 AND key = ?2")
+    async fn clear_intent(&mut self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM reconciler.intents WHERE scope = ?1 AND id = ?2")
             .bind(&self.catalog.scope_name)
-            .bind(key)
+            .bind(id)
             .execute(&mut *self.tx)
             .await
-            .map_err(|e| Error::database(format!("clearing the intent for {key:?}"), e))?;
+            .map_err(|e| Error::database(format!("clearing the intent {id:?}"), e))?;
         Ok(())
     }
 

@@ -26,6 +26,10 @@ struct Uploads {
     started: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     /// A process to SIGKILL right after the bucket answered an AbortMultipartUpload.
     kill_after_abort: Arc<Mutex<Option<u32>>>,
+    /// How many aborts the kill lets through first.
+    aborts_before_kill: Arc<std::sync::atomic::AtomicUsize>,
+    /// How long each HEAD waits before it is forwarded.
+    head_delay: Arc<Mutex<Duration>>,
     /// A client of the proxy, so that every upload's start is seen.
     client: aws_sdk_s3::Client,
 }
@@ -36,15 +40,37 @@ impl Uploads {
         let seen = started.clone();
         let kill_after_abort: Arc<Mutex<Option<u32>>> = Default::default();
         let armed = kill_after_abort.clone();
+        let aborts_before_kill: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let let_through = aborts_before_kill.clone();
+        let head_delay: Arc<Mutex<Duration>> = Default::default();
+        let delay = head_delay.clone();
         let proxy = FaultProxy::rewriting(
             &s3_target().endpoint,
-            |_| Box::pin(async {}),
+            move |request| {
+                let wait = match request.method.as_str() {
+                    "HEAD" => delay.lock().map(|d| *d).unwrap_or_default(),
+                    _ => Duration::ZERO,
+                };
+                Box::pin(tokio::time::sleep(wait))
+            },
             move |request, body| {
                 let creates = request.method == "POST" && request.target.ends_with("?uploads");
                 let lists = request.method == "GET" && request.target.contains("?uploads");
                 let parts = request.method == "GET" && request.target.contains("uploadId=");
                 let aborts = request.method == "DELETE" && request.target.contains("uploadId=");
-                if aborts && let Some(pid) = armed.lock().ok().and_then(|mut pid| pid.take()) {
+                let passes = || {
+                    let_through
+                        .fetch_update(
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                            |n| n.checked_sub(1),
+                        )
+                        .is_ok()
+                };
+                if aborts
+                    && !passes()
+                    && let Some(pid) = armed.lock().ok().and_then(|mut pid| pid.take())
+                {
                     let killed = std::process::Command::new("kill")
                         .args(["-KILL", &pid.to_string()])
                         .status()
@@ -78,6 +104,8 @@ impl Uploads {
             proxy,
             started,
             kill_after_abort,
+            aborts_before_kill,
+            head_delay,
             client,
         }
     }
@@ -502,6 +530,69 @@ async fn an_abort_cut_short_by_a_kill_is_audited_by_the_next_sweep() {
         "{audit:?}"
     );
     assert!(audit[0].1.contains(&id), "{audit:?}");
+    let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciler.intents")
+        .fetch_one(&db.pool)
+        .await
+        .expect("read intents");
+    assert_eq!(intents, 0, "settled");
+}
+
+/// Issue 18: two uploads abandoned at one key are aborted at once, and the intents were one per
+/// key: the second noted replaced the first, and the first to finish cleared the key's intent,
+/// the other's with it. A kill after the other's abort then left that abort with neither an
+/// audit row nor an intent. Each change now has an intent of its own.
+#[tokio::test]
+async fn two_aborts_at_one_key_cut_by_a_kill_are_each_audited_once() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let uploads = Uploads::start().await;
+    let first = uploads.begin(&bucket.name, "docs/twice", &[100]).await;
+    let second = uploads.begin(&bucket.name, "docs/twice", &[200]).await;
+    for id in [&first, &second] {
+        uploads.age(id, 2 * DAY);
+    }
+    // Both aborts note their intent before either looks at the key.
+    *uploads.head_delay.lock().expect("delay") = Duration::from_millis(500);
+    uploads
+        .aborts_before_kill
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let reconcile = uploads.reconcile(&db, &bucket);
+    let logs = tempfile::tempdir().expect("temporary folder");
+    let log = logs.path().join("killed.log");
+    let mut killed = reconcile.spawn(&["--format", "json"], &log);
+    *uploads.kill_after_abort.lock().expect("armed") = killed.id();
+    let status = tokio::time::timeout(Duration::from_secs(60), killed.wait())
+        .await
+        .expect("the sweep ended")
+        .expect("wait for the sweep");
+    assert_eq!(status.code(), None, "not killed: {status:?}");
+    assert!(
+        uploads.in_progress(&bucket.name).await.is_empty(),
+        "both aborted"
+    );
+    *uploads.head_delay.lock().expect("delay") = Duration::ZERO;
+
+    let next = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(next.code, 0, "{}", next.stderr);
+    let mut audited: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, detail FROM reconciler.audit_log WHERE doc_id = 'twice' ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("read the audit log");
+    audited.sort_by_key(|(_, detail)| detail.contains(&second));
+    assert_eq!(
+        audited
+            .iter()
+            .map(|(action, detail)| (
+                action.as_str(),
+                detail.contains(&first),
+                detail.contains(&second)
+            ))
+            .collect::<Vec<_>>(),
+        [("abort", true, false), ("abort", false, true)],
+        "each abort audited once: {audited:?}"
+    );
     let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciler.intents")
         .fetch_one(&db.pool)
         .await
