@@ -199,6 +199,21 @@ impl Uploads {
         ids
     }
 
+    /// Run a sweep that the proxy kills right after an abort was answered (the armed one); every
+    /// upload is aborted by then.
+    async fn sweep_killed_after_abort(&self, reconcile: &Reconcile, bucket: &TestBucket) {
+        let logs = tempfile::tempdir().expect("temporary folder");
+        let log = logs.path().join("killed.log");
+        let mut killed = reconcile.spawn(&["--format", "json"], &log);
+        *self.kill_after_abort.lock().expect("armed") = killed.id();
+        let status = tokio::time::timeout(Duration::from_secs(60), killed.wait())
+            .await
+            .expect("the sweep ended")
+            .expect("wait for the sweep");
+        assert_eq!(status.code(), None, "not killed: {status:?}");
+        assert!(self.in_progress(&bucket.name).await.is_empty(), "aborted");
+    }
+
     /// `reconcile` over this database and bucket, reading the bucket through the proxy.
     fn reconcile(&self, db: &TestDb, bucket: &TestBucket) -> Reconcile {
         let mut reconcile = Reconcile::new(db, bucket).set("storage.prefix", "docs/");
@@ -495,20 +510,7 @@ async fn an_abort_cut_short_by_a_kill_is_audited_by_the_next_sweep() {
     let id = uploads.begin(&bucket.name, "docs/gone", &[100]).await;
     uploads.age(&id, 2 * DAY);
     let reconcile = uploads.reconcile(&db, &bucket);
-    let logs = tempfile::tempdir().expect("temporary folder");
-    let log = logs.path().join("killed.log");
-
-    let mut killed = reconcile.spawn(&["--format", "json"], &log);
-    *uploads.kill_after_abort.lock().expect("armed") = killed.id();
-    let status = tokio::time::timeout(Duration::from_secs(60), killed.wait())
-        .await
-        .expect("the sweep ended")
-        .expect("wait for the sweep");
-    assert_eq!(status.code(), None, "not killed: {status:?}");
-    assert!(
-        uploads.in_progress(&bucket.name).await.is_empty(),
-        "aborted"
-    );
+    uploads.sweep_killed_after_abort(&reconcile, &bucket).await;
     assert_eq!(db.audit().await, vec![], "audited before the commit");
     let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciler.intents")
         .fetch_one(&db.pool)
@@ -557,19 +559,7 @@ async fn two_aborts_at_one_key_cut_by_a_kill_are_each_audited_once() {
         .aborts_before_kill
         .store(1, std::sync::atomic::Ordering::SeqCst);
     let reconcile = uploads.reconcile(&db, &bucket);
-    let logs = tempfile::tempdir().expect("temporary folder");
-    let log = logs.path().join("killed.log");
-    let mut killed = reconcile.spawn(&["--format", "json"], &log);
-    *uploads.kill_after_abort.lock().expect("armed") = killed.id();
-    let status = tokio::time::timeout(Duration::from_secs(60), killed.wait())
-        .await
-        .expect("the sweep ended")
-        .expect("wait for the sweep");
-    assert_eq!(status.code(), None, "not killed: {status:?}");
-    assert!(
-        uploads.in_progress(&bucket.name).await.is_empty(),
-        "both aborted"
-    );
+    uploads.sweep_killed_after_abort(&reconcile, &bucket).await;
     *uploads.head_delay.lock().expect("delay") = Duration::ZERO;
 
     let next = reconcile.run(&["--format", "json"]).await;
