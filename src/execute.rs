@@ -54,6 +54,16 @@ pub struct Executor<'a> {
     pub sweep_id: Option<Uuid>,
 }
 
+/// Where a finding's object was seen. A listing shows the object as it was (its size, time and
+/// ETag), and an adoption must find that very object: one that moved since (a file still being
+/// written) is judged again by the next sweep, not adopted with a size it no longer has. An event
+/// only says that an object arrived: its re-check takes the object as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Listing,
+    Event,
+}
+
 /// What an action's re-check found, for its audit row: the record's status before and after, and
 /// the object as it is now.
 struct Checked {
@@ -191,7 +201,7 @@ impl Executor<'_> {
     async fn apply(&self, finding: &Finding) -> Result<Result<(), Changed>> {
         if !finding.action.changes_bucket() {
             let mut tx = self.catalog.begin().await?;
-            let applied = self.apply_in(tx.as_mut(), finding).await?;
+            let applied = self.apply_seen(tx.as_mut(), finding, Seen::Listing).await?;
             if applied.is_ok() {
                 tx.commit().await?;
             }
@@ -243,7 +253,7 @@ impl Executor<'_> {
     /// before the bucket changes: the row (locked) and the object as they are now.
     async fn recheck(&self, finding: &Finding) -> Result<Result<Checked, Changed>> {
         let mut tx = self.catalog.begin().await?;
-        let checked = self.check_in(tx.as_mut(), finding).await?;
+        let checked = self.check_in(tx.as_mut(), finding, Seen::Listing).await?;
         // Nothing written: the commit only lets go of the lock.
         tx.commit().await?;
         Ok(checked)
@@ -408,13 +418,23 @@ impl Executor<'_> {
         tx: &mut (dyn Transaction + '_),
         finding: &Finding,
     ) -> Result<Result<(), Changed>> {
+        self.apply_seen(tx, finding, Seen::Event).await
+    }
+
+    /// `apply_in`, for a finding whose object was `seen` so.
+    async fn apply_seen(
+        &self,
+        tx: &mut (dyn Transaction + '_),
+        finding: &Finding,
+        seen: Seen,
+    ) -> Result<Result<(), Changed>> {
         if finding.action.changes_bucket() {
             return Ok(Err(Changed(format!(
                 "{} changes the bucket, never inside a transaction",
                 finding.action.as_str()
             ))));
         }
-        let checked = match self.check_in(tx, finding).await? {
+        let checked = match self.check_in(tx, finding, seen).await? {
             Ok(checked) => checked,
             Err(changed) => return Ok(Err(changed)),
         };
@@ -431,6 +451,7 @@ impl Executor<'_> {
         &self,
         tx: &mut (dyn Transaction + '_),
         finding: &Finding,
+        seen: Seen,
     ) -> Result<Result<Checked, Changed>> {
         let now = tx.lock_record(&finding.id).await?;
         let object = self.bucket.head(&finding.key).await?;
@@ -453,6 +474,15 @@ impl Executor<'_> {
                 let Some(object) = object else {
                     return Ok(Err("the object is gone since the listing".into()));
                 };
+                if let (Seen::Listing, Some(listed)) = (seen, &finding.object)
+                    && same_object(Some(listed), Some(object.clone())).is_err()
+                {
+                    return Ok(Err(Changed(format!(
+                        "the object changed since the listing ({} bytes then, {} now): still \
+                         being written, or overwritten; the next sweep judges it again",
+                        listed.size, object.size
+                    ))));
+                }
                 tx.set_status(&finding.id, Status::Uploaded).await?;
                 tx.note_object(&object).await?;
                 let new = self.uploaded(tx, finding, &object).await?;
