@@ -54,6 +54,24 @@ pub struct Executor<'a> {
     pub sweep_id: Option<Uuid>,
 }
 
+/// Where a finding's object was seen. A listing shows the object as it was (its size, time and
+/// ETag), and an adoption must find that very object: one that moved since (a file still being
+/// written) is judged again by the next sweep, not adopted with a size it no longer has. An event
+/// only says that an object arrived: its re-check takes the object as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Listing,
+    Event,
+}
+
+/// What an action's re-check found, for its audit row: the record's status before and after, and
+/// the object as it is now.
+struct Checked {
+    old_status: Option<String>,
+    new_status: Option<Status>,
+    object: Option<ObjectMeta>,
+}
+
 /// Why an action did not go through; becomes `Outcome::Skipped`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Changed(pub String);
@@ -181,27 +199,78 @@ impl Executor<'_> {
     }
 
     async fn apply(&self, finding: &Finding) -> Result<Result<(), Changed>> {
-        // A bucket change cannot roll back with the transaction that audits it: say durably what
-        // is about to happen first, so that a process dying in between leaves a trace
-        // (`settle_intents`). The transaction clears it.
-        let intent = self.intent(finding);
-        if let Some(intent) = &intent {
-            self.catalog.note_intent(intent).await?;
-        }
-        let mut tx = self.catalog.begin().await?;
-        let applied = self.apply_in(tx.as_mut(), finding).await?;
-        if applied.is_ok() {
-            tx.commit().await?;
-        } else if intent.is_some() {
-            // The bucket refused or the world changed: nothing happened. (After an error the
-            // intent stays: a delete whose answer was lost may have happened.)
-            drop(tx);
-            if let Err(e) = self.forget_intent(&finding.key).await {
-                tracing::warn!(key = %finding.key, error = %e,
-                    "cannot clear the intent of an action that did not happen; the next sweep will");
+        if !finding.action.changes_bucket() {
+            let mut tx = self.catalog.begin().await?;
+            let applied = self.apply_seen(tx.as_mut(), finding, Seen::Listing).await?;
+            if applied.is_ok() {
+                tx.commit().await?;
             }
+            return Ok(applied);
         }
-        Ok(applied)
+        self.change_bucket(finding).await
+    }
+
+    /// A quarantine, a delete or an abort, with no database lock held while the bucket changes
+    /// (an app's writers would wait on SQLite's writer lock for a whole copy of a large object):
+    /// the intent is noted and committed; the row is re-checked in a short transaction; the
+    /// bucket changes with no transaction open; then one short transaction writes the audit row
+    /// and clears the intent. A process that dies anywhere in between leaves the intent, which
+    /// the next sweep settles (`settle_intents`).
+    async fn change_bucket(&self, finding: &Finding) -> Result<Result<(), Changed>> {
+        let Some(intent) = self.intent(finding) else {
+            return Ok(Err("the finding names no object or upload to change".into()));
+        };
+        self.catalog.note_intent(&intent).await?;
+        let checked = match self.recheck(finding).await {
+            Ok(checked) => checked,
+            Err(e) => {
+                // Nothing changed in the bucket yet.
+                self.forget_intent(&intent).await;
+                return Err(e);
+            }
+        };
+        let changed = match &checked {
+            Ok(checked) => self.make_change(finding, checked).await?,
+            Err(changed) => Err(changed.clone()),
+        };
+        let checked = match (changed, checked) {
+            (Ok(()), Ok(checked)) => checked,
+            (Err(changed), _) | (_, Err(changed)) => {
+                // The bucket refused or the world changed: nothing happened. (After an error
+                // the intent stays: a delete whose answer was lost may have happened.)
+                self.forget_intent(&intent).await;
+                return Ok(Err(changed));
+            }
+        };
+        let mut tx = self.catalog.begin_own().await?;
+        tx.audit(&self.checked_entry(finding, checked)).await?;
+        tx.clear_intent(&intent.id).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// The re-check of a bucket change, in a transaction of its own that writes nothing and ends
+    /// before the bucket changes: the row (locked) and the object as they are now.
+    async fn recheck(&self, finding: &Finding) -> Result<Result<Checked, Changed>> {
+        let mut tx = self.catalog.begin().await?;
+        let checked = self.check_in(tx.as_mut(), finding, Seen::Listing).await?;
+        // Nothing written: the commit only lets go of the lock.
+        tx.commit().await?;
+        Ok(checked)
+    }
+
+    /// Make the bucket change a re-check allowed.
+    async fn make_change(
+        &self,
+        finding: &Finding,
+        checked: &Checked,
+    ) -> Result<Result<(), Changed>> {
+        match (finding.action, &checked.object, &finding.upload) {
+            (Action::Quarantine, Some(object), _) => self.quarantine(finding, object).await,
+            (Action::Delete, Some(object), _) => self.delete(object).await,
+            (Action::Abort, _, Some(upload)) => self.abort(upload).await,
+            _ => Ok(Err("the finding names no object or upload to change".into())),
+        }
     }
 
     /// The object a status-only action depends on, as it is now.
@@ -213,10 +282,18 @@ impl Executor<'_> {
         }
     }
 
-    async fn forget_intent(&self, key: &str) -> Result<()> {
-        let mut tx = self.catalog.begin().await?;
-        tx.clear_intent(key).await?;
-        tx.commit().await
+    /// Forget the intent of a change that did not happen. If that fails too, the next sweep
+    /// finds the change did not happen and forgets it then.
+    async fn forget_intent(&self, intent: &Intent) {
+        let forgotten = async {
+            let mut tx = self.catalog.begin_own().await?;
+            tx.clear_intent(&intent.id).await?;
+            tx.commit().await
+        };
+        if let Err(e) = forgotten.await {
+            tracing::warn!(key = %intent.key(), error = %e,
+                "cannot clear the intent of an action that did not happen; the next sweep will");
+        }
     }
 
     /// The bucket change `finding`'s action is about to make, if it makes one.
@@ -235,6 +312,7 @@ impl Executor<'_> {
             _ => return None,
         };
         Some(Intent {
+            id: Uuid::new_v4().to_string(),
             entry: self.entry(finding, None, None, finding.object.as_ref()),
             change,
         })
@@ -249,7 +327,7 @@ impl Executor<'_> {
         let mut audited = 0;
         for intent in self.catalog.intents().await? {
             let happened = self.happened(&intent).await?;
-            let mut tx = self.catalog.begin().await?;
+            let mut tx = self.catalog.begin_own().await?;
             if happened {
                 let mut entry = intent.entry.clone();
                 entry.detail.push_str(
@@ -259,7 +337,7 @@ impl Executor<'_> {
                 tx.audit(&entry).await?;
                 audited += 1;
             }
-            tx.clear_intent(intent.key()).await?;
+            tx.clear_intent(&intent.id).await?;
             tx.commit().await?;
             tracing::warn!(key = %intent.key(), action = %intent.entry.action, happened,
                 "settled a bucket change left unrecorded by a process that ended");
@@ -284,6 +362,16 @@ impl Executor<'_> {
             BucketChange::Delete { .. } => true,
             BucketChange::Abort { upload } => !self.bucket.multipart_in_progress(upload).await?,
         })
+    }
+
+    /// The audit row of `finding`'s action, as its re-check found the world.
+    fn checked_entry(&self, finding: &Finding, checked: Checked) -> AuditEntry {
+        self.entry(
+            finding,
+            checked.old_status,
+            checked.new_status,
+            checked.object.as_ref(),
+        )
     }
 
     /// The audit row of `finding`'s action.
@@ -321,19 +409,54 @@ impl Executor<'_> {
         }
     }
 
-    /// The checks and writes of one action inside a transaction the caller commits: the event
-    /// path commits the key's event state with it. A `Changed` answer means the action did not
-    /// happen and the caller must not commit: for `quarantine` and `delete` it can come after the
-    /// audit row was written (the object changed under the copy or the delete).
+    /// The checks and writes of one action that leaves the bucket as it is, inside a transaction
+    /// the caller commits: the event path commits the key's event state with it. A `Changed`
+    /// answer means the action did not happen and the caller must not commit. A bucket change is
+    /// never made inside a transaction (`apply` makes it).
     pub async fn apply_in(
         &self,
         tx: &mut (dyn Transaction + '_),
         finding: &Finding,
     ) -> Result<Result<(), Changed>> {
+        self.apply_seen(tx, finding, Seen::Event).await
+    }
+
+    /// `apply_in`, for a finding whose object was `seen` so.
+    async fn apply_seen(
+        &self,
+        tx: &mut (dyn Transaction + '_),
+        finding: &Finding,
+        seen: Seen,
+    ) -> Result<Result<(), Changed>> {
+        if finding.action.changes_bucket() {
+            return Ok(Err(Changed(format!(
+                "{} changes the bucket, never inside a transaction",
+                finding.action.as_str()
+            ))));
+        }
+        let checked = match self.check_in(tx, finding, seen).await? {
+            Ok(checked) => checked,
+            Err(changed) => return Ok(Err(changed)),
+        };
+        if finding.action != Action::Report {
+            tx.audit(&self.checked_entry(finding, checked)).await?;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Lock the row, look at the object afresh, and check that the action still holds; for an
+    /// action that leaves the bucket as it is, make its writes too. What was found, or why the
+    /// action no longer holds.
+    async fn check_in(
+        &self,
+        tx: &mut (dyn Transaction + '_),
+        finding: &Finding,
+        seen: Seen,
+    ) -> Result<Result<Checked, Changed>> {
         let now = tx.lock_record(&finding.id).await?;
         let object = self.bucket.head(&finding.key).await?;
-        let change = match finding.action {
-            Action::Report => return Ok(Ok(())),
+        let (old_status, new_status, object) = match finding.action {
+            Action::Report => (None, None, None),
             Action::Expire | Action::Fail | Action::MarkMissing => {
                 match status_change(finding, &now, object.as_ref()) {
                     Ok((old, new)) => {
@@ -351,6 +474,15 @@ impl Executor<'_> {
                 let Some(object) = object else {
                     return Ok(Err("the object is gone since the listing".into()));
                 };
+                if let (Seen::Listing, Some(listed)) = (seen, &finding.object)
+                    && same_object(Some(listed), Some(object.clone())).is_err()
+                {
+                    return Ok(Err(Changed(format!(
+                        "the object changed since the listing ({} bytes then, {} now): still \
+                         being written, or overwritten; the next sweep judges it again",
+                        listed.size, object.size
+                    ))));
+                }
                 tx.set_status(&finding.id, Status::Uploaded).await?;
                 tx.note_object(&object).await?;
                 let new = self.uploaded(tx, finding, &object).await?;
@@ -405,32 +537,11 @@ impl Executor<'_> {
                 }
             }
         };
-        let (old_status, new_status, object) = change;
-        tx.audit(&self.entry(finding, old_status, new_status, object.as_ref()))
-            .await?;
-        // The bucket changes last, after the audit row is written in the still-open transaction:
-        // if they fail or find the object changed, the transaction rolls back and the audit says
-        // nothing happened, which is true. A process that dies after the bucket change and before
-        // the commit (or a commit that fails) leaves the intent noted before it: the next sweep
-        // audits the change then (`settle_intents`).
-        match (&object, finding.action) {
-            (Some(object), Action::Quarantine) => {
-                tx.clear_intent(&object.key).await?;
-                self.quarantine(object).await
-            }
-            (Some(object), Action::Delete) => {
-                tx.clear_intent(&object.key).await?;
-                self.delete(object).await
-            }
-            (_, Action::Abort) => match &finding.upload {
-                Some(upload) => {
-                    tx.clear_intent(&upload.key).await?;
-                    self.abort(upload).await
-                }
-                None => Ok(Err("the finding names no upload".into())),
-            },
-            _ => Ok(Ok(())),
-        }
+        Ok(Ok(Checked {
+            old_status,
+            new_status,
+            object,
+        }))
     }
 
     /// An upload is confirmed: mark the doc processed, or queue its processing. Returns the status
@@ -455,9 +566,14 @@ impl Executor<'_> {
     }
 
     /// Copy under the quarantine prefix (never over another object), check the copy, and only
-    /// then delete the original, if it is still the object copied: a failure or a change at any
-    /// step leaves the original where it was.
-    async fn quarantine(&self, object: &ObjectMeta) -> Result<Result<(), Changed>> {
+    /// then delete the original, if it is still the object copied and still has no record: a
+    /// failure or a change at any step leaves the original where it was. (The copy of a large
+    /// object takes a while, and no lock keeps the app from creating its record meanwhile.)
+    async fn quarantine(
+        &self,
+        finding: &Finding,
+        object: &ObjectMeta,
+    ) -> Result<Result<(), Changed>> {
         let target = self.quarantine.key_for(object);
         match self.bucket.copy_new(object, &target).await? {
             CopyOutcome::Copied | CopyOutcome::AlreadyCopied => {}
@@ -472,6 +588,12 @@ impl Executor<'_> {
             CopyOutcome::SourceChanged => {
                 return Ok(Err("the object was overwritten since the listing".into()));
             }
+        }
+        if self.catalog.record(&finding.id).await?.is_some() {
+            return Ok(Err(Changed(format!(
+                "a record was created during the copy; the object stays, and a copy of it at \
+                 {target}"
+            ))));
         }
         match self.bucket.delete_if(object).await? {
             DeleteOutcome::Deleted => Ok(Ok(())),

@@ -236,6 +236,12 @@ impl Action {
     pub fn is_status_only(self) -> bool {
         matches!(self, Action::Expire | Action::Fail | Action::MarkMissing)
     }
+
+    /// Whether the action changes the bucket (quarantine, delete, abort): a change no database
+    /// transaction can roll back, made with none open.
+    pub fn changes_bucket(self) -> bool {
+        matches!(self, Action::Quarantine | Action::Delete | Action::Abort)
+    }
 }
 
 /// One inconsistency found by a sweep, with what was observed, so the executor can check that the

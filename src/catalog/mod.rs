@@ -24,6 +24,13 @@ pub trait Catalog: Send + Sync {
     /// A write transaction; dropping it without `commit` rolls it back.
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>>;
 
+    /// A write transaction of the reconciler's own tables only (audit rows, intents): on SQLite
+    /// it leaves the app's database file unlocked (the reconciler's tables are a file of their
+    /// own), so the app's writers never wait on its commit. `begin` where the catalog says not.
+    async fn begin_own(&self) -> Result<Box<dyn Transaction + '_>> {
+        self.begin().await
+    }
+
     /// Create or upgrade the reconciler's own tables.
     async fn migrate(&self) -> Result<()>;
 
@@ -84,8 +91,9 @@ pub trait Catalog: Send + Sync {
     /// yet (nothing was ever applied).
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>>;
 
-    /// Record, and commit on its own, the bucket change an action is about to make (replacing an
-    /// earlier intent for the same key).
+    /// Record, and commit on its own, the bucket change an action is about to make. Each change
+    /// has its own intent (its `id`): several changes of one key (an orphan's quarantine and an
+    /// upload's abort, two uploads) may be under way at once.
     async fn note_intent(&self, intent: &Intent) -> Result<()>;
 
     /// This deployment's intents still recorded: their process ended (or their commit failed)
@@ -237,8 +245,8 @@ pub trait Transaction: Send {
     /// Remember the newest event applied to a key.
     async fn store_key_event(&mut self, event: &KeyEvent) -> Result<()>;
 
-    /// Forget the intent noted for `key`: this transaction audits its change.
-    async fn clear_intent(&mut self, key: &str) -> Result<()>;
+    /// Forget the intent `id`: this transaction audits its change (or it did not happen).
+    async fn clear_intent(&mut self, id: &str) -> Result<()>;
 
     async fn commit(self: Box<Self>) -> Result<()>;
 }
@@ -264,6 +272,10 @@ pub struct AuditEntry {
 /// (or the commit failed). The next applying sweep settles it (`Executor::settle_intents`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Intent {
+    /// This change's own name, unique in its scope (a UUID; the key, for an intent noted before
+    /// intents had ids).
+    #[serde(default)]
+    pub id: String,
     pub change: BucketChange,
     /// The audit row the change gets.
     pub entry: AuditEntry,
@@ -288,7 +300,7 @@ pub enum BucketChange {
 }
 
 impl Intent {
-    /// The key the change is at; one intent per key.
+    /// The key the change is at.
     pub fn key(&self) -> &str {
         match &self.change {
             BucketChange::Quarantine { object, .. } | BucketChange::Delete { object } => {
@@ -306,11 +318,15 @@ impl Intent {
         serde_json::to_string(&stored).map_err(|e| sqlx::Error::Encode(e.into()))
     }
 
-    /// Intents as `reconciler.intents` stores them, read back.
-    pub(crate) fn from_json(texts: &[String]) -> Result<Vec<Self>> {
-        texts
-            .iter()
-            .map(|text| serde_json::from_str(text))
+    /// Intents as `reconciler.intents` stores them (id and JSON), read back.
+    pub(crate) fn from_json(rows: &[(String, String)]) -> Result<Vec<Self>> {
+        rows.iter()
+            .map(|(id, text)| {
+                serde_json::from_str(text).map(|intent: Intent| Intent {
+                    id: id.clone(),
+                    ..intent
+                })
+            })
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| {
                 let e = sqlx::Error::ColumnDecode {

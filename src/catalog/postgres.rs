@@ -754,10 +754,10 @@ impl Catalog for PgCatalog {
     async fn note_intent(&self, intent: &Intent) -> Result<()> {
         let context = || format!("noting the intent for {:?}", intent.key());
         sqlx::query(
-            "INSERT INTO reconciler.intents (scope, key, intent) VALUES ($1, $2, $3) \
-             ON CONFLICT (scope, key) DO UPDATE SET intent = EXCLUDED.intent, created_at = now()",
+            "INSERT INTO reconciler.intents (scope, id, key, intent) VALUES ($1, $2, $3, $4)",
         )
         .bind(&self.scope_name)
+        .bind(&intent.id)
         .bind(intent.key())
         .bind(
             intent
@@ -771,14 +771,15 @@ impl Catalog for PgCatalog {
     }
 
     async fn intents(&self) -> Result<Vec<Intent>> {
-        let texts: Vec<String> = sqlx::query_scalar(
-            "SELECT intent FROM reconciler.intents WHERE scope = $1 ORDER BY key COLLATE \"C\"",
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, intent FROM reconciler.intents WHERE scope = $1 \
+             ORDER BY key COLLATE \"C\", created_at, id",
         )
         .bind(&self.scope_name)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::database("reading reconciler.intents", e))?;
-        Intent::from_json(&texts)
+        Intent::from_json(&rows)
     }
 }
 
@@ -1061,13 +1062,13 @@ impl Transaction for PgTransaction<'_> {
         Ok(())
     }
 
-    async fn clear_intent(&mut self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM reconciler.intents WHERE scope = $1 AND key = $2")
+    async fn clear_intent(&mut self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM reconciler.intents WHERE scope = $1 AND id = $2")
             .bind(&self.catalog.scope_name)
-            .bind(key)
+            .bind(id)
             .execute(&mut *self.tx)
             .await
-            .map_err(|e| Error::database(format!("clearing the intent for {key:?}"), e))?;
+            .map_err(|e| Error::database(format!("clearing the intent {id:?}"), e))?;
         Ok(())
     }
 

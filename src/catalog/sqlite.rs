@@ -3,10 +3,15 @@
 //! (`<app.db>.reconciler.db`), attached as `reconciler` on every connection, so the app's
 //! database never changes shape. A dry run never creates that file.
 //!
-//! Locks: SQLite has one writer per database file. Every write transaction starts with
-//! `BEGIN IMMEDIATE` (it takes the write lock up front, so two writers queue on the busy timeout
-//! instead of failing on a lock upgrade); job claims are an `UPDATE ... RETURNING` inside one;
-//! the sweep lock is a row with an owner and an expiry that its holder renews.
+//! Locks: SQLite has one writer per database file. A write transaction of the app's table starts
+//! with `BEGIN IMMEDIATE` (it takes the write lock up front, so two writers queue on the busy
+//! timeout instead of failing on a lock upgrade); it locks the app's database, so it is kept short
+//! and never spans a bucket change. One that writes only the reconciler's tables (audit rows,
+//! intents, job claims, the sweep history and lock) is deferred and starts with a write: it locks
+//! only the reconciler's file. The sweep reads the app's table in pages, each a short read: in
+//! rollback-journal mode an open read keeps the app's writers from committing. Job claims are an
+//! `UPDATE ... RETURNING`; the sweep lock is a row with an owner and an expiry that its holder
+//! renews.
 
 use super::{
     AuditEntry, Catalog, Intent, KeyEvent, PruneTarget, Pruned, Retention, Scope, SweepLock,
@@ -17,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::model::{Job, JobState, ObjectMeta, Record, Status};
 use crate::redact;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteRow,
 };
@@ -29,6 +34,9 @@ use std::time::Duration;
 
 /// How long a writer waits for another to finish before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The records of one page of the sweep's read of the app table: each page is a short read of
+/// its own, so a writer waits (in rollback-journal mode) for one page at most.
+const PAGE: usize = 1000;
 /// How long a sweep lock lasts without renewal; its holder renews it three times as often.
 const SWEEP_LOCK_LEASE: Duration = Duration::from_secs(30);
 
@@ -48,9 +56,11 @@ pub struct SqliteCatalog {
 }
 
 /// The app-table statements, built once from quoted identifiers. Every parameter is numbered:
-/// `?1` the id (or the scope, for `select_all`), then the status word or the scope.
+/// `?1` the id (or, for the pages, the page's size, or the last id of the page before and the
+/// page's size), then the status word or the scope.
 struct Statements {
-    select_all: String,
+    first_page: String,
+    next_page: String,
     select_one: String,
     update_status: String,
     insert: String,
@@ -136,7 +146,7 @@ impl SqliteCatalog {
             migrated.store(jobs > 0, AtomicOrdering::SeqCst);
         }
         let table = config.table.quoted();
-        check_columns(&pool, config, &table).await?;
+        let id_type = check_columns(&pool, config, &table).await?;
         Ok(SqliteCatalog {
             pool,
             app_path,
@@ -144,10 +154,54 @@ impl SqliteCatalog {
             scope_name: scope.name(),
             statuses: config.statuses.clone(),
             migrated,
-            with_jobs: Statements::build(config, &table, true),
-            without_jobs: Statements::build(config, &table, false),
+            with_jobs: Statements::build(config, &table, &id_type, true),
+            without_jobs: Statements::build(config, &table, &id_type, false),
             table,
         })
+    }
+
+    /// One page of [`Catalog::records`]: up to [`PAGE`] records after the id `after`, in byte
+    /// order. Checked to come after it: a page that did not (an id stored as a blob in a TEXT
+    /// column sorts after every text, and its text need not) would be read again and again.
+    async fn page(&self, after: Option<&str>) -> Result<Vec<Record>> {
+        let context = || format!("reading table {}", self.table);
+        let sql = self.sql();
+        let query = match after {
+            None => sqlx::query(AssertSqlSafe(sql.first_page.as_str())).bind(PAGE as i64),
+            Some(after) => sqlx::query(AssertSqlSafe(sql.next_page.as_str()))
+                .bind(after)
+                .bind(PAGE as i64),
+        };
+        let query = if self.migrated() {
+            query.bind(&self.scope_name)
+        } else {
+            query
+        };
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::database(context(), e))?;
+        let page = rows
+            .iter()
+            .map(|row| self.record_from(row))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::database(context(), e))?;
+        let mut before = after;
+        for record in &page {
+            if before.is_some_and(|b| b.as_bytes() >= record.id.as_bytes()) {
+                return Err(Error::database(
+                    context(),
+                    sqlx::Error::Protocol(format!(
+                        "the ids did not come in byte order: {:?} came after {:?} (is an id \
+                         stored as a blob?)",
+                        record.id,
+                        before.unwrap_or_default()
+                    )),
+                ));
+            }
+            before = Some(&record.id);
+        }
+        Ok(page)
     }
 
     fn migrated(&self) -> bool {
@@ -167,6 +221,17 @@ impl SqliteCatalog {
     async fn begin_immediate(&self, context: &str) -> Result<sqlx::Transaction<'static, Sqlite>> {
         self.pool
             .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| Error::database(context.to_owned(), e))
+    }
+
+    /// A write transaction of the reconciler's own tables only: deferred, so it locks only the
+    /// reconciler's file when it first writes, never the app's database (`BEGIN IMMEDIATE` locks
+    /// every attached file), and the app's writers never wait on its commit. Its first statement
+    /// must write, so that the write lock is waited for on the busy timeout, not refused.
+    async fn begin_own_tx(&self, context: &str) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        self.pool
+            .begin()
             .await
             .map_err(|e| Error::database(context.to_owned(), e))
     }
@@ -260,18 +325,20 @@ async fn check_encoding(pool: &SqlitePool, app_path: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn check_columns(pool: &SqlitePool, config: &DatabaseConfig, table: &str) -> Result<()> {
+/// Check that the mapped columns exist; the declared type of the id column.
+async fn check_columns(pool: &SqlitePool, config: &DatabaseConfig, table: &str) -> Result<String> {
     let schema = config
         .table
         .schema
         .as_ref()
         .map_or("main", |schema| schema.as_str());
-    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1, ?2)")
-        .bind(config.table.name.as_str())
-        .bind(schema)
-        .fetch_all(pool)
-        .await
-        .map_err(|e| Error::database(format!("reading the columns of table {table}"), e))?;
+    let columns: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, type FROM pragma_table_info(?1, ?2)")
+            .bind(config.table.name.as_str())
+            .bind(schema)
+            .fetch_all(pool)
+            .await
+            .map_err(|e| Error::database(format!("reading the columns of table {table}"), e))?;
     if columns.is_empty() {
         return Err(Error::config(
             "database.table",
@@ -279,7 +346,7 @@ async fn check_columns(pool: &SqlitePool, config: &DatabaseConfig, table: &str) 
         ));
     }
     let find = |key: &str, column: &str| -> Result<()> {
-        if columns.iter().any(|name| name == column) {
+        if columns.iter().any(|(name, _)| name == column) {
             Ok(())
         } else {
             Err(Error::config(
@@ -297,11 +364,25 @@ async fn check_columns(pool: &SqlitePool, config: &DatabaseConfig, table: &str) 
     if let Some(updated_at) = &config.updated_at_column {
         find("database.updated_at_column", updated_at.as_str())?;
     }
-    Ok(())
+    Ok(columns
+        .into_iter()
+        .find(|(name, _)| name == config.id_column.as_str())
+        .map(|(_, declared)| declared)
+        .unwrap_or_default())
+}
+
+/// Whether a column declared `declared` has TEXT affinity (SQLite's rules, in their order: INT
+/// first, then CHAR, CLOB or TEXT): every value stored in it is text, a blob or NULL.
+fn text_affinity(declared: &str) -> bool {
+    let declared = declared.to_ascii_uppercase();
+    !declared.contains("INT")
+        && ["CHAR", "CLOB", "TEXT"]
+            .iter()
+            .any(|t| declared.contains(t))
 }
 
 impl Statements {
-    fn build(config: &DatabaseConfig, table: &str, with_jobs: bool) -> Self {
+    fn build(config: &DatabaseConfig, table: &str, id_type: &str, with_jobs: bool) -> Self {
         let bare_id = config.id_column.quoted();
         let id = format!("t.{bare_id}");
         let status = config.status_column.quoted();
@@ -326,6 +407,11 @@ impl Statements {
             }
         };
         let job_state = if with_jobs { "j.state" } else { "NULL" };
+        let order_key = if text_affinity(id_type) {
+            id.clone()
+        } else {
+            format!("CAST({id} AS TEXT)")
+        };
         // The stored type of each time comes along: an app may write text, or Unix seconds.
         let columns = format!(
             "CAST({id} AS TEXT) AS id, CAST(t.{status} AS TEXT) AS status, \
@@ -352,11 +438,22 @@ impl Statements {
             })
             .unwrap_or_default();
         Statements {
-            // Records stream in UTF-8 byte order, as S3 lists keys: BINARY compares the bytes,
-            // whatever collation the column was declared with.
-            select_all: format!(
-                "SELECT {columns} FROM {} ORDER BY CAST({id} AS TEXT) COLLATE BINARY",
-                from(1)
+            // Records come in UTF-8 byte order, as S3 lists keys: BINARY compares the bytes,
+            // whatever collation the column was declared with. They come in pages, each its own
+            // short read: in rollback-journal mode a read keeps every writer from committing
+            // while its statement is open. The next page starts after the last id of the one
+            // before (keyset pagination), so each page is one look up an index when the ids
+            // are text (a TEXT column's own values, BINARY as its primary key's index is unless
+            // declared otherwise). Other ids are ordered as their text, which no index of the
+            // app's holds: each page then scans the table.
+            first_page: format!(
+                "SELECT {columns} FROM {} ORDER BY {order_key} COLLATE BINARY LIMIT ?1",
+                from(2)
+            ),
+            next_page: format!(
+                "SELECT {columns} FROM {} WHERE {order_key} > ?1 COLLATE BINARY \
+                 ORDER BY {order_key} COLLATE BINARY LIMIT ?2",
+                from(3)
             ),
             select_one: format!("SELECT {columns} FROM {} WHERE {}", from(2), by_id(&id)),
             update_status: format!(
@@ -485,21 +582,22 @@ fn own_time(
 #[async_trait::async_trait]
 impl Catalog for SqliteCatalog {
     fn records(&self) -> BoxStream<'_, Result<Record>> {
-        let context = format!("reading table {}", self.table);
-        let sql = self.sql();
-        let query = sqlx::query(AssertSqlSafe(sql.select_all.as_str()));
-        let query = if self.migrated() {
-            query.bind(&self.scope_name)
-        } else {
-            query
-        };
-        query
-            .fetch(&self.pool)
-            .map(move |row| {
-                row.and_then(|row| self.record_from(&row))
-                    .map_err(|e| Error::database(context.clone(), e))
-            })
-            .boxed()
+        // `None` before the first page, then the last id read; done once a page comes short.
+        let start: Option<Option<String>> = Some(None);
+        stream::try_unfold(start, move |after| async move {
+            let Some(after) = after else {
+                return Ok::<_, Error>(None);
+            };
+            let page = self.page(after.as_deref()).await?;
+            let next = match page.last() {
+                Some(last) if page.len() == PAGE => Some(Some(last.id.clone())),
+                _ => None,
+            };
+            Ok(Some((page, next)))
+        })
+        .map_ok(|page| stream::iter(page.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
     }
 
     async fn record(&self, id: &str) -> Result<Option<Record>> {
@@ -521,6 +619,13 @@ impl Catalog for SqliteCatalog {
 
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>> {
         let tx = self.begin_immediate("starting a transaction").await?;
+        Ok(Box::new(SqliteTransaction { catalog: self, tx }))
+    }
+
+    async fn begin_own(&self) -> Result<Box<dyn Transaction + '_>> {
+        let tx = self
+            .begin_own_tx("starting a transaction of the reconciler's tables")
+            .await?;
         Ok(Box::new(SqliteTransaction { catalog: self, tx }))
     }
 
@@ -550,7 +655,7 @@ impl Catalog for SqliteCatalog {
 
     async fn sweep_started(&self, sweep: &SweepRecord) -> Result<()> {
         let context = "recording the sweep in reconciler.sweeps";
-        let mut tx = self.begin_immediate(context).await?;
+        let mut tx = self.begin_own_tx(context).await?;
         // Under the sweep lock no other sweep of this scope runs: a `running` row is a dead
         // process's.
         let interrupted = sqlx::query(
@@ -628,7 +733,7 @@ impl Catalog for SqliteCatalog {
         let context = "taking the sweep lock in reconciler.locks";
         let owner = uuid::Uuid::new_v4().to_string();
         let now = Utc::now();
-        let mut tx = self.begin_immediate(context).await?;
+        let mut tx = self.begin_own_tx(context).await?;
         // A lock past its expiry was left by a holder that died.
         sqlx::query("DELETE FROM reconciler.locks WHERE name = ?1 AND expires_at <= ?2")
             .bind(&self.scope_name)
@@ -673,7 +778,7 @@ impl Catalog for SqliteCatalog {
         // One writer at a time is SQLite's `FOR UPDATE SKIP LOCKED`: inside the immediate
         // transaction no other claim runs, so no two workers get the same job. The attempt
         // counts now, not when its result is written.
-        let mut tx = self.begin_immediate(context).await?;
+        let mut tx = self.begin_own_tx(context).await?;
         let row = sqlx::query(
             "UPDATE reconciler.jobs SET state = 'running', leased_by = ?1, lease_until = ?3, \
              attempts = attempts + 1, updated_at = ?2 \
@@ -792,13 +897,13 @@ impl Catalog for SqliteCatalog {
         let json = intent
             .to_json()
             .map_err(|e| Error::database(context.clone(), e))?;
-        let mut tx = self.begin_immediate(&context).await?;
+        let mut tx = self.begin_own_tx(&context).await?;
         sqlx::query(
-            "INSERT INTO reconciler.intents (scope, key, intent, created_at) \
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (scope, key) DO UPDATE \
-             SET intent = excluded.intent, created_at = excluded.created_at",
+            "INSERT INTO reconciler.intents (scope, id, key, intent, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .bind(&self.scope_name)
+        .bind(&intent.id)
         .bind(intent.key())
         .bind(json)
         .bind(stamp(Utc::now()))
@@ -811,14 +916,15 @@ impl Catalog for SqliteCatalog {
     }
 
     async fn intents(&self) -> Result<Vec<Intent>> {
-        let texts: Vec<String> = sqlx::query_scalar(
-            "SELECT intent FROM reconciler.intents WHERE scope = ?1 ORDER BY key",
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, intent FROM reconciler.intents WHERE scope = ?1 \
+             ORDER BY key, created_at, id",
         )
         .bind(&self.scope_name)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::database("reading reconciler.intents", e))?;
-        Intent::from_json(&texts)
+        Intent::from_json(&rows)
     }
 }
 
@@ -1019,13 +1125,13 @@ impl Transaction for SqliteTransaction<'_> {
         Ok(())
     }
 
-    async fn clear_intent(&mut self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM reconciler.intents WHERE scope = ?1 AND key = ?2")
+    async fn clear_intent(&mut self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM reconciler.intents WHERE scope = ?1 AND id = ?2")
             .bind(&self.catalog.scope_name)
-            .bind(key)
+            .bind(id)
             .execute(&mut *self.tx)
             .await
-            .map_err(|e| Error::database(format!("clearing the intent for {key:?}"), e))?;
+            .map_err(|e| Error::database(format!("clearing the intent {id:?}"), e))?;
         Ok(())
     }
 

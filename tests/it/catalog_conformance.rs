@@ -584,12 +584,13 @@ async fn prune_deletes_only_what_is_old_enough(backend: Backend) {
     );
 }
 
-/// An intent noted before a bucket change outlives everything but the commit that clears it; a
-/// second note for the key replaces the first; its free text is stored redacted.
+/// An intent noted before a bucket change outlives everything but the commit that clears it;
+/// each change of a key has its own; its free text is stored redacted.
 async fn intents_stay_until_a_committed_clear_and_only_in_their_scope(backend: Backend) {
     let catalog = backend.catalog().await;
     catalog.migrate().await.expect("migrate");
-    let intent = |key: &str, detail: &str| Intent {
+    let intent = |id: &str, key: &str, detail: &str| Intent {
+        id: id.into(),
         change: BucketChange::Quarantine {
             object: ObjectMeta {
                 key: key.into(),
@@ -611,30 +612,34 @@ async fn intents_stay_until_a_committed_clear_and_only_in_their_scope(backend: B
             detail: detail.into(),
         },
     };
+    // Two changes of one key (issue 18: a quarantine and an abort, two aborts) each keep their
+    // own intent: noting the second does not replace the first.
+    let b1 = intent("b-1", "docs/b", "first");
+    let b2 = intent("b-2", "docs/b", "then http://u:PW4INTENT@h/x");
+    let a = intent("a-1", "docs/a", "a");
+    catalog.note_intent(&b1).await.expect("note");
     catalog
-        .note_intent(&intent("docs/b", "first"))
+        .note_intent(&b2)
         .await
-        .expect("note");
-    let b = intent("docs/b", "then http://u:PW4INTENT@h/x");
-    let a = intent("docs/a", "a");
-    catalog.note_intent(&b).await.expect("note again");
+        .expect("note another at the same key");
     catalog.note_intent(&a).await.expect("note");
-    let mut stored_b = b.clone();
-    stored_b.entry.detail = "then http://u:***@h/x".into();
+    let mut stored_b2 = b2.clone();
+    stored_b2.entry.detail = "then http://u:***@h/x".into();
     assert_eq!(
         catalog.intents().await.expect("intents"),
-        vec![a.clone(), stored_b.clone()]
+        vec![a.clone(), b1.clone(), stored_b2.clone()]
     );
     let other = backend.catalog_of("uploads", "avatars/").await;
     other.migrate().await.expect("migrate");
     assert_eq!(other.intents().await.expect("intents"), vec![]);
 
-    let mut tx = catalog.begin().await.expect("begin");
-    tx.clear_intent("docs/a").await.expect("clear");
+    let mut tx = catalog.begin_own().await.expect("begin");
+    tx.clear_intent("a-1").await.expect("clear");
     drop(tx);
-    assert_eq!(catalog.intents().await.expect("intents").len(), 2);
-    let mut tx = catalog.begin().await.expect("begin");
-    tx.clear_intent("docs/a").await.expect("clear");
+    assert_eq!(catalog.intents().await.expect("intents").len(), 3);
+    let mut tx = catalog.begin_own().await.expect("begin");
+    tx.clear_intent("a-1").await.expect("clear");
+    tx.clear_intent("b-1").await.expect("clear");
     tx.commit().await.expect("commit");
-    assert_eq!(catalog.intents().await.expect("intents"), vec![stored_b]);
+    assert_eq!(catalog.intents().await.expect("intents"), vec![stored_b2]);
 }

@@ -235,3 +235,66 @@ async fn waits_for_the_row_lock(concurrently: bool) {
     let audited: Vec<String> = w.db.audit().await.into_iter().map(|a| a.0).collect();
     assert_eq!(audited, ["beside"]);
 }
+
+/// Issue 18 item 3, the executor's part: an adoption re-checks the object, and the object must
+/// be the one the listing showed. Here it grows between the listing and the re-check (a file
+/// still being written, an upload overwritten): it used to be adopted with the size it had then
+/// no longer had; now it is skipped, and the next sweep adopts what is there.
+#[tokio::test]
+async fn an_object_that_changed_since_the_listing_is_not_adopted() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    db.doc("growing", "pending", MINUTE).await;
+    bucket.put("growing", "1234").await;
+    // Right before the executor's HEAD of the object reaches the bucket, the object grows.
+    let grown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = std::sync::Arc::new(TestBucket {
+        name: bucket.name.clone(),
+        client: bucket.client.clone(),
+        endpoint: bucket.endpoint.clone(),
+    });
+    let key_path = format!("/{}/growing", bucket.name);
+    let grows = grown.clone();
+    let proxy = FaultProxy::rewriting(
+        &bucket.endpoint,
+        move |request| {
+            let (writer, grows) = (writer.clone(), grows.clone());
+            let head_of_it = request.method == "HEAD" && request.path() == key_path;
+            Box::pin(async move {
+                if head_of_it && !grows.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    writer.put("growing", "12345678").await;
+                }
+            })
+        },
+        |_, body| body,
+    )
+    .await;
+    let mut reconcile = Reconcile::new(&db, &bucket);
+    reconcile.endpoint = proxy.endpoint.clone();
+
+    let first = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(
+        grown.load(std::sync::atomic::Ordering::SeqCst),
+        "re-checked"
+    );
+    assert_eq!(
+        first.findings(),
+        triples(&[("lost_notification", "growing", "adopt")])
+    );
+    assert_eq!(
+        db.status("growing").await.as_deref(),
+        Some("pending"),
+        "adopted while it changed: {}",
+        first.stdout
+    );
+
+    let second = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(db.status("growing").await.as_deref(), Some("processed"));
+    let size: i64 = sqlx::query_scalar("SELECT size FROM reconciler.objects WHERE key = 'growing'")
+        .fetch_one(&db.pool)
+        .await
+        .expect("the noted object");
+    assert_eq!(size, 8, "adopted with the size it has");
+}

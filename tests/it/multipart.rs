@@ -37,6 +37,10 @@ struct Uploads {
     started: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
     /// A process to SIGKILL right after the bucket answered an AbortMultipartUpload.
     kill_after_abort: Arc<Mutex<Option<u32>>>,
+    /// How many aborts the kill lets through first.
+    aborts_before_kill: Arc<std::sync::atomic::AtomicUsize>,
+    /// How long each HEAD waits before it is forwarded.
+    head_delay: Arc<Mutex<Duration>>,
     /// A client of the proxy, so that every upload's start is seen.
     client: aws_sdk_s3::Client,
 }
@@ -51,15 +55,37 @@ impl Uploads {
         let seen = started.clone();
         let kill_after_abort: Arc<Mutex<Option<u32>>> = Default::default();
         let armed = kill_after_abort.clone();
+        let aborts_before_kill: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let let_through = aborts_before_kill.clone();
+        let head_delay: Arc<Mutex<Duration>> = Default::default();
+        let delay = head_delay.clone();
         let proxy = FaultProxy::rewriting(
             &s3_target().endpoint,
-            |_| Box::pin(async {}),
+            move |request| {
+                let wait = match request.method.as_str() {
+                    "HEAD" => delay.lock().map(|d| *d).unwrap_or_default(),
+                    _ => Duration::ZERO,
+                };
+                Box::pin(tokio::time::sleep(wait))
+            },
             move |request, body| {
                 let creates = request.method == "POST" && request.target.ends_with("?uploads");
                 let lists = request.method == "GET" && request.target.contains("?uploads");
                 let parts = request.method == "GET" && request.target.contains("uploadId=");
                 let aborts = request.method == "DELETE" && request.target.contains("uploadId=");
-                if aborts && let Some(pid) = armed.lock().ok().and_then(|mut pid| pid.take()) {
+                let passes = || {
+                    let_through
+                        .fetch_update(
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                            |n| n.checked_sub(1),
+                        )
+                        .is_ok()
+                };
+                if aborts
+                    && !passes()
+                    && let Some(pid) = armed.lock().ok().and_then(|mut pid| pid.take())
+                {
                     let killed = std::process::Command::new("kill")
                         .args(["-KILL", &pid.to_string()])
                         .status()
@@ -93,6 +119,8 @@ impl Uploads {
             proxy,
             started,
             kill_after_abort,
+            aborts_before_kill,
+            head_delay,
             client,
         }
     }
@@ -184,6 +212,21 @@ impl Uploads {
             .collect();
         ids.sort();
         ids
+    }
+
+    /// Run a sweep that the proxy kills right after an abort was answered (the armed one); every
+    /// upload is aborted by then.
+    async fn sweep_killed_after_abort(&self, reconcile: &Reconcile, bucket: &TestBucket) {
+        let logs = tempfile::tempdir().expect("temporary folder");
+        let log = logs.path().join("killed.log");
+        let mut killed = reconcile.spawn(&["--format", "json"], &log);
+        *self.kill_after_abort.lock().expect("armed") = killed.id();
+        let status = tokio::time::timeout(Duration::from_secs(60), killed.wait())
+            .await
+            .expect("the sweep ended")
+            .expect("wait for the sweep");
+        assert_eq!(status.code(), None, "not killed: {status:?}");
+        assert!(self.in_progress(&bucket.name).await.is_empty(), "aborted");
     }
 
     /// `reconcile` over this database and bucket, reading the bucket through the proxy.
@@ -484,20 +527,7 @@ async fn an_abort_cut_short_by_a_kill_is_audited_by_the_next_sweep() {
     let id = uploads.begin(&bucket.name, "docs/gone", &[100]).await;
     uploads.age(&id, 2 * DAY);
     let reconcile = uploads.reconcile(&db, &bucket);
-    let logs = tempfile::tempdir().expect("temporary folder");
-    let log = logs.path().join("killed.log");
-
-    let mut killed = reconcile.spawn(&["--format", "json"], &log);
-    *uploads.kill_after_abort.lock().expect("armed") = killed.id();
-    let status = tokio::time::timeout(Duration::from_secs(60), killed.wait())
-        .await
-        .expect("the sweep ended")
-        .expect("wait for the sweep");
-    assert_eq!(status.code(), None, "not killed: {status:?}");
-    assert!(
-        uploads.in_progress(&bucket.name).await.is_empty(),
-        "aborted"
-    );
+    uploads.sweep_killed_after_abort(&reconcile, &bucket).await;
     assert_eq!(db.audit().await, vec![], "audited before the commit");
     let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciler.intents")
         .fetch_one(&db.pool)
@@ -656,4 +686,53 @@ async fn explain_sees_a_key_s_uploads_in_progress_as_the_sweep_does() {
         "{}",
         table.stdout
     );
+/// Issue 18: two uploads abandoned at one key are aborted at once, and the intents were one per
+/// key: the second noted replaced the first, and the first to finish cleared the key's intent,
+/// the other's with it. A kill after the other's abort then left that abort with neither an
+/// audit row nor an intent. Each change now has an intent of its own.
+#[tokio::test]
+async fn two_aborts_at_one_key_cut_by_a_kill_are_each_audited_once() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let uploads = Uploads::start().await;
+    let first = uploads.begin(&bucket.name, "docs/twice", &[100]).await;
+    let second = uploads.begin(&bucket.name, "docs/twice", &[200]).await;
+    for id in [&first, &second] {
+        uploads.age(id, 2 * DAY);
+    }
+    // Both aborts note their intent before either looks at the key.
+    *uploads.head_delay.lock().expect("delay") = Duration::from_millis(500);
+    uploads
+        .aborts_before_kill
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let reconcile = uploads.reconcile(&db, &bucket);
+    uploads.sweep_killed_after_abort(&reconcile, &bucket).await;
+    *uploads.head_delay.lock().expect("delay") = Duration::ZERO;
+
+    let next = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(next.code, 0, "{}", next.stderr);
+    let mut audited: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, detail FROM reconciler.audit_log WHERE doc_id = 'twice' ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("read the audit log");
+    audited.sort_by_key(|(_, detail)| detail.contains(&second));
+    assert_eq!(
+        audited
+            .iter()
+            .map(|(action, detail)| (
+                action.as_str(),
+                detail.contains(&first),
+                detail.contains(&second)
+            ))
+            .collect::<Vec<_>>(),
+        [("abort", true, false), ("abort", false, true)],
+        "each abort audited once: {audited:?}"
+    );
+    let intents: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciler.intents")
+        .fetch_one(&db.pool)
+        .await
+        .expect("read intents");
+    assert_eq!(intents, 0, "settled");
 }

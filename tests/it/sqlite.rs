@@ -217,3 +217,157 @@ async fn a_sqlite_app_database_is_audited_then_fixed_then_clean() {
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.findings(), vec![], "{}", again.stdout);
 }
+
+/// The app's own writer: INSERTs into `docs` one after another, each on a connection whose busy
+/// timeout is `patience` (Python's sqlite3 waits 5 s by default; an app in a hurry waits less),
+/// until `stop` is set. Every INSERT that gave up ("database is locked") is kept.
+struct AppWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl AppWriter {
+    async fn start(path: &Path, patience: std::time::Duration) -> AppWriter {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(patience);
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+            .await
+            .expect("the app opens its database");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut written, mut failed) = (0, Vec::new());
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                let id = format!("app-{}", written + failed.len());
+                let insert = sqlx::query("INSERT INTO docs (id, status) VALUES (?1, 'pending')")
+                    .bind(&id)
+                    .execute(&mut conn)
+                    .await;
+                match insert {
+                    Ok(_) => written += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            (written, failed)
+        });
+        AppWriter { stop, task }
+    }
+
+    /// Stop writing: how many INSERTs went through, and the errors of those that did not.
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("the app's writer")
+    }
+}
+
+/// Run `reconcile` with `args` while the app writes; its run, and the app's writes.
+async fn run_while_the_app_writes(
+    reconcile: &Reconcile,
+    args: &[&str],
+    app_db: &Path,
+) -> (Run, usize, Vec<String>) {
+    let writer = AppWriter::start(app_db, std::time::Duration::from_millis(100)).await;
+    let run = reconcile.run(args).await;
+    let (written, failed) = writer.finish().await;
+    (run, written, failed)
+}
+
+/// Issue 18 item 5: quarantining a large orphan held SQLite's writer lock for the whole copy
+/// (the audit row was written in the open transaction, the bucket changed, then the commit), so
+/// the app's INSERTs waited for it and, past their busy timeout, failed "database is locked".
+/// Now the row is re-checked in a short transaction and the bucket changes with none open.
+#[tokio::test]
+async fn the_apps_writes_never_wait_on_a_quarantine_copy() {
+    let app = TestSqlite::with_docs().await;
+    let folder = TestFolder::new();
+    // Sparse, so made at once; its copy writes (and syncs) every byte, which takes a while.
+    let orphan = folder.path().join("docs/big-orphan");
+    std::fs::create_dir_all(orphan.parent().expect("folder")).expect("create docs/");
+    std::fs::File::create(&orphan)
+        .and_then(|f| f.set_len(400 << 20))
+        .expect("make a 400 MiB orphan");
+    folder.put("docs/small-orphan", "nobody's");
+    let reconcile = Reconcile {
+        database_url: app.url(),
+        bucket: folder.url(),
+        endpoint: String::new(),
+        env: Vec::new(),
+    }
+    .set("storage.prefix", "docs/")
+    .set("sweep.orphan_grace", "0s")
+    .set("sweep.orphan_action", "quarantine");
+    let (run, written, failed) =
+        run_while_the_app_writes(&reconcile, &["--format", "json"], &app.path()).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    let applied: Vec<_> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["kind"] == "orphan_object")
+        .map(|f| (f["id"].as_str().unwrap_or_default(), f["applied"].clone()))
+        .collect();
+    assert_eq!(
+        applied,
+        [
+            ("big-orphan", serde_json::Value::Bool(true)),
+            ("small-orphan", serde_json::Value::Bool(true))
+        ],
+        "{}",
+        run.stdout
+    );
+    assert!(!orphan.exists(), "the orphan was moved away");
+    assert!(written > 0, "the app wrote during the sweep");
+    assert_eq!(
+        failed,
+        Vec::<String>::new(),
+        "the app's INSERTs (100 ms busy timeout) waited on the reconciler; {written} went through"
+    );
+}
+
+/// Issue 18 item 5, the read: in rollback-journal mode (DELETE) a reader's shared lock keeps
+/// every writer from committing. The sweep read the whole table in one statement, open for the
+/// whole merge; now it reads pages of rows, each a short statement of its own.
+#[tokio::test]
+async fn the_apps_writes_never_wait_on_a_long_sweep_read_in_journal_mode_delete() {
+    let app = TestSqlite::with_docs().await;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode = DELETE")
+        .fetch_one(&app.pool)
+        .await
+        .expect("journal mode");
+    assert_eq!(mode, "delete");
+    // Young pending docs, all in grace: a read of 200 000 rows and nothing else to do.
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 199999) \
+         INSERT INTO docs (id, status) SELECT printf('doc-%07d', i), 'pending' FROM n",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("seed the docs");
+    let folder = TestFolder::new();
+    folder.put("docs/doc-0000001", "one");
+    let reconcile = Reconcile {
+        database_url: app.url(),
+        bucket: folder.url(),
+        endpoint: String::new(),
+        env: Vec::new(),
+    }
+    .set("storage.prefix", "docs/");
+    let (run, written, failed) =
+        run_while_the_app_writes(&reconcile, &["--dry-run", "--format", "json"], &app.path()).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert!(
+        report["records_scanned"].as_u64().unwrap_or(0) >= 200_000,
+        "{}",
+        run.stdout
+    );
+    assert!(written > 0, "the app wrote during the sweep");
+    assert_eq!(
+        failed,
+        Vec::<String>::new(),
+        "the app's INSERTs (100 ms busy timeout) waited on the sweep's read; {written} went through"
+    );
+}

@@ -443,7 +443,7 @@ impl Catalog for MemoryCatalog {
         // Stored as the adapters store it: the audit detail redacted.
         let mut stored = intent.clone();
         stored.entry.detail = redact::text(&stored.entry.detail);
-        let key = self.key(intent.key());
+        let key = self.key(&intent.id);
         self.write_own("note_intent", "noting an intent", |own| {
             own.intents.insert(key, stored);
         })
@@ -457,12 +457,15 @@ impl Catalog for MemoryCatalog {
             .own
             .as_ref()
             .ok_or_else(|| not_migrated("reading the intents"))?;
-        Ok(own
+        let mut intents: Vec<Intent> = own
             .intents
             .iter()
             .filter(|((scope, _), _)| *scope == self.scope)
             .map(|(_, intent)| intent.clone())
-            .collect())
+            .collect();
+        // As the adapters give them: by key.
+        intents.sort_by(|a, b| a.key().cmp(b.key()));
+        Ok(intents)
     }
 }
 
@@ -707,9 +710,9 @@ impl Transaction for MemoryTransaction<'_> {
         self.write_own("writing a key's event", Write::StoreKey(event.clone()))
     }
 
-    async fn clear_intent(&mut self, key: &str) -> Result<()> {
+    async fn clear_intent(&mut self, id: &str) -> Result<()> {
         self.enter("clear_intent")?;
-        self.write_own("clearing an intent", Write::ClearIntent(key.to_owned()))
+        self.write_own("clearing an intent", Write::ClearIntent(id.to_owned()))
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
