@@ -48,6 +48,7 @@ impl Bucket for GeneratedBucket {
                     size: 1024,
                     etag: Some("\"bench\"".into()),
                     last_modified: modified,
+                    linked: false,
                 };
                 let mut keys = Vec::with_capacity(2);
                 if has_object(i) {

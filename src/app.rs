@@ -53,7 +53,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 catalog.as_ref(),
                 bucket.as_ref(),
                 &config.storage.prefix,
-                &config.sweep.policy(),
+                &config.rules().policy,
                 &id_or_key,
                 Utc::now(),
             )

@@ -203,6 +203,11 @@ pub struct StorageConfig {
     /// its URL still works, so `sweep.pending_ttl` may not be shorter.
     #[serde(deserialize_with = "duration")]
     pub upload_url_lifetime: Duration,
+    /// Folder buckets: how long a file must have been at its key (by the later of its mtime
+    /// and ctime) before the sweep acts on it, since a file is visible while it is written;
+    /// default [`DEFAULT_SETTLE_TIME`]. S3 objects appear whole: an S3 setting it is not.
+    #[serde(deserialize_with = "some_duration")]
+    pub settle_time: Option<Duration>,
 }
 
 impl Default for StorageConfig {
@@ -218,6 +223,7 @@ impl Default for StorageConfig {
             multipart_copy_threshold: None,
             read_timeout: None,
             upload_url_lifetime: Duration::from_secs(300),
+            settle_time: None,
         }
     }
 }
@@ -229,6 +235,10 @@ pub const DEFAULT_LIST_CONCURRENCY: usize = 8;
 /// large copy's answer starts at once (S3 keeps the connection busy while it copies).
 pub const DEFAULT_STORAGE_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `storage.settle_time` unless set: an app writing a file writes it in one go, seconds at most
+/// for the large ones; a file untouched for this long is complete.
+pub const DEFAULT_SETTLE_TIME: Duration = Duration::from_secs(10);
+
 /// Where `storage.bucket` says the objects are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BucketLocation<'a> {
@@ -239,6 +249,15 @@ pub enum BucketLocation<'a> {
 }
 
 impl StorageConfig {
+    /// How long an object must have been at its key before it is judged: a folder's
+    /// `settle_time`; zero for S3, whose objects appear whole.
+    pub fn settle_time(&self) -> Duration {
+        match self.location() {
+            Ok(BucketLocation::Folder(_)) => self.settle_time.unwrap_or(DEFAULT_SETTLE_TIME),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// Read `bucket`: a `file:` URL names a local folder, anything else an S3 bucket. The path is
     /// taken as written (no percent-decoding), so `file:///srv/my uploads` is that folder.
     pub fn location(&self) -> std::result::Result<BucketLocation<'_>, String> {
@@ -305,13 +324,15 @@ impl SweepConfig {
         self.schedule.parse()
     }
 
-    pub fn policy(&self) -> Policy {
+    /// How each key is judged, with objects judged once `settle_time` old.
+    pub fn policy(&self, settle_time: Duration) -> Policy {
         Policy {
             pending_ttl: self.pending_ttl,
             orphan_grace: self.orphan_grace,
             orphan_action: self.orphan_action,
             processing_timeout: self.processing_timeout,
             multipart_grace: self.multipart_grace,
+            settle_time,
         }
     }
 
@@ -556,7 +577,7 @@ impl Config {
     /// The plain values the engine runs by.
     pub fn rules(&self) -> Rules {
         Rules {
-            policy: self.sweep.policy(),
+            policy: self.sweep.policy(self.storage.settle_time()),
             quarantine: self.sweep.quarantine(),
             breaker: self.sweep.breaker(),
             after_upload: self.processing.after_upload(),
@@ -718,7 +739,19 @@ impl Config {
                     ));
                 }
             }
-            Ok(BucketLocation::S3(_)) => {}
+            Ok(BucketLocation::S3(_)) => {
+                if storage.settle_time.is_some() {
+                    return Err(Error::config(
+                        "storage.settle_time",
+                        format!(
+                            "is a folder setting (a file is visible while it is written; an S3 \
+                             object appears whole), but storage.bucket names the S3 bucket {:?}; \
+                             remove it",
+                            storage.bucket
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(size) = storage.list_page_size
             && !(1..=1000).contains(&size)
@@ -1333,5 +1366,28 @@ mod tests {
             ));
             assert_eq!(key_of(result), key, "{setting}");
         }
+    }
+
+    #[test]
+    fn settle_time_is_a_folder_setting_defaulting_to_ten_seconds_and_zero_on_s3() {
+        let toml = |bucket: &str, extra: &str| {
+            Config::from_toml(&format!(
+                "[database]\nurl = \"postgres://x/y\"\n[storage]\nbucket = {bucket:?}\n{extra}"
+            ))
+        };
+        let folder = toml("file:///srv", "").expect("valid");
+        assert_eq!(folder.rules().policy.settle_time, DEFAULT_SETTLE_TIME);
+        let set = toml("file:///srv", "settle_time = \"2m\"").expect("valid");
+        assert_eq!(set.rules().policy.settle_time, Duration::from_secs(120));
+        let s3 = toml("uploads", "").expect("valid");
+        assert_eq!(s3.rules().policy.settle_time, Duration::ZERO);
+        assert_eq!(
+            key_of(toml("uploads", "settle_time = \"10s\"")),
+            "storage.settle_time"
+        );
+        assert_eq!(
+            key_of(toml("file:///srv", "settle_time = \"soon\"")),
+            "storage.settle_time"
+        );
     }
 }

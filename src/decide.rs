@@ -20,6 +20,10 @@ pub struct Policy {
     /// expired, is still being uploaded (resumable uploads pause for days); after, it is
     /// abandoned and its parts are aborted.
     pub multipart_grace: Duration,
+    /// How long an object must have been at its key before anything is done about it: a
+    /// folder's file is visible while it is still being written (`storage.settle_time`). Zero
+    /// for S3, whose objects appear whole.
+    pub settle_time: Duration,
 }
 
 /// The verdict on one key.
@@ -38,7 +42,35 @@ pub enum Decision {
 }
 
 /// Decide one key. `record` and `object` are what the table and the listing hold for it.
+///
+/// A folder marker (see [`is_folder_marker`]) is no object. An object younger than
+/// `policy.settle_time` by arrival may still be growing: whatever it would call for waits
+/// (in grace) until it has settled.
 pub fn decide(
+    record: Option<&Record>,
+    object: Option<&ObjectMeta>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Decision {
+    let object = object.filter(|object| !is_folder_marker(object));
+    match decide_settled(record, object, now, policy) {
+        Decision::Drift { .. }
+            if object.is_some_and(|o| age(o.last_modified, now) < policy.settle_time) =>
+        {
+            Decision::InGrace
+        }
+        decision => decision,
+    }
+}
+
+/// A zero-byte object whose key ends in `/`: what the S3 console's "Create folder" (and other
+/// tools) write to show a folder. Never a doc: no id ends in `/` that way by design, and
+/// adopting one would make a record of a folder.
+pub fn is_folder_marker(object: &ObjectMeta) -> bool {
+    object.size == 0 && object.key.ends_with('/')
+}
+
+fn decide_settled(
     record: Option<&Record>,
     object: Option<&ObjectMeta>,
     now: DateTime<Utc>,
@@ -46,6 +78,8 @@ pub fn decide(
 ) -> Decision {
     match (record, object) {
         (None, None) => Decision::Consistent,
+        // A symbolic link leads to it: its bytes are a doc's, under another name.
+        (None, Some(object)) if object.linked => Decision::Consistent,
         (None, Some(object)) => {
             let age = age(object.last_modified, now);
             if age <= policy.orphan_grace {
@@ -262,6 +296,7 @@ mod tests {
             orphan_action,
             processing_timeout: PROCESSING,
             multipart_grace: MULTIPART_GRACE,
+            settle_time: Duration::ZERO,
         }
     }
 
@@ -373,6 +408,7 @@ mod tests {
             size: 3,
             etag: Some("\"e\"".into()),
             last_modified: now() - age,
+            linked: false,
         }
     }
 
@@ -554,6 +590,122 @@ mod tests {
         assert_eq!(
             decide(Some(&rec), Some(&object(GRACE * 2)), now(), &p),
             Decision::Consistent
+        );
+    }
+
+    #[test]
+    fn a_file_a_link_leads_to_is_never_an_orphan() {
+        let linked = ObjectMeta {
+            linked: true,
+            ..object(GRACE * 3)
+        };
+        for action in [OrphanAction::Report, OrphanAction::Delete] {
+            assert_eq!(
+                decide(None, Some(&linked), now(), &policy(action)),
+                Decision::Consistent
+            );
+        }
+        // With a record of its own it is judged as any object.
+        let rec = record(Status::Pending, TTL * 2);
+        assert_eq!(
+            verdict(&decide(
+                Some(&rec),
+                Some(&linked),
+                now(),
+                &policy(OrphanAction::Delete)
+            )),
+            Some((FindingKind::LostNotification, Action::Adopt))
+        );
+    }
+
+    #[test]
+    fn an_object_younger_than_the_settle_time_waits_whatever_it_calls_for() {
+        let settle = Duration::from_secs(10);
+        let p = Policy {
+            settle_time: settle,
+            orphan_grace: Duration::ZERO,
+            ..policy(OrphanAction::Delete)
+        };
+        let pending = record(Status::Pending, TTL * 2);
+        let expired = record(Status::Expired, TTL * 2);
+        let processed = record(Status::Processed, TTL * 2);
+        for (rec, busy) in [
+            (
+                Some(&pending),
+                Some((FindingKind::LostNotification, Action::Adopt)),
+            ),
+            (
+                Some(&expired),
+                Some((FindingKind::LateUpload, Action::Adopt)),
+            ),
+            (None, Some((FindingKind::OrphanObject, Action::Delete))),
+            (Some(&processed), None),
+        ] {
+            let growing = object(settle - Duration::from_secs(1));
+            let settled = object(settle);
+            let expected_growing = busy.map(|_| (FindingKind::InGrace, Action::Report));
+            assert_eq!(
+                verdict(&decide(rec, Some(&growing), now(), &p)),
+                expected_growing
+            );
+            assert_eq!(verdict(&decide(rec, Some(&settled), now(), &p)), busy);
+        }
+        // A time in the future (clock skew, a `touch` ahead) has not settled either.
+        let ahead = ObjectMeta {
+            last_modified: now() + chrono::Duration::hours(1),
+            ..object(Duration::ZERO)
+        };
+        assert_eq!(decide(None, Some(&ahead), now(), &p), Decision::InGrace);
+        // Zero (S3): judged at once.
+        let s3 = Policy {
+            settle_time: Duration::ZERO,
+            ..p
+        };
+        assert_eq!(
+            verdict(&decide(
+                None,
+                Some(&object(Duration::from_secs(1))),
+                now(),
+                &s3
+            )),
+            Some((FindingKind::OrphanObject, Action::Delete))
+        );
+    }
+
+    #[test]
+    fn a_folder_marker_is_no_object() {
+        let marker = ObjectMeta {
+            key: "docs/sub/".into(),
+            size: 0,
+            ..object(GRACE * 3)
+        };
+        assert_eq!(
+            decide(None, Some(&marker), now(), &policy(OrphanAction::Adopt)),
+            Decision::Consistent
+        );
+        // With bytes it is an object like any other, whatever its name.
+        let named = ObjectMeta {
+            size: 3,
+            ..marker.clone()
+        };
+        assert_eq!(
+            verdict(&decide(
+                None,
+                Some(&named),
+                now(),
+                &policy(OrphanAction::Report)
+            )),
+            Some((FindingKind::OrphanObject, Action::Report))
+        );
+        let pending = record(Status::Pending, TTL * 2);
+        assert_eq!(
+            verdict(&decide(
+                Some(&pending),
+                Some(&marker),
+                now(),
+                &policy(OrphanAction::Report)
+            )),
+            Some((FindingKind::StalePending, Action::Expire))
         );
     }
 

@@ -82,12 +82,14 @@ fn seeds() -> Vec<Seed> {
             record: Some(("pending", min(5))),
             file: None,
         },
-        // a file an hour old with no record yet: the app may still write it -> in_grace
+        // pending for 10 minutes: the upload may still come -> in_grace. (A file with no
+        // record in grace cannot be seeded: a file's age is when it arrived, which no demo can
+        // set back, so the sandbox judges its files at once; see `config_text`.)
         Seed {
-            id: "just-landed.txt",
-            title: "",
-            record: None,
-            file: Some(hour(1)),
+            id: "draft.docx",
+            title: "upload just started",
+            record: Some(("pending", min(10))),
+            file: None,
         },
     ]
 }
@@ -192,8 +194,12 @@ fn config_text(database: &Path, uploads: &Path) -> String {
         "# The sandbox of `reconcile demo`: a SQLite database and a local folder as the bucket.\n\
          # Try: reconcile --config {config} --dry-run\n\n\
          [database]\nurl = {url}\n\n\
-         [storage]\nbucket = {bucket}\nprefix = {PREFIX:?}\n\n\
-         [sweep]\norphan_action = \"quarantine\"\n",
+         [storage]\nbucket = {bucket}\nprefix = {PREFIX:?}\n\
+         # The sandbox's files were all written just now: a file's age is the time it arrived\n\
+         # (the later of its mtime, set back, and its ctime, which nothing sets back), so the\n\
+         # demo judges them at once. Leave both settings out anywhere else.\n\
+         settle_time = \"0s\"\n\n\
+         [sweep]\norphan_action = \"quarantine\"\norphan_grace = \"0s\"\n",
         config = database.with_file_name(CONFIG_FILE).display(),
         url = quote(format!("sqlite://{}", database.display())),
         bucket = quote(format!("file://{}", uploads.display())),

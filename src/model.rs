@@ -105,7 +105,16 @@ pub struct ObjectMeta {
     pub key: String,
     pub size: i64,
     pub etag: Option<String>,
+    /// When the object arrived at its key. For a folder that is the later of the file's mtime
+    /// and ctime: `mv`, `cp -p`, `rsync -a` and `tar x` keep an old mtime, but the rename or
+    /// the copy sets ctime to now.
     pub last_modified: DateTime<Utc>,
+    /// Folder buckets only: a symbolic link inside the folder leads to this file, so its bytes
+    /// are a doc's even when no record names its own key (a content-addressed layout). Such an
+    /// object is never an orphan. Always false on S3 and on a HEAD (the folder's delete
+    /// re-checks it itself).
+    #[serde(default)]
+    pub linked: bool,
 }
 
 #[cfg(test)]
@@ -117,6 +126,7 @@ impl ObjectMeta {
             size: 3,
             etag: Some(etag.into()),
             last_modified,
+            linked: false,
         }
     }
 }

@@ -4,9 +4,36 @@
 //!
 //! What S3 promises, kept on disk:
 //! - The listing comes in UTF-8 byte order across nested folders, streamed (see [`Walk`]).
-//! - An object's facts are its size and modification time. Its ETag is made of size, mtime in
-//!   nanoseconds and inode, so any rewrite or replacement of the file changes it, and the
-//!   executor's "is it still the object the listing showed" check works as on S3.
+//! - An object's facts are its size and the time it arrived at its key: the later of its mtime
+//!   and its ctime. `mv`, `cp -p`, `rsync -a` and `tar x` keep the source's mtime, so a file
+//!   moved in today may say it was written two years ago; the rename or copy sets its ctime to
+//!   now (ext4, xfs, btrfs and tmpfs all do on rename; pinned in the conformance suite). A
+//!   `chmod`, a `touch` or a new hard link also set ctime: the file then counts as arrived
+//!   again, which only ever makes it younger. Its ETag is made of size, mtime in nanoseconds
+//!   and inode, so any rewrite or replacement of the file changes it, and the executor's "is it
+//!   still the object the listing showed" check works as on S3.
+//! - Unlike an S3 PUT, a file is visible while it is written, with the bytes written so far.
+//!   The sweep judges no folder object younger than `storage.settle_time` by arrival (it is in
+//!   grace); the watcher waits for the writer's close.
+//!
+//! Names and links, which S3 has not:
+//! - A symbolic link to a file inside the folder is listed under its own name, with the facts
+//!   of the file it leads to; the file is listed under its own key too, marked
+//!   [`ObjectMeta::linked`]: its bytes are a doc's (a content-addressed layout, `docs/mydoc ->
+//!   blobs/sha-abc`), so it is never an orphan, whatever its own key. Every listing first reads
+//!   the whole folder's links for that (a folder walk without a `stat` per file; at most
+//!   [`MAX_LINKED_FILES`] files reached by links). A delete looks again, just before it
+//!   unlinks, so a link made after the listing still saves its file.
+//! - A symbolic link that leads nowhere (its file deleted or renamed) is an absent object, as
+//!   S3 would say of a deleted key: its record, if any, is `missing_object`, and the listing
+//!   goes on. A link out of the folder, or to a folder, stops the listing naming the link: the
+//!   first would expose files the app does not own, the second list one file under many keys.
+//! - Hard links are one file under several names, each listed as its own object with the same
+//!   ETag. Deleting one name (an orphan) loses no bytes while another name remains; a symbolic
+//!   link to any of the names keeps them all (the link is matched by file, not by name).
+//! - An entry that cannot be read (permissions) stops the listing with an error naming its
+//!   path, never an empty or short listing: a sweep over a short listing would call every
+//!   unread doc missing.
 //! - A copy never replaces an existing file: the bytes go to a temporary file beside the target,
 //!   which takes the target's name only while that name is free (`renameat2(RENAME_NOREPLACE)`,
 //!   else `link`). A crash leaves at worst a `.reconcile-*` temporary file, never a half-written
@@ -36,6 +63,14 @@ pub const TEMP_PREFIX: &str = ".reconcile-";
 
 /// Objects the folder walk may read ahead of the sweep.
 const LIST_BUFFER: usize = 256;
+
+/// The most files that symbolic links may reach in one folder: a listing holds their identities
+/// (16 bytes each) to tell which files are no orphans; past it, it stops with an error rather
+/// than risk calling one an orphan.
+pub const MAX_LINKED_FILES: usize = 1 << 20;
+
+/// A file by identity, whatever its name: (device, inode).
+type FileId = (u64, u64);
 
 #[derive(Debug, Clone)]
 pub struct FolderBucket {
@@ -110,6 +145,11 @@ impl FolderBucket {
     fn head_now(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let context = format!("HEAD {}", self.object_url(key));
         let root = self.real_root()?;
+        // A key no file in the folder can have (`../x`, `a//b`) names no object: absent, as
+        // the listing, which never yields it, said. Copies and deletes of it stay refused.
+        if key_fault(key).is_some() {
+            return Ok(None);
+        }
         let path = self.resolve(&root, key, &context)?;
         match fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(Some(object_meta(key.to_owned(), &m))),
@@ -176,6 +216,13 @@ impl FolderBucket {
         let context = format!("deleting {}", self.object_url(&object.key));
         let root = self.real_root()?;
         let path = self.resolve(&root, &object.key, &context)?;
+        // A link made since the listing makes the file a doc's: look again, just before.
+        if let Some(file) =
+            regular_file_id(&path).map_err(|e| Error::storage(&context, e.to_string()))?
+            && links_reach(&root, file).map_err(|e| Error::storage(&context, e))?
+        {
+            return Ok(DeleteOutcome::Changed);
+        }
         match unlink_if_same(&path, object.etag.as_deref()) {
             Ok(true) => Ok(DeleteOutcome::Deleted),
             Ok(false) => Ok(DeleteOutcome::Changed),
@@ -443,12 +490,113 @@ fn object_meta(key: String, m: &Metadata) -> ObjectMeta {
         key,
         size: i64::try_from(m.len()).unwrap_or(i64::MAX),
         etag: Some(etag_of(m)),
-        // A time chrono cannot hold cannot be judged old: it stays in grace.
-        last_modified: u32::try_from(m.mtime_nsec())
-            .ok()
-            .and_then(|nanos| DateTime::from_timestamp(m.mtime(), nanos))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        last_modified: arrived(m),
+        linked: false,
     }
+}
+
+/// When the file arrived at its name: the later of mtime and ctime (see the module docs). A
+/// time chrono cannot hold cannot be judged old: it stays in grace.
+fn arrived(m: &Metadata) -> DateTime<Utc> {
+    let time = |secs: i64, nanos: i64| {
+        u32::try_from(nanos)
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(secs, nanos))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    };
+    time(m.mtime(), m.mtime_nsec()).max(time(m.ctime(), m.ctime_nsec()))
+}
+
+/// The identity of the regular file at `path` (not following a final symbolic link: deleting a
+/// link loses no bytes); `None` for anything else or nothing.
+fn regular_file_id(path: &Path) -> io::Result<Option<FileId>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => Ok(Some((m.dev(), m.ino()))),
+        Ok(_) => Ok(None),
+        Err(e) if absent(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Visit the file each symbolic link anywhere under `root` leads to, while `visit` says go on.
+/// Links that lead nowhere, out of the folder or to a folder reach no file of ours and are
+/// passed over (the listing judges those under the prefix). Folders are read without a `stat`
+/// per entry; only links are followed. An unreadable folder is an error naming it.
+fn visit_link_targets(
+    root: &Path,
+    mut visit: impl FnMut(FileId) -> std::ops::ControlFlow<()>,
+) -> std::result::Result<(), String> {
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let reader = match fs::read_dir(&folder) {
+            Ok(reader) => reader,
+            Err(e) if absent(&e) => continue, // removed since its parent was read
+            Err(e) => return Err(format!("reading {}: {e}", folder.display())),
+        };
+        for entry in reader {
+            let entry = entry.map_err(|e| format!("reading {}: {e}", folder.display()))?;
+            let kind = entry
+                .file_type()
+                .map_err(|e| format!("reading {}: {e}", entry.path().display()))?;
+            if kind.is_dir() {
+                folders.push(entry.path());
+                continue;
+            }
+            if !kind.is_symlink() {
+                continue;
+            }
+            let Ok(target) = fs::canonicalize(entry.path()) else {
+                continue;
+            };
+            if !target.starts_with(root) {
+                continue;
+            }
+            if let Ok(m) = fs::metadata(&target)
+                && m.is_file()
+                && visit((m.dev(), m.ino())).is_break()
+            {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The files symbolic links inside `root` lead to, at most [`MAX_LINKED_FILES`].
+fn link_targets(root: &Path) -> std::result::Result<std::collections::HashSet<FileId>, String> {
+    use std::ops::ControlFlow;
+    let mut targets = std::collections::HashSet::new();
+    let mut too_many = false;
+    visit_link_targets(root, |file| {
+        targets.insert(file);
+        if targets.len() > MAX_LINKED_FILES {
+            too_many = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    if too_many {
+        return Err(format!(
+            "symbolic links in {} lead to more than {MAX_LINKED_FILES} files, more than a \
+             listing keeps in memory to tell docs' files from orphans",
+            root.display()
+        ));
+    }
+    Ok(targets)
+}
+
+/// Whether a symbolic link inside `root` leads to `file`.
+fn links_reach(root: &Path, file: FileId) -> std::result::Result<bool, String> {
+    use std::ops::ControlFlow;
+    let mut found = false;
+    visit_link_targets(root, |target| {
+        if target == file {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(found)
 }
 
 /// The listing: depth first, each folder's entries sorted by the key they lead to, a file by its
@@ -465,7 +613,12 @@ struct Walk {
 
 enum WalkState {
     Start,
-    Walking { root: PathBuf, levels: Vec<Level> },
+    Walking {
+        root: PathBuf,
+        levels: Vec<Level>,
+        /// The files symbolic links lead to, read before the walk.
+        linked: std::collections::HashSet<FileId>,
+    },
     Done,
 }
 
@@ -478,12 +631,21 @@ struct Level {
 
 struct Entry {
     name: String,
-    folder: bool,
+    kind: EntryKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryKind {
+    Folder,
+    File,
+    /// A symbolic link to a file inside the folder.
+    Link,
 }
 
 impl Entry {
     fn sort_key(&self) -> impl Iterator<Item = u8> + '_ {
-        self.name.bytes().chain(self.folder.then_some(b'/'))
+        let folder = self.kind == EntryKind::Folder;
+        self.name.bytes().chain(folder.then_some(b'/'))
     }
 }
 
@@ -505,7 +667,7 @@ impl Walk {
 
     /// The first level: the folder the prefix names up to its last `/`, keeping the entries
     /// whose names start with the rest (`docs/ab` lists `docs/` for names starting `ab`).
-    fn start(&self) -> Result<(PathBuf, Vec<Level>)> {
+    fn start(&self) -> Result<WalkState> {
         let root = self.folder.real_root()?;
         let (folder_part, name_part) = match self.prefix.rfind('/') {
             Some(i) => self.prefix.split_at(i + 1),
@@ -516,8 +678,13 @@ impl Walk {
             let context = format!("listing {}", self.folder.object_url(&self.prefix));
             self.folder.resolve(&root, folder_key, &context)?;
         }
+        let linked = link_targets(&root).map_err(|e| self.error(e))?;
         let levels = self.read_level(&root, folder_part, name_part)?;
-        Ok((root, levels.into_iter().collect()))
+        Ok(WalkState::Walking {
+            root,
+            levels: levels.into_iter().collect(),
+            linked,
+        })
     }
 
     /// The entries of the folder at `key_prefix`, sorted by key; `None` when it does not exist
@@ -545,8 +712,9 @@ impl Walk {
             let kind = entry
                 .file_type()
                 .map_err(|e| self.error(format!("reading {}: {e}", entry.path().display())))?;
-            let folder = self.is_folder(root, &entry.path(), kind)?;
-            entries.push(Entry { name, folder });
+            if let Some(kind) = self.kind_of(root, &entry.path(), kind)? {
+                entries.push(Entry { name, kind });
+            }
         }
         entries.sort_by(|a, b| a.sort_key().cmp(b.sort_key()));
         Ok(Some(Level {
@@ -555,15 +723,15 @@ impl Walk {
         }))
     }
 
-    /// Whether the entry at `path` is a folder to walk into (else a file to list); anything
-    /// else is an error, never skipped: a symbolic link is followed only to a file inside the
-    /// folder.
-    fn is_folder(&self, root: &Path, path: &Path, kind: fs::FileType) -> Result<bool> {
+    /// What the entry at `path` is: a folder to walk into, or a file to list; `None` for a
+    /// symbolic link that leads nowhere (an absent object). Anything else is an error, never
+    /// skipped: a symbolic link is followed only to a file inside the folder.
+    fn kind_of(&self, root: &Path, path: &Path, kind: fs::FileType) -> Result<Option<EntryKind>> {
         if kind.is_dir() {
-            return Ok(true);
+            return Ok(Some(EntryKind::Folder));
         }
         if kind.is_file() {
-            return Ok(false);
+            return Ok(Some(EntryKind::File));
         }
         if !kind.is_symlink() {
             return Err(self.error(format!(
@@ -571,12 +739,17 @@ impl Walk {
                 path.display()
             )));
         }
-        let target = fs::canonicalize(path).map_err(|e| {
-            self.error(format!(
-                "the symbolic link {} leads nowhere usable: {e}",
-                path.display()
-            ))
-        })?;
+        let target = match fs::canonicalize(path) {
+            Ok(target) => target,
+            // Its file was deleted or renamed: no object, as S3 says of a deleted key.
+            Err(e) if absent(&e) => return Ok(None),
+            Err(e) => {
+                return Err(self.error(format!(
+                    "the symbolic link {} leads nowhere usable: {e}",
+                    path.display()
+                )));
+            }
+        };
         if !target.starts_with(root) {
             return Err(self.error(format!(
                 "the symbolic link {} leads out of the folder",
@@ -584,7 +757,7 @@ impl Walk {
             )));
         }
         match fs::metadata(&target) {
-            Ok(m) if m.is_file() => Ok(false),
+            Ok(m) if m.is_file() => Ok(Some(EntryKind::Link)),
             Ok(_) => Err(self.error(format!(
                 "the symbolic link {} leads to a folder, which is not followed",
                 path.display()
@@ -595,16 +768,20 @@ impl Walk {
 
     fn advance(&mut self) -> Option<Result<ObjectMeta>> {
         loop {
-            let (root, levels) = match &mut self.state {
+            let (root, levels, linked) = match &mut self.state {
                 WalkState::Done => return None,
                 WalkState::Start => {
                     match self.start() {
-                        Ok((root, levels)) => self.state = WalkState::Walking { root, levels },
+                        Ok(walking) => self.state = walking,
                         Err(e) => return Some(Err(e)),
                     }
                     continue;
                 }
-                WalkState::Walking { root, levels } => (root, levels),
+                WalkState::Walking {
+                    root,
+                    levels,
+                    linked,
+                } => (root, levels, linked),
             };
             let level = levels.last_mut()?;
             let Some(entry) = level.entries.next() else {
@@ -613,7 +790,7 @@ impl Walk {
             };
             let key = format!("{}{}", level.key_prefix, entry.name);
             let path = root.join(&key);
-            if entry.folder {
+            if entry.kind == EntryKind::Folder {
                 let root = root.clone();
                 match self.read_level(&root, &format!("{key}/"), "") {
                     Ok(Some(level)) => {
@@ -627,8 +804,17 @@ impl Walk {
                 continue;
             }
             match fs::metadata(&path) {
-                Ok(m) if m.is_file() => return Some(Ok(object_meta(key, &m))),
-                // Deleted since its folder was read: it is not there, as S3 would say.
+                Ok(m) if m.is_file() => {
+                    // A link itself is only a name: deleting it loses no bytes.
+                    let reached =
+                        entry.kind == EntryKind::File && linked.contains(&(m.dev(), m.ino()));
+                    return Some(Ok(ObjectMeta {
+                        linked: reached,
+                        ..object_meta(key, &m)
+                    }));
+                }
+                // Deleted since its folder was read (or a link's file since): it is not there,
+                // as S3 would say.
                 Err(e) if absent(&e) => continue,
                 Ok(_) => {
                     return Some(Err(self.error(format!(
@@ -766,7 +952,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn keys_that_would_leave_the_folder_are_refused_by_every_operation() {
+    async fn keys_that_would_leave_the_folder_are_absent_to_head_and_refused_by_writes() {
         let (dir, bucket) = folder();
         put(dir.path(), "docs/a", "a");
         for key in [
@@ -780,8 +966,9 @@ mod tests {
             "a\0b",
             "..",
         ] {
+            // No file in the folder has such a key: HEAD says absent, as the listing does.
+            assert_eq!(bucket.head(key).await.expect("head"), None, "{key:?}");
             for error in [
-                error_of(bucket.head(key).await),
                 error_of(bucket.copy_new(&seen("docs/a"), key).await),
                 error_of(bucket.copy_new(&seen(key), "docs/b").await),
                 error_of(bucket.delete_if(&seen(key)).await),
@@ -841,8 +1028,116 @@ mod tests {
             ["link", "real/a"]
         );
         assert_eq!(listed[0].etag, listed[1].etag, "the same file");
+        assert_eq!(
+            (listed[0].linked, listed[1].linked),
+            (false, true),
+            "the file a link leads to is marked, the link (only a name) is not"
+        );
         let head = bucket.head("link").await.expect("head").expect("present");
         assert_eq!(head.etag, listed[0].etag);
+    }
+
+    #[tokio::test]
+    async fn a_link_anywhere_in_the_folder_marks_its_file_in_any_listing_and_a_dangling_one_is_absent()
+     {
+        let (dir, bucket) = folder();
+        put(dir.path(), "docs/blobs/one", "1");
+        put(dir.path(), "docs/blobs/two", "2");
+        put(dir.path(), "docs/hard", "h");
+        fs::hard_link(
+            dir.path().join("docs/hard"),
+            dir.path().join("docs/blobs/three"),
+        )
+        .expect("hard link");
+        fs::create_dir_all(dir.path().join("public/deep")).expect("folders");
+        // Outside the listed prefix, through a chain of two links, and to a hard link's other name.
+        symlink("../../docs/blobs/one", dir.path().join("public/deep/a")).expect("symlink");
+        symlink("a", dir.path().join("public/deep/b")).expect("symlink");
+        symlink("../docs/hard", dir.path().join("public/h")).expect("symlink");
+        symlink("blobs/gone", dir.path().join("docs/dangling")).expect("symlink");
+        let linked: Vec<(String, bool)> = Walk::new(bucket.clone(), "docs/".into())
+            .map(|o| o.map(|o| (o.key, o.linked)))
+            .collect::<Result<_>>()
+            .expect("a dangling link is no listing error");
+        assert_eq!(
+            linked,
+            [
+                ("docs/blobs/one".to_owned(), true),
+                ("docs/blobs/three".to_owned(), true),
+                ("docs/blobs/two".to_owned(), false),
+                ("docs/hard".to_owned(), true),
+            ]
+        );
+        assert_eq!(bucket.head("docs/dangling").await.expect("head"), None);
+    }
+
+    #[tokio::test]
+    async fn a_delete_looks_for_links_again_and_keeps_a_file_linked_since_the_listing() {
+        let (dir, bucket) = folder();
+        put(dir.path(), "docs/blobs/one", "1");
+        put(dir.path(), "docs/blobs/two", "2");
+        let listed = keys_meta(&bucket);
+        assert!(listed.iter().all(|o| !o.linked), "{listed:?}");
+        // A new doc deduplicated onto `one` after the listing.
+        symlink("blobs/one", dir.path().join("docs/new-doc")).expect("symlink");
+        assert_eq!(
+            bucket.delete_if(&listed[0]).await.expect("delete"),
+            DeleteOutcome::Changed
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("docs/new-doc")).expect("read"),
+            "1"
+        );
+        // The link itself may go (it is only a name), and so may the file nothing leads to.
+        let link = bucket
+            .head("docs/new-doc")
+            .await
+            .expect("head")
+            .expect("present");
+        assert_eq!(
+            bucket.delete_if(&link).await.expect("delete"),
+            DeleteOutcome::Deleted
+        );
+        assert!(dir.path().join("docs/blobs/one").exists());
+        assert_eq!(
+            bucket.delete_if(&listed[1]).await.expect("delete"),
+            DeleteOutcome::Deleted
+        );
+    }
+
+    #[test]
+    fn a_file_arrives_when_it_is_renamed_or_copied_in_whatever_its_mtime_says() {
+        let (dir, bucket) = folder();
+        let two_years = std::time::Duration::from_secs(730 * 86_400);
+        put(dir.path(), "elsewhere", "moved");
+        let old = std::time::SystemTime::now() - two_years;
+        File::options()
+            .write(true)
+            .open(dir.path().join("elsewhere"))
+            .and_then(|f| f.set_modified(old))
+            .expect("backdate");
+        let before = fs::metadata(dir.path().join("elsewhere")).expect("stat");
+        fs::create_dir_all(dir.path().join("docs")).expect("folder");
+        // A rename (mv) moves no bytes and keeps mtime; this file system sets ctime to now.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::rename(dir.path().join("elsewhere"), dir.path().join("docs/moved")).expect("mv");
+        let after = fs::metadata(dir.path().join("docs/moved")).expect("stat");
+        assert_eq!(after.mtime(), before.mtime(), "rename keeps mtime");
+        assert!(
+            (after.ctime(), after.ctime_nsec()) > (before.ctime(), before.ctime_nsec()),
+            "rename sets ctime on this file system"
+        );
+        let listed = keys_meta(&bucket);
+        let age = Utc::now() - listed[0].last_modified;
+        assert!(age < chrono::Duration::minutes(1), "arrived {age} ago");
+        // `touch -d` on a file in place: as recent as the touch.
+        File::options()
+            .write(true)
+            .open(dir.path().join("docs/moved"))
+            .and_then(|f| f.set_modified(old))
+            .expect("backdate again");
+        let age = Utc::now() - keys_meta(&bucket)[0].last_modified;
+        assert!(age < chrono::Duration::minutes(1), "arrived {age} ago");
     }
 
     /// Names a file system treats specially or a naive path join would misread; the
@@ -915,6 +1210,7 @@ mod tests {
             size: 0,
             etag: None,
             last_modified: Utc::now(),
+            linked: false,
         }
     }
 

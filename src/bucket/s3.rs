@@ -353,6 +353,7 @@ impl Bucket for S3Bucket {
                 size: out.content_length().unwrap_or(0),
                 etag: out.e_tag().map(str::to_owned),
                 last_modified: to_chrono(out.last_modified()),
+                linked: false,
             })),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(Error::storage(
@@ -648,6 +649,7 @@ impl Lister {
                         size: o.size().unwrap_or(0),
                         etag: o.e_tag().map(str::to_owned),
                         last_modified: to_chrono(o.last_modified()),
+                        linked: false,
                     });
                 }
                 Ok(Some((objects, next)))
@@ -782,6 +784,7 @@ mod tests {
             size,
             etag: Some(etag.into()),
             last_modified: DateTime::UNIX_EPOCH,
+            linked: false,
         }
     }
 

@@ -4,7 +4,7 @@
 use super::parse::{EventKind, S3Event, compare_sequencers};
 use crate::bucket::Bucket;
 use crate::catalog::{Catalog, KeyEvent};
-use crate::decide::{Decision, decide};
+use crate::decide::{Decision, Policy, decide};
 use crate::error::Result;
 use crate::execute::{Changed, Executor, Mode};
 use crate::model::{Action, Finding, FindingKind, ObjectMeta};
@@ -12,6 +12,7 @@ use crate::rules::Rules;
 use chrono::{DateTime, Utc};
 use std::cmp::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What one event did.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,10 +36,11 @@ impl Effects {
         if event.bucket != self.bucket.name() {
             return Ok(Effect::Ignored("other_bucket"));
         }
+        // The prefix's own key (an empty id, an S3 folder marker) names no doc.
         let Some(id) = event
             .key
             .strip_prefix(&self.prefix)
-            .filter(|_| !self.rules.quarantine.contains(&event.key))
+            .filter(|id| !id.is_empty() && !self.rules.quarantine.contains(&event.key))
         else {
             return Ok(Effect::Ignored("outside_prefix"));
         };
@@ -48,6 +50,7 @@ impl Effects {
                 size: event.size.unwrap_or(0),
                 etag: event.etag.clone(),
                 last_modified: event.time.unwrap_or(now),
+                linked: false,
             }),
             EventKind::Removed => None,
             EventKind::Other => return Ok(Effect::Ignored("unknown_type")),
@@ -64,7 +67,13 @@ impl Effects {
             }
         }
         let record = tx.lock_record(id).await?;
-        let effect = match decide(record.as_ref(), object.as_ref(), now, &self.rules.policy) {
+        // An event says its object is whole (S3: the PUT completed; a folder: the writer closed
+        // the file or renamed it into place): nothing to wait for.
+        let policy = Policy {
+            settle_time: Duration::ZERO,
+            ..self.rules.policy.clone()
+        };
+        let effect = match decide(record.as_ref(), object.as_ref(), now, &policy) {
             // Only what the event itself shows: an object arrived, or an object went away.
             // Grace periods and orphans are the sweep's to judge.
             Decision::Drift {

@@ -210,6 +210,7 @@ mod tests {
                     size: 1,
                     etag: None,
                     last_modified: Utc::now(),
+                    linked: false,
                 })
             })
             .collect();
@@ -358,6 +359,7 @@ mod tests {
                 size: 1,
                 etag: None,
                 last_modified: Utc::now(),
+                linked: false,
             }),
             Err(Error::storage("listing s3://b/", "connection reset")),
         ])

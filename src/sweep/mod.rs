@@ -176,7 +176,9 @@ impl Sweep<'_> {
                 uploads,
             } = pair;
             let key = key_of(self.prefix, &id);
-            if self.rules.quarantine.contains(&key) {
+            // The prefix's own key is an empty id, which names no doc (on S3 it is most often
+            // the prefix's folder marker); quarantined objects are no docs either.
+            if id.is_empty() || self.rules.quarantine.contains(&key) {
                 continue;
             }
             let (decision, verdicts) = decide_key(

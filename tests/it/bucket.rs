@@ -228,3 +228,34 @@ async fn a_delete_spares_an_upload_that_lands_just_before_it() {
         }
     }
 }
+
+/// The S3 console's "Create folder" writes a zero-byte object whose key ends in `/`: with
+/// `docs/` and `docs/sub/` in the bucket, neither is an orphan, and adopting orphans makes no
+/// record of either (nor of the prefix's own key, an empty id).
+#[tokio::test]
+async fn folder_markers_are_no_docs_and_adopt_makes_no_record_of_them() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    bucket.put_bytes("docs/", Vec::new()).await;
+    bucket.put_bytes("docs/sub/", Vec::new()).await;
+    bucket.put("docs/sub/real", "a stray doc").await;
+    let reconcile = Reconcile::new(&db, &bucket)
+        .set("storage.prefix", "docs/")
+        .set("sweep.orphan_action", "adopt")
+        .set("sweep.orphan_grace", "0s");
+
+    let run = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.findings(),
+        triples(&[("orphan_object", "sub/real", "adopt")])
+    );
+    assert_eq!(db.status("").await, None, "a record for the prefix itself");
+    assert_eq!(
+        db.status("sub/").await,
+        None,
+        "a record for a folder marker"
+    );
+    assert!(db.status("sub/real").await.is_some());
+    assert!(bucket.exists("docs/").await && bucket.exists("docs/sub/").await);
+}

@@ -333,6 +333,7 @@ async fn job_claims_count_attempts_and_respect_leases(backend: Backend) {
         size: 42,
         etag: Some("\"e\"".into()),
         last_modified: t0,
+        linked: false,
     };
     let mut tx = catalog.begin().await.expect("begin");
     tx.enqueue_job("a", "docs/a", Some(&object), t0)
@@ -552,6 +553,7 @@ async fn prune_deletes_only_what_is_old_enough(backend: Backend) {
         size: 1,
         etag: None,
         last_modified: t0,
+        linked: false,
     })
     .await
     .expect("note");
@@ -597,6 +599,7 @@ async fn intents_stay_until_a_committed_clear_and_only_in_their_scope(backend: B
                 size: 8,
                 etag: Some("\"e\"".into()),
                 last_modified: now(),
+                linked: false,
             },
             target: format!("quarantine/{key}/20261127T000000Z-e"),
         },

@@ -92,6 +92,7 @@ async fn the_demo_audits_repairs_and_audits_again_with_nothing_but_the_binary() 
         ("avatar-ünï.jpg", "missing"),
         ("report-q3.pdf", "processed"),
         ("slides.key", "pending"),
+        ("draft.docx", "pending"),
     ] {
         assert_eq!(status(&db, id).await.as_deref(), Some(status_now), "{id}");
     }

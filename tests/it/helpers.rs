@@ -1038,7 +1038,8 @@ impl Reconcile {
             database_url: db.url(),
             bucket: folder.url(),
             endpoint: String::new(),
-            env: Vec::new(),
+            // Files the tests write are whole at once; the tests of settling set their own.
+            env: vec![("RECONCILE_STORAGE__SETTLE_TIME".into(), "0s".into())],
         }
     }
 }

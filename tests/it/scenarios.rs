@@ -54,15 +54,20 @@ impl Pair {
             Db::Postgres(db) => db.url(),
             Db::Sqlite(db) => db.url(),
         };
-        let (bucket, endpoint) = match &self.store {
-            Store::S3(bucket) => (bucket.name.clone(), bucket.endpoint.clone()),
-            Store::Folder(folder) => (folder.url(), String::new()),
+        let (bucket, endpoint, env) = match &self.store {
+            Store::S3(bucket) => (bucket.name.clone(), bucket.endpoint.clone(), Vec::new()),
+            // The files the scenarios write are whole at once (as `Reconcile::on_folder`).
+            Store::Folder(folder) => (
+                folder.url(),
+                String::new(),
+                vec![("RECONCILE_STORAGE__SETTLE_TIME".into(), "0s".into())],
+            ),
         };
         Reconcile {
             database_url,
             bucket,
             endpoint,
-            env: Vec::new(),
+            env,
         }
     }
 

@@ -123,6 +123,8 @@ pub fn rules_of(params: &Params) -> Rules {
             // The bucket double has no multipart uploads: their decisions are unit-tested in
             // decide.rs and proven on moto in tests/it/multipart.rs.
             multipart_grace: Duration::from_secs(7 * 86_400),
+            // The bucket double is S3's: objects appear whole.
+            settle_time: Duration::ZERO,
         },
         quarantine: Quarantine::new(QUARANTINE),
         // Never trips: a history is small, and every change in it is meant.

@@ -166,6 +166,7 @@ fn meta(key: &str, stored: &Stored) -> ObjectMeta {
         size: stored.body.len() as i64,
         etag: Some(stored.etag.clone()),
         last_modified: stored.last_modified,
+        linked: false,
     }
 }
 
