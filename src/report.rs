@@ -19,7 +19,7 @@ pub enum Format {
 
 /// How many of each kind a sweep found.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Counts([u64; FindingKind::ALL.len()]);
+pub struct Counts([u64; FindingKind::COUNT]);
 
 impl Counts {
     pub fn add(&mut self, kind: FindingKind) {

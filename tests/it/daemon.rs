@@ -250,3 +250,61 @@ async fn the_daemons_start_sweep_and_stop_lines_are_json_objects_with_log_format
     by_message("shutting down");
     by_message("daemon stopped");
 }
+
+#[tokio::test]
+async fn an_upload_confirmed_by_its_s3_event_is_an_upload_confirmed_never_a_lost_notification() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let queue = TestQueue::with_dead_letters(5).await;
+    bucket.notify(&queue).await;
+    db.doc("confirmed", "pending", MINUTE).await;
+    let reconcile = Reconcile::new(&db, &bucket)
+        .set("events.queue_url", &queue.url)
+        .set("events.wait_time", "1s")
+        .set("sweep.schedule", "0 0 0 1 1 * 2099");
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("daemon.log");
+    let mut daemon = reconcile.spawn(&["daemon"], &log);
+    let addr = daemon_address(&log).await;
+    bucket.presigned_put("confirmed", "a healthy upload").await;
+    assert_upload_confirmed_then_stop(&db, &mut daemon, &addr, "confirmed").await;
+}
+
+/// Once `id` is processed: its upload, confirmed by its own event (S3's, or a file landing in a
+/// watched folder), was audited and counted as `upload_confirmed`, and no notification was
+/// counted as lost. Then the daemon stops with exit 0.
+pub async fn assert_upload_confirmed_then_stop(
+    db: &TestDb,
+    daemon: &mut tokio::process::Child,
+    addr: &str,
+    id: &str,
+) {
+    eventually(Duration::from_secs(30), "the upload processed", || async {
+        db.status(id).await.as_deref() == Some("processed")
+    })
+    .await;
+    let adopted: Vec<_> = db
+        .audit()
+        .await
+        .into_iter()
+        .filter(|a| a.0 == id && a.2 == "adopt")
+        .map(|a| a.1)
+        .collect();
+    assert_eq!(adopted, ["upload_confirmed"], "{id}'s adoption as audited");
+    let (_, body) = http_get(addr, "/metrics").await;
+    let series = |kind: &str| {
+        format!("reconcile_actions_total{{action=\"adopt\",kind=\"{kind}\",result=\"applied\"}}")
+    };
+    assert_eq!(
+        metric_value(&body, &series("upload_confirmed")),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric_value(&body, &series("lost_notification")),
+        None,
+        "{body}"
+    );
+    signal(daemon, "TERM");
+    assert_eq!(wait_exit(daemon, Duration::from_secs(30)).await, 0);
+}

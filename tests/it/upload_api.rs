@@ -374,7 +374,7 @@ async fn an_upload_is_processed_through_the_notification_and_the_hook() {
     assert_eq!(call["size"], "%PDF-1.7 contract".len());
     assert_eq!(
         flow.audit_of(&id).await,
-        pairs(&[("lost_notification", "adopt"), ("processing", "process")])
+        pairs(&[("upload_confirmed", "adopt"), ("processing", "process")])
     );
     let detail: String = sqlx::query_scalar(
         "SELECT detail FROM reconciler.audit_log WHERE doc_id = $1 AND action = 'adopt'",
