@@ -51,6 +51,18 @@ impl Serialize for Counts {
     }
 }
 
+impl Header {
+    /// The JSON report's `bucket`: an S3 bucket's name (the contract's `"uploads"`), a folder
+    /// as configured (`file:///srv/uploads`), so that it says what kind of place it is.
+    pub fn shown_bucket(&self) -> &str {
+        if self.location.starts_with("file://") {
+            &self.location
+        } else {
+            &self.bucket
+        }
+    }
+}
+
 /// What a sweep knows once its scan is done: everything but the outcomes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Header {
@@ -166,7 +178,7 @@ fn header_fields(h: &Header) -> Result<String> {
          \"objects_listed\":{},\"records_scanned\":{},\"counts\":{}",
         json(&h.sweep_id)?,
         h.dry_run,
-        json(&h.bucket)?,
+        json(h.shown_bucket())?,
         json(&h.prefix)?,
         json(&time(h.started_at))?,
         h.objects_listed,
