@@ -88,7 +88,13 @@ struct Api {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt().with_target(false).init();
+    // The log goes to stderr (stdout's first line is the address, for whoever started us), with
+    // colour codes only for a terminal: a log file full of escapes reads badly.
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let args = Args::parse();
     if let Err(e) = run(args).await {
         eprintln!("upload_api: {}", redact::text(&e));
@@ -577,16 +583,23 @@ async fn upload(
     }
     let key = format!("{}{id}", api.config.storage.prefix);
     match write_file(root, &key, body).await {
-        Ok(size) => {
+        Ok(Some(size)) => {
             tracing::info!(%key, size, "upload stored");
             StatusCode::OK.into_response()
         }
+        // A client that PUTs nothing (curl's `--data-binary @file` of a file that is not
+        // there) would otherwise see 200 and a doc `processed` with no bytes.
+        Ok(None) => error(
+            StatusCode::BAD_REQUEST,
+            "the body is empty: PUT the file's bytes (nothing was stored)",
+        ),
         Err(e) => internal("storing the upload", e),
     }
 }
 
-/// Stream the body into a temporary file in the target's folder, then rename it into place.
-async fn write_file(root: &std::path::Path, key: &str, body: Body) -> Result<u64, String> {
+/// Stream the body into a temporary file in the target's folder, then rename it into place:
+/// its size, or `None` (and nothing stored) when the body was empty.
+async fn write_file(root: &std::path::Path, key: &str, body: Body) -> Result<Option<u64>, String> {
     // The id was made here (a UUID) and the prefix is the operator's: the key stays inside.
     let target = root.join(key);
     let folder = target
@@ -605,7 +618,20 @@ async fn write_file(root: &std::path::Path, key: &str, body: Body) -> Result<u64
         size += chunk.len() as u64;
         file.write_all(&chunk).map_err(|e| e.to_string())?;
     }
+    if size == 0 {
+        // Dropping the temporary file removes it.
+        return Ok(None);
+    }
+    // A temporary file is private (0600); the upload is the app's file like any other, which a
+    // web server serving the folder must be able to read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| e.to_string())?;
+    }
     file.as_file().sync_all().map_err(|e| e.to_string())?;
     file.persist(&target).map_err(|e| e.to_string())?;
-    Ok(size)
+    Ok(Some(size))
 }

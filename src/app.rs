@@ -58,6 +58,13 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 Utc::now(),
             )
             .await?;
+            if explanation.matches_nothing() {
+                return Err(Error::Usage(format!(
+                    "explain: nothing by the id or key {id_or_key:?}: no record in the table, \
+                     no object at {:?}, no audit trail",
+                    explanation.key
+                )));
+            }
             explain::print(
                 &explanation,
                 default_format(format),
@@ -160,13 +167,20 @@ async fn demo(dir: Option<std::path::PathBuf>) -> Result<i32> {
         println!("\n== {title}\n");
         sweep(&config, &table(dry_run)).await?;
     }
+    print!(
+        "{}",
+        crate::demo::legend(&sandbox, &config.sweep.quarantine_prefix)
+    );
+    let program = crate::demo::program();
     println!(
         "\nThe sandbox stays in {dir}: a SQLite database (app.db, and the reconciler's own \
-         tables in app.db.reconciler.db) and a folder as the bucket (uploads/). Try:\n\n  \
-         reconcile --config {config} --dry-run\n  \
-         reconcile --config {config} explain contract-7.pdf\n",
+         tables in app.db.reconciler.db) and a folder as the bucket (uploads/). \
+         `cargo install --locked --path .` (with `--no-default-features` for the embedded \
+         default alone) puts `reconcile` on the PATH. Try:\n\n  \
+         {program} --config {config} --dry-run\n  \
+         {program} --config {config} explain contract-7.pdf\n",
         dir = sandbox.display(),
-        config = config_file.display(),
+        config = crate::demo::shell_word(&config_file.display().to_string()),
     );
     Ok(OK)
 }

@@ -18,9 +18,11 @@ use crate::events::folder::{self, FolderWatcher};
 #[cfg(feature = "s3")]
 use crate::events::sqs::{self, Poller};
 use crate::metrics::Metrics;
+use crate::model::FindingKind;
 use crate::processing::hook::Hook;
 use crate::processing::worker::Worker;
 use crate::processing::{RetryPolicy, SystemClock};
+use crate::redact;
 use crate::report::{self, Format};
 use crate::server::{self, Health, LastSweep};
 use crate::sweep::{self, Quiet, Sweep};
@@ -39,6 +41,63 @@ pub struct Options {
     pub dry_run: bool,
 }
 
+/// The log target of the lines an operator reads at the default level: the start (what runs,
+/// where), one line per scheduled sweep, and the shutdown. `telemetry` lets it through at `info`
+/// while everything else stays at `warn`.
+pub const LIFECYCLE: &str = "reconcile::lifecycle";
+
+/// The daemon's supervised tasks, and their names for the start line.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<()>,
+    /// Each kind of task started, with how many of it.
+    started: Vec<(&'static str, usize)>,
+}
+
+impl Tasks {
+    /// Run `make`'s task under [`supervise`] until shutdown.
+    fn supervise<F, Fut>(
+        &mut self,
+        task: &'static str,
+        n: usize,
+        stopped: &watch::Receiver<bool>,
+        make: F,
+    ) where
+        F: FnMut(watch::Receiver<bool>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        match self.started.iter_mut().find(|(name, _)| *name == task) {
+            Some((_, count)) => *count += 1,
+            None => self.started.push((task, 1)),
+        }
+        self.set.spawn(supervise(task, n, stopped.clone(), make));
+    }
+
+    /// `http server, scheduled sweeps, 2 event pollers, ...`, in the order they started.
+    fn started(&self) -> String {
+        let names: Vec<String> = self
+            .started
+            .iter()
+            .map(|(name, count)| match count {
+                1 => (*name).to_owned(),
+                n => format!("{n} {name}s"),
+            })
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// When the schedule runs the next sweep, for the log.
+fn next_sweep(config: &Config) -> String {
+    match config.sweep.cron() {
+        Ok(schedule) => schedule.upcoming(Utc).next().map_or_else(
+            || "never".to_owned(),
+            |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
+        Err(_) => "never (sweep.schedule does not parse)".to_owned(),
+    }
+}
+
 pub async fn run(
     config: &Config,
     options: Options,
@@ -55,36 +114,29 @@ pub async fn run(
     let (listener, addr) = server::bind(&config.server.listen).await?;
     let config = Arc::new(config.clone());
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::default();
 
     {
         let (metrics, catalog, health) = (metrics.clone(), catalog.clone(), health.clone());
         let mut first = Some(listener);
-        tasks.spawn(supervise(
-            "http server",
-            0,
-            stopped.clone(),
-            move |stopped| {
-                let (metrics, catalog, health) = (metrics.clone(), catalog.clone(), health.clone());
-                let listener = first.take();
-                async move {
-                    let listener = match listener {
-                        Some(listener) => listener,
-                        None => match server::bind(&addr.to_string()).await {
-                            Ok((listener, _)) => listener,
-                            Err(e) => return tracing::error!(error = %e, "cannot bind again"),
-                        },
-                    };
-                    let mut stopped = stopped;
-                    let stopping = async move { crate::stop::requested(&mut stopped).await };
-                    if let Err(e) =
-                        server::serve(listener, metrics, catalog, health, stopping).await
-                    {
-                        tracing::error!(error = %e, "http server failed");
-                    }
+        tasks.supervise("http server", 0, &stopped, move |stopped| {
+            let (metrics, catalog, health) = (metrics.clone(), catalog.clone(), health.clone());
+            let listener = first.take();
+            async move {
+                let listener = match listener {
+                    Some(listener) => listener,
+                    None => match server::bind(&addr.to_string()).await {
+                        Ok((listener, _)) => listener,
+                        Err(e) => return tracing::error!(error = %e, "cannot bind again"),
+                    },
+                };
+                let mut stopped = stopped;
+                let stopping = async move { crate::stop::requested(&mut stopped).await };
+                if let Err(e) = server::serve(listener, metrics, catalog, health, stopping).await {
+                    tracing::error!(error = %e, "http server failed");
                 }
-            },
-        ));
+            }
+        });
     }
 
     let sweeper = Arc::new(Sweeper {
@@ -95,15 +147,10 @@ pub async fn run(
         health: health.clone(),
         dry_run: options.dry_run,
     });
-    tasks.spawn(supervise(
-        "scheduled sweeps",
-        0,
-        stopped.clone(),
-        move |stopped| {
-            let sweeper = sweeper.clone();
-            async move { sweeper.run(stopped).await }
-        },
-    ));
+    tasks.supervise("scheduled sweeps", 0, &stopped, move |stopped| {
+        let sweeper = sweeper.clone();
+        async move { sweeper.run(stopped).await }
+    });
 
     if !options.dry_run {
         spawn_pollers(
@@ -115,27 +162,34 @@ pub async fn run(
     }
 
     tracing::info!(
+        target: LIFECYCLE,
+        version = %env!("CARGO_PKG_VERSION"),
         listen = %addr,
         dry_run = options.dry_run,
-        schedule = %config.sweep.schedule,
-        "daemon started; listening on {addr}"
+        database = %redact::url(config.database.url.as_deref().unwrap_or_default()),
+        bucket = %redact::url(&config.storage.bucket),
+        prefix = %config.storage.prefix,
+        queue = config.events.queue_url.as_deref().filter(|u| !u.is_empty()).map(redact::url),
+        tasks = tasks.started().as_str(),
+        next_sweep = %next_sweep(&config),
+        "daemon started, listening on {addr}"
     );
     shutdown.await;
-    tracing::info!("shutting down: finishing what is in hand");
+    tracing::info!(target: LIFECYCLE, "shutting down: finishing what is in hand");
     let _ = stop.send(true);
-    while let Some(ended) = tasks.join_next().await {
+    while let Some(ended) = tasks.set.join_next().await {
         if let Err(e) = ended {
             tracing::error!(error = %e, "a task could not be joined");
         }
     }
-    tracing::info!("daemon stopped");
+    tracing::info!(target: LIFECYCLE, "daemon stopped");
     Ok(())
 }
 
 /// The event sources: a folder bucket's file notifications, or the SQS pollers of
 /// `events.queue_url` (config refuses a queue beside a folder).
 async fn spawn_pollers(
-    tasks: &mut JoinSet<()>,
+    tasks: &mut Tasks,
     config: &Arc<Config>,
     catalog: &Arc<dyn Catalog>,
     bucket: &Arc<dyn Bucket>,
@@ -161,15 +215,10 @@ async fn spawn_pollers(
             metrics: metrics.clone(),
             gate: health.events.clone(),
         });
-        tasks.spawn(supervise(
-            "folder watcher",
-            0,
-            stopped.clone(),
-            move |stopped| {
-                let watcher = watcher.clone();
-                async move { watcher.run(stopped).await }
-            },
-        ));
+        tasks.supervise("folder watcher", 0, stopped, move |stopped| {
+            let watcher = watcher.clone();
+            async move { watcher.run(stopped).await }
+        });
         return Ok(());
     }
     let Some(queue_url) = config.events.queue_url.clone().filter(|u| !u.is_empty()) else {
@@ -182,7 +231,7 @@ async fn spawn_pollers(
 /// Without S3 support there is no queue to consume (config refuses `events.queue_url` then).
 #[cfg(not(feature = "s3"))]
 async fn spawn_sqs_pollers(
-    _: &mut JoinSet<()>,
+    _: &mut Tasks,
     _: &Arc<Config>,
     _: String,
     _: Arc<Effects>,
@@ -195,7 +244,7 @@ async fn spawn_sqs_pollers(
 
 #[cfg(feature = "s3")]
 async fn spawn_sqs_pollers(
-    tasks: &mut JoinSet<()>,
+    tasks: &mut Tasks,
     config: &Arc<Config>,
     queue_url: String,
     effects: Arc<Effects>,
@@ -217,21 +266,16 @@ async fn spawn_sqs_pollers(
     poller.check_redrive_policy().await?;
     for n in 0..config.events.pollers {
         let poller = poller.clone();
-        tasks.spawn(supervise(
-            "event poller",
-            n,
-            stopped.clone(),
-            move |stopped| {
-                let poller = poller.clone();
-                async move { poller.run(stopped).await }
-            },
-        ));
+        tasks.supervise("event poller", n, stopped, move |stopped| {
+            let poller = poller.clone();
+            async move { poller.run(stopped).await }
+        });
     }
     Ok(())
 }
 
 fn spawn_workers(
-    tasks: &mut JoinSet<()>,
+    tasks: &mut Tasks,
     config: &Arc<Config>,
     catalog: &Arc<dyn Catalog>,
     metrics: &Arc<Metrics>,
@@ -257,15 +301,10 @@ fn spawn_workers(
             clock: Arc::new(SystemClock),
             metrics: metrics.clone(),
         });
-        tasks.spawn(supervise(
-            "processing worker",
-            n,
-            stopped.clone(),
-            move |stopped| {
-                let worker = worker.clone();
-                async move { worker.run(stopped, Duration::from_secs(1)).await }
-            },
-        ));
+        tasks.supervise("processing worker", n, stopped, move |stopped| {
+            let worker = worker.clone();
+            async move { worker.run(stopped, Duration::from_secs(1)).await }
+        });
     }
 }
 
@@ -273,16 +312,16 @@ fn spawn_workers(
 /// every `retention.interval`. Each replica may do it: deleting the same old rows twice is
 /// harmless.
 fn spawn_housekeeping(
-    tasks: &mut JoinSet<()>,
+    tasks: &mut Tasks,
     config: &Arc<Config>,
     catalog: &Arc<dyn Catalog>,
     stopped: &watch::Receiver<bool>,
 ) {
     let (catalog, settings) = (catalog.clone(), config.retention.clone());
-    tasks.spawn(supervise(
+    tasks.supervise(
         "housekeeping",
         0,
-        stopped.clone(),
+        stopped,
         move |mut stopped| {
             let (catalog, settings) = (catalog.clone(), settings.clone());
             async move {
@@ -303,7 +342,7 @@ fn spawn_housekeeping(
                 }
             }
         },
-    ));
+    );
 }
 
 /// The scheduled sweeps of one daemon.
@@ -344,7 +383,10 @@ impl Sweeper {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 self.metrics.sweeps_skipped.inc();
-                return tracing::info!("another replica is sweeping; this one skips");
+                return tracing::info!(
+                    target: LIFECYCLE,
+                    "another replica is sweeping; this one skips"
+                );
             }
             Err(e) => {
                 self.health
@@ -366,6 +408,7 @@ impl Sweeper {
             dry_run: self.dry_run,
             force: false,
         };
+        let began = std::time::Instant::now();
         let result = sweep
             .run(options, Utc::now(), &mut Quiet, sink.as_mut(), stop.clone())
             .await;
@@ -379,18 +422,24 @@ impl Sweeper {
                     LastSweep::Fine
                 });
                 tracing::info!(
+                    target: LIFECYCLE,
                     dry_run = h.dry_run,
                     objects_listed = h.objects_listed,
                     records_scanned = h.records_scanned,
-                    drift = h.counts.drift(),
+                    found = found(&h.counts).as_str(),
                     applied = a.applied,
+                    would_apply = a.dry_run,
                     skipped = a.skipped,
                     failed = a.failed,
+                    duration = %format!("{:.2}s", began.elapsed().as_secs_f64()),
+                    next_sweep = %next_sweep(c),
                     "sweep finished"
                 );
             }
             // A shutdown, not a failure: readiness stays as it was.
-            Err(Error::Interrupted(interrupted)) => tracing::info!("{interrupted}"),
+            Err(Error::Interrupted(interrupted)) => {
+                tracing::info!(target: LIFECYCLE, "{interrupted}")
+            }
             Err(Error::SafetyStop(stop)) => {
                 // Deliberate, and nothing was written: an operator's call, not an outage.
                 self.health.sweep_finished(LastSweep::Fine);
@@ -402,6 +451,20 @@ impl Sweeper {
                 tracing::error!(error = %e, "sweep failed");
             }
         }
+    }
+}
+
+/// What a sweep found, for its log line: `stale_pending=1 in_grace=2`, or `nothing`.
+fn found(counts: &report::Counts) -> String {
+    let found: Vec<String> = FindingKind::ALL
+        .into_iter()
+        .filter(|kind| counts.get(*kind) > 0)
+        .map(|kind| format!("{}={}", kind.as_str(), counts.get(kind)))
+        .collect();
+    if found.is_empty() {
+        "nothing".to_owned()
+    } else {
+        found.join(" ")
     }
 }
 

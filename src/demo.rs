@@ -192,7 +192,7 @@ fn config_text(database: &Path, uploads: &Path) -> String {
     let quote = |text: String| format!("{text:?}");
     format!(
         "# The sandbox of `reconcile demo`: a SQLite database and a local folder as the bucket.\n\
-         # Try: reconcile --config {config} --dry-run\n\n\
+         # Try: {program} --config {config} --dry-run\n\n\
          [database]\nurl = {url}\n\n\
          [storage]\nbucket = {bucket}\nprefix = {PREFIX:?}\n\
          # The sandbox's files were all written just now: a file's age is the time it arrived\n\
@@ -200,10 +200,105 @@ fn config_text(database: &Path, uploads: &Path) -> String {
          # demo judges them at once. Leave both settings out anywhere else.\n\
          settle_time = \"0s\"\n\n\
          [sweep]\norphan_action = \"quarantine\"\norphan_grace = \"0s\"\n",
-        config = database.with_file_name(CONFIG_FILE).display(),
+        program = program(),
+        config = shell_word(&database.with_file_name(CONFIG_FILE).display().to_string()),
         url = quote(format!("sqlite://{}", database.display())),
         bucket = quote(format!("file://{}", uploads.display())),
     )
+}
+
+/// How to run this very binary from a shell: `reconcile` when that is what the PATH finds,
+/// else its full path (`cargo run` leaves it in `target/`, not on the PATH), so that the
+/// commands the demo suggests run as printed.
+pub fn program() -> String {
+    let Ok(me) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "reconcile".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .filter_map(|dir| dir.join("reconcile").canonicalize().ok())
+            .next()
+            .is_some_and(|found| found == me)
+    });
+    if on_path {
+        "reconcile".into()
+    } else {
+        shell_word(&me.display().to_string())
+    }
+}
+
+/// `word` as one shell word: as it is when it holds nothing a shell would read, else quoted.
+pub fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// What each kind of the report means, which seeded doc shows it, and where the orphan went.
+pub fn legend(sandbox: &Path, quarantine_prefix: &str) -> String {
+    let kinds = [
+        (
+            "stale_pending",
+            "a record pending past sweep.pending_ttl (1h), no file: expired (invoice-2041.pdf)",
+        ),
+        (
+            "lost_notification",
+            "a pending record whose file is there, its event lost: adopted, processed (contract-7.pdf)",
+        ),
+        (
+            "late_upload",
+            "an expired record whose upload finished later: adopted (scan 0012.png)",
+        ),
+        (
+            "orphan_object",
+            "a file no record names, older than sweep.orphan_grace (24h): quarantined here (tmp/unclaimed.bin)",
+        ),
+        (
+            "missing_object",
+            "an uploaded record whose file is gone: marked missing, never deleted (avatar-ünï.jpg)",
+        ),
+        (
+            "stuck_processing",
+            "uploaded, but its post-processing never finished: enqueued again",
+        ),
+        (
+            "processing_exhausted",
+            "post-processing gave up after processing.max_attempts: marked failed",
+        ),
+        (
+            "abandoned_multipart",
+            "an S3 multipart upload nobody completed: aborted (not on a folder)",
+        ),
+        (
+            "in_grace",
+            "younger than its grace period: counted, never touched (slides.key, pending 5 minutes; just-landed.txt, a file of an hour with no record yet)",
+        ),
+    ];
+    let mut text = String::from("\nWhat the kinds mean:\n");
+    for (kind, meaning) in kinds {
+        text.push_str(&format!("  {kind:<22}{meaning}\n"));
+    }
+    let orphan = sandbox
+        .join("uploads")
+        .join(quarantine_prefix)
+        .join(PREFIX)
+        .join("tmp/unclaimed.bin");
+    // The one file under the orphan's quarantine folder: its name is the time and ETag.
+    let copy = fs::read_dir(&orphan)
+        .ok()
+        .and_then(|mut entries| entries.next())
+        .and_then(|entry| entry.ok())
+        .map(|entry| entry.path());
+    if let Some(copy) = copy {
+        text.push_str(&format!(
+            "\nThe orphan was quarantined to {}\n",
+            copy.display()
+        ));
+    }
+    text
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {

@@ -28,6 +28,17 @@ pub struct Explanation {
     pub decision: Verdict,
 }
 
+impl Explanation {
+    /// Neither a record, an object, a job nor an audit line: the argument names no doc (a
+    /// deleted doc with a history still has one to show).
+    pub fn matches_nothing(&self) -> bool {
+        self.record.is_none()
+            && self.object.is_none()
+            && self.job.is_none()
+            && self.audit_trail.as_ref().is_none_or(Vec::is_empty)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Verdict {
     /// The finding kind, `in_grace`, or `null` when record and object agree.

@@ -153,10 +153,14 @@ pub enum FindingKind {
     ProcessingExhausted,
     AbandonedMultipart,
     InGrace,
+    /// Not a sweep's: a pending record adopted because its own event (S3's, or a file landing
+    /// in a watched folder) said the upload arrived. Nothing was lost, so it is audited and
+    /// counted apart from `LostNotification`, which only a sweep can find.
+    UploadConfirmed,
 }
 
 impl FindingKind {
-    /// Every kind, in the order reports list them.
+    /// Every kind a sweep can find, in the order reports list them.
     pub const ALL: [FindingKind; 9] = [
         FindingKind::StalePending,
         FindingKind::LostNotification,
@@ -169,6 +173,9 @@ impl FindingKind {
         FindingKind::InGrace,
     ];
 
+    /// How many kinds there are, the event path's own included: the size of a table by kind.
+    pub const COUNT: usize = FindingKind::UploadConfirmed as usize + 1;
+
     pub fn as_str(self) -> &'static str {
         match self {
             FindingKind::StalePending => "stale_pending",
@@ -180,6 +187,7 @@ impl FindingKind {
             FindingKind::ProcessingExhausted => "processing_exhausted",
             FindingKind::AbandonedMultipart => "abandoned_multipart",
             FindingKind::InGrace => "in_grace",
+            FindingKind::UploadConfirmed => "upload_confirmed",
         }
     }
 }

@@ -19,7 +19,7 @@ pub enum Format {
 
 /// How many of each kind a sweep found.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Counts([u64; FindingKind::ALL.len()]);
+pub struct Counts([u64; FindingKind::COUNT]);
 
 impl Counts {
     pub fn add(&mut self, kind: FindingKind) {
@@ -48,6 +48,18 @@ impl Serialize for Counts {
             map.serialize_entry(kind.as_str(), &self.get(kind))?;
         }
         map.end()
+    }
+}
+
+impl Header {
+    /// The JSON report's `bucket`: an S3 bucket's name (the contract's `"uploads"`), a folder
+    /// as configured (`file:///srv/uploads`), so that it says what kind of place it is.
+    pub fn shown_bucket(&self) -> &str {
+        if self.location.starts_with("file://") {
+            &self.location
+        } else {
+            &self.bucket
+        }
     }
 }
 
@@ -166,7 +178,7 @@ fn header_fields(h: &Header) -> Result<String> {
          \"objects_listed\":{},\"records_scanned\":{},\"counts\":{}",
         json(&h.sweep_id)?,
         h.dry_run,
-        json(&h.bucket)?,
+        json(h.shown_bucket())?,
         json(&h.prefix)?,
         json(&time(h.started_at))?,
         h.objects_listed,

@@ -1,18 +1,21 @@
 //! Logging setup: everything goes to stderr, so stdout carries only the report.
 
 use crate::cli::{Global, LogFormat};
+use crate::daemon;
 use std::io::{IsTerminal, Write};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 pub fn init_logging(global: &Global) {
     // aws-config warns at length while it walks the credential chain (IMDS and so on); what
-    // matters reaches the user as the error of the call that needed the credentials.
+    // matters reaches the user as the error of the call that needed the credentials. The
+    // daemon's lifecycle (start, each sweep, shutdown) is what an operator looks for first, so it
+    // speaks at the default level too.
     let default = match (global.quiet, global.verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn,aws_config=error",
-        (false, 1) => "info,aws_config=error",
-        (false, _) => "debug",
+        (true, _) => "error".to_owned(),
+        (false, 0) => format!("warn,aws_config=error,{}=info", daemon::LIFECYCLE),
+        (false, 1) => "info,aws_config=error".to_owned(),
+        (false, _) => "debug".to_owned(),
     };
     // RUST_LOG wins when set; a bad RUST_LOG falls back to the default rather than failing.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

@@ -100,6 +100,18 @@ impl SqliteCatalog {
     pub async fn connect(config: &DatabaseConfig, scope: Scope) -> Result<Self> {
         let url = config.url.as_deref().unwrap_or_default();
         let app_path = path_of(url).map_err(|message| Error::config("database.url", message))?;
+        // The app makes its database; a path that names none is a typo, not an outage.
+        if let Err(e) = std::fs::metadata(&app_path)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            return Err(Error::config(
+                "database.url",
+                format!(
+                    "the SQLite database {} does not exist (give the path of the app's database file)",
+                    app_path.display()
+                ),
+            ));
+        }
         let side_path = side_file(&app_path);
         let migrated = Arc::new(AtomicBool::new(side_path.exists()));
         // The app's journal mode is the app's call: only the connection's own settings here.

@@ -85,6 +85,7 @@ impl Effects {
                 (EventKind::Created, Action::Adopt) | (EventKind::Removed, Action::MarkMissing)
             ) =>
             {
+                let kind = as_confirmed_by_its_event(kind);
                 let finding = Finding {
                     kind,
                     id: id.to_owned(),
@@ -123,5 +124,15 @@ impl Effects {
         .await?;
         tx.commit().await?;
         Ok(effect)
+    }
+}
+
+/// The event is the notification: a pending record it adopts had nothing lost, so the audit log
+/// and `reconcile_actions_total` say `upload_confirmed`. Every other kind means what it means in
+/// a sweep (an upload after its record expired is late either way).
+fn as_confirmed_by_its_event(kind: FindingKind) -> FindingKind {
+    match kind {
+        FindingKind::LostNotification => FindingKind::UploadConfirmed,
+        other => other,
     }
 }

@@ -14,7 +14,8 @@
 //!   removed: `missing`; never uploaded: `expired`), each orphan object sits once under the
 //!   quarantine prefix and no longer under the docs' prefix, and nothing else is in the bucket;
 //! - each doc's audit trail is exactly the transitions of its history, in order, each once (an
-//!   upload: `lost_notification`/`adopt` then `processing`/`process`; a removal adds
+//!   upload: `upload_confirmed`/`adopt` by its event (`lost_notification` by a sweep) then
+//!   `processing`/`process`; a removal adds
 //!   `missing_object`/`mark_missing`; `stale_pending`/`expire`; `orphan_object`/`quarantine`),
 //!   and the audit log holds nothing else; an upload whose notification was lost was adopted by
 //!   a sweep; a quarantine cut after its delete was recorded by a later sweep, from its intent,
@@ -165,8 +166,9 @@ impl History {
         }
     }
 
-    /// The audit trail: (finding, action, old status, new status), in order.
-    fn audit(self) -> Vec<AuditRow> {
+    /// The audit trail: (finding, action, old status, new status), in order. An upload is
+    /// `lost_notification` when a sweep adopted it, `upload_confirmed` when its event did.
+    fn audit(self, adopted_by_a_sweep: bool) -> Vec<AuditRow> {
         let row = |f: &str, a: &str, old: Option<&str>, new: Option<&str>| {
             (
                 f.to_owned(),
@@ -176,7 +178,11 @@ impl History {
             )
         };
         let adopt = row(
-            "lost_notification",
+            if adopted_by_a_sweep {
+                "lost_notification"
+            } else {
+                "upload_confirmed"
+            },
             "adopt",
             Some("pending"),
             Some("uploaded"),
@@ -855,7 +861,8 @@ impl Campaign {
         assert_eq!(intents, 0, "intents left unsettled");
         for (id, history) in &self.docs {
             let trail = trails.remove(id.as_str()).unwrap_or_default();
-            assert_eq!(trail, history.audit(), "{id} ({history:?})");
+            let by_sweep = adopted_by_sweeps.contains(id);
+            assert_eq!(trail, history.audit(by_sweep), "{id} ({history:?})");
             if *history == History::Lost {
                 assert!(
                     adopted_by_sweeps.contains(id),

@@ -83,6 +83,51 @@ async fn the_demo_audits_repairs_and_audits_again_with_nothing_but_the_binary() 
     );
     assert!(stdout.contains(&format!("{sandbox_arg}/reconcile.toml --dry-run")));
 
+    // A legend: what each kind means, and where the orphan went.
+    let legend = stdout
+        .split("What the kinds mean")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no legend: {stdout}"));
+    for (kind, _) in expected(0, 0) {
+        assert!(
+            legend.lines().any(|l| l.trim_start().starts_with(&kind)),
+            "{kind} not explained: {legend}"
+        );
+    }
+    let quarantined = legend
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("The orphan was quarantined to "))
+        .unwrap_or_else(|| panic!("no word of the quarantine: {legend}"));
+    assert!(
+        Path::new(quarantined.trim_end_matches('.')).is_file(),
+        "{quarantined} is not the quarantined file"
+    );
+
+    // Every command under "Try:" runs as printed, in a shell with `reconcile` not on PATH.
+    let tries: Vec<&str> = stdout
+        .split("Try:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Try: {stdout}"))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(tries.len() >= 2, "{stdout}");
+    for line in tries {
+        let run = tokio::process::Command::new("sh")
+            .args(["-c", line])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .await
+            .expect("run sh");
+        assert!(
+            run.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+
     // The sandbox is left for the user, and the repairs are really in it.
     let db = sandbox.join("app.db");
     for (id, status_now) in [

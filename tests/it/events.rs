@@ -166,7 +166,7 @@ async fn presigned_uploads_move_records_forward_without_a_sweep() {
     assert!(
         audit
             .iter()
-            .all(|a| a.1 == "lost_notification" && a.2 == "adopt")
+            .all(|a| a.1 == "upload_confirmed" && a.2 == "adopt")
     );
     assert_eq!(w.queue.depth().await, 0);
 

@@ -54,19 +54,31 @@ async fn explain_shows_record_object_audit_trail_and_the_decision_now() {
         "{}",
         table.stdout
     );
+}
 
-    let nothing = reconcile
-        .run(&["explain", "never-heard-of", "--format", "json"])
-        .await;
-    assert_eq!(nothing.code, 0, "{}", nothing.stderr);
-    let e = nothing.json();
-    assert!(e["record"].is_null() && e["object"].is_null());
-    assert!(
-        e["decision"]["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("no record and no object")
-    );
+#[tokio::test]
+async fn explain_of_an_id_that_matches_nothing_exits_2_naming_it_instead_of_calling_it_consistent()
+{
+    let db = TestDb::with_docs(None).await;
+    let folder = TestFolder::new();
+    let reconcile = Reconcile::on_folder(&db, &folder).set("storage.prefix", "docs/");
+    for format in ["json", "table"] {
+        let nothing = reconcile
+            .run(&["explain", "never-heard-of", "--format", format])
+            .await;
+        assert_eq!(nothing.code, 2, "{format}: {}", nothing.stderr);
+        assert!(nothing.stdout.is_empty(), "{format}: {}", nothing.stdout);
+        let line = nothing.stderr.trim();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        for part in [
+            "\"never-heard-of\"",
+            "docs/never-heard-of",
+            "no record",
+            "no object",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from: {line}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -189,6 +189,26 @@ async fn a_file_still_being_written_is_not_adopted_until_it_has_settled() {
 }
 
 #[tokio::test]
+async fn the_json_report_names_a_folder_bucket_as_configured_with_its_file_scheme() {
+    let db = TestDb::with_docs(None).await;
+    let folder = TestFolder::new();
+    for format in ["json", "jsonl"] {
+        let run = Reconcile::on_folder(&db, &folder)
+            .run(&["--dry-run", "--format", format])
+            .await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let summary: serde_json::Value = run
+            .stdout
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .or_else(|| serde_json::from_str(&run.stdout).ok())
+            .unwrap_or_else(|| panic!("no JSON summary: {}", run.stdout));
+        assert_eq!(summary["bucket"], folder.url(), "{format}");
+    }
+}
+
+#[tokio::test]
 async fn check_config_reaches_the_folder_and_names_a_missing_one() {
     let db = TestDb::with_docs(None).await;
     let folder = TestFolder::new();

@@ -1,7 +1,7 @@
 //! `reconcile daemon` over a folder bucket: file notifications take the same effect path as S3
 //! events, and the sweep catches what landed while the daemon was down.
 
-use crate::daemon::{signal, wait_exit};
+use crate::daemon::{assert_upload_confirmed_then_stop, signal, wait_exit};
 use crate::helpers::*;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -14,6 +14,19 @@ fn daemon_on(db: &TestDb, folder: &TestFolder, schedule: &str) -> Reconcile {
         .set("storage.prefix", "docs/")
         .set("sweep.quarantine_prefix", "docs/quarantine/")
         .set("sweep.schedule", schedule)
+}
+
+/// A daemon started with `-v`, once its watch is in place: the process and its address.
+async fn watching(reconcile: &Reconcile, log: &std::path::Path) -> (tokio::process::Child, String) {
+    let daemon = reconcile.spawn(&["daemon", "-v"], log);
+    let addr = daemon_address(log).await;
+    eventually(Duration::from_secs(30), "the watch to start", || async {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("watching the folder")
+    })
+    .await;
+    (daemon, addr)
 }
 
 async fn created_events(addr: &str) -> f64 {
@@ -40,14 +53,7 @@ async fn files_landing_in_the_folder_move_their_records_and_a_removed_file_marks
     let reconcile = daemon_on(&db, &folder, NO_SWEEP);
     let logs = tempfile::tempdir().expect("temp dir");
     let log = logs.path().join("daemon.log");
-    let mut daemon = reconcile.spawn(&["daemon", "-v"], &log);
-    let addr = daemon_address(&log).await;
-    eventually(Duration::from_secs(30), "the watch to start", || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("watching the folder")
-    })
-    .await;
+    let (mut daemon, addr) = watching(&reconcile, &log).await;
 
     // Files that must change nothing: outside the prefix, in quarantine, a copy's temporary file.
     folder.put("plain", "outside the prefix");
@@ -209,4 +215,17 @@ async fn a_file_that_lands_while_the_database_is_down_takes_effect_once_it_answe
     .await;
     signal(&daemon, "TERM");
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(30)).await, 0);
+}
+
+#[tokio::test]
+async fn a_file_confirmed_by_its_own_notification_is_an_upload_confirmed_never_a_lost_notification()
+{
+    let db = TestDb::with_docs(None).await;
+    let folder = TestFolder::new();
+    db.doc("confirmed", "pending", MINUTE).await;
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("daemon.log");
+    let (mut daemon, addr) = watching(&daemon_on(&db, &folder, NO_SWEEP), &log).await;
+    folder.put("docs/confirmed", "a healthy upload");
+    assert_upload_confirmed_then_stop(&db, &mut daemon, &addr, "confirmed").await;
 }

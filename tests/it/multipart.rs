@@ -686,6 +686,8 @@ async fn explain_sees_a_key_s_uploads_in_progress_as_the_sweep_does() {
         "{}",
         table.stdout
     );
+}
+
 /// Issue 18: two uploads abandoned at one key are aborted at once, and the intents were one per
 /// key: the second noted replaced the first, and the first to finish cleared the key's intent,
 /// the other's with it. A kill after the other's abort then left that abort with neither an

@@ -72,10 +72,11 @@ impl Pair {
     }
 
     /// What a report names as its bucket.
+    /// The JSON report's `bucket`: an S3 bucket's name, a folder's `file://` URL.
     pub fn bucket_name(&self) -> String {
         match &self.store {
             Store::S3(bucket) => bucket.name.clone(),
-            Store::Folder(folder) => folder.path().display().to_string(),
+            Store::Folder(folder) => folder.url(),
         }
     }
 

@@ -371,3 +371,29 @@ async fn the_apps_writes_never_wait_on_a_long_sweep_read_in_journal_mode_delete(
         "the app's INSERTs (100 ms busy timeout) waited on the sweep's read; {written} went through"
     );
 }
+
+#[tokio::test]
+async fn a_sqlite_database_file_that_does_not_exist_is_a_configuration_error_naming_it() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let folder = TestFolder::new();
+    for missing in [
+        dir.path().join("app.db"),
+        dir.path().join("no-such-folder/app.db"),
+    ] {
+        let reconcile = Reconcile {
+            database_url: format!("sqlite://{}", missing.display()),
+            bucket: folder.url(),
+            endpoint: String::new(),
+            env: Vec::new(),
+        };
+        let run = reconcile.run(&["--dry-run", "--format", "json"]).await;
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        let line = run.stderr.trim();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        let named = missing.display().to_string();
+        for part in ["database.url", named.as_str(), "does not exist"] {
+            assert!(line.contains(part), "{part:?} missing from: {line}");
+        }
+        assert!(!missing.exists(), "a dry run created {named}");
+    }
+}

@@ -4,6 +4,7 @@
 
 use crate::helpers::*;
 use serde_json::{Value, json};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
@@ -374,7 +375,7 @@ async fn an_upload_is_processed_through_the_notification_and_the_hook() {
     assert_eq!(call["size"], "%PDF-1.7 contract".len());
     assert_eq!(
         flow.audit_of(&id).await,
-        pairs(&[("lost_notification", "adopt"), ("processing", "process")])
+        pairs(&[("upload_confirmed", "adopt"), ("processing", "process")])
     );
     let detail: String = sqlx::query_scalar(
         "SELECT detail FROM reconciler.audit_log WHERE doc_id = $1 AND action = 'adopt'",
@@ -610,10 +611,42 @@ async fn on_sqlite_and_a_folder_the_api_takes_the_put_at_a_signed_url() {
         folder.snapshot()
     );
 
+    // An empty body is refused with a reason, and nothing is stored.
+    let empty = http
+        .put(url.clone())
+        .header("Content-Type", "image/png")
+        .send()
+        .await
+        .expect("PUT without a body");
+    assert_eq!(empty.status().as_u16(), 400);
+    let said: Value = empty.json().await.expect("a JSON error");
+    assert!(
+        said["error"].as_str().is_some_and(|e| e.contains("empty")),
+        "{said}"
+    );
+    assert!(
+        folder.snapshot().is_empty(),
+        "an empty PUT wrote a file: {:?}",
+        folder.snapshot()
+    );
+
     assert_eq!(put(url.clone(), "image/png").await, 200);
     assert_eq!(
         folder.read(&format!("docs/{id}")).as_deref(),
         Some("png bytes")
+    );
+    // Readable by a web server that serves the folder, as a file the app wrote itself would be.
+    let mode = std::fs::metadata(folder.path().join(format!("docs/{id}")))
+        .expect("the stored file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o044, 0o044, "mode {mode:o}");
+    // Its log (not a terminal) carries no colour codes, and says what was stored.
+    let api_log = std::fs::read_to_string(dir.path().join("api.log")).unwrap_or_default();
+    assert!(api_log.contains("upload stored"), "{api_log}");
+    assert!(
+        !api_log.contains('\u{1b}'),
+        "colour codes in the log: {api_log:?}"
     );
     eventually(
         Duration::from_secs(10),
