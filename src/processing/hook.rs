@@ -1,5 +1,6 @@
 //! The hooks: a webhook POST or a command, each bounded by a timeout. Errors come back as text
-//! fit for the job's `last_error`, cut to a bounded size.
+//! fit for the job's `last_error`, cut to a bounded size, and are read in bounded memory too: a
+//! command's output streams into a tail, a webhook's error body is read to its first bytes only.
 
 use crate::config::{HookKind, ProcessingConfig};
 use crate::redact;
@@ -166,7 +167,7 @@ async fn command(argv: &[String], timeout: Duration, call: &Call<'_>) -> Result<
 }
 
 /// The last `room` bytes a pipe gives until it closes (or fails), read as they come: memory
-/// holds at most twice `room` whatever the command writes.
+/// holds the read buffer and at most three times `room`, whatever the command writes.
 async fn output_tail(pipe: Option<impl AsyncRead + Unpin>, room: usize) -> Vec<u8> {
     let Some(mut pipe) = pipe else {
         return Vec::new();
