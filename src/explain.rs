@@ -2,7 +2,7 @@
 
 use crate::bucket::Bucket;
 use crate::catalog::{AuditEntry, Catalog};
-use crate::decide::{Decision, Policy, decide};
+use crate::decide::{Decision, Policy, adoptable, decide};
 use crate::error::{Error, Result};
 use crate::model::{Job, ObjectMeta, Record, key_of};
 use crate::report::Format;
@@ -55,7 +55,11 @@ pub async fn explain(
     let object = bucket.head(&key).await?;
     let audit_trail = catalog.audit_trail(&id, &key).await?;
     let job = catalog.job(&id).await?;
-    let decision = decide(record.as_ref(), object.as_ref(), now, policy);
+    let decision = adoptable(
+        decide(record.as_ref(), object.as_ref(), now, policy),
+        &id,
+        catalog.id_kind(),
+    );
     let decision = match decision {
         Decision::Consistent => Verdict {
             finding: None,

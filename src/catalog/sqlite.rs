@@ -19,7 +19,7 @@ use super::{
 };
 use crate::config::{DatabaseConfig, StatusWords};
 use crate::error::{Error, Result};
-use crate::model::{Job, JobState, ObjectMeta, Record, Status};
+use crate::model::{IdKind, Job, JobState, ObjectMeta, Record, Status};
 use crate::redact;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
@@ -48,6 +48,8 @@ pub struct SqliteCatalog {
     table: String,
     scope_name: String,
     statuses: StatusWords,
+    /// What the id column holds, from its declared type.
+    id_kind: IdKind,
     /// Whether the reconciler's file exists (checked at connect, set by `migrate`). Shared with
     /// the pool's hooks: once it is true every connection handed out has the file attached.
     migrated: Arc<AtomicBool>,
@@ -153,6 +155,7 @@ impl SqliteCatalog {
             side_path,
             scope_name: scope.name(),
             statuses: config.statuses.clone(),
+            id_kind: id_kind(&id_type),
             migrated,
             with_jobs: Statements::build(config, &table, &id_type, true),
             without_jobs: Statements::build(config, &table, &id_type, false),
@@ -369,6 +372,20 @@ async fn check_columns(pool: &SqlitePool, config: &DatabaseConfig, table: &str) 
         .find(|(name, _)| name == config.id_column.as_str())
         .map(|(_, declared)| declared)
         .unwrap_or_default())
+}
+
+/// Which texts can be ids of a column declared `declared`: INTEGER affinity (an `INTEGER PRIMARY
+/// KEY` holds nothing else, and any other integer column turns `042` into 42) takes integers in
+/// their canonical text; the others keep text as written.
+fn id_kind(declared: &str) -> IdKind {
+    if declared.to_ascii_uppercase().contains("INT") {
+        IdKind::Integer {
+            min: i64::MIN,
+            max: i64::MAX,
+        }
+    } else {
+        IdKind::Text
+    }
 }
 
 /// Whether a column declared `declared` has TEXT affinity (SQLite's rules, in their order: INT
@@ -829,6 +846,10 @@ impl Catalog for SqliteCatalog {
         .await
         .map_err(|e| Error::database("counting reconciler.jobs", e))?;
         Ok(u64::try_from(depth).unwrap_or(0))
+    }
+
+    fn id_kind(&self) -> IdKind {
+        self.id_kind
     }
 
     async fn ids_with_status(&self, status: Status) -> Result<Vec<String>> {

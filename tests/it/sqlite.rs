@@ -35,6 +35,17 @@ async fn sqlite_shell(path: &Path, sql: &str) {
     }
 }
 
+/// `reconcile` over the SQLite database at `url` and the folder bucket `folder`, prefix `docs/`.
+fn on_folder_with_sqlite(url: &str, folder: &TestFolder) -> Reconcile {
+    Reconcile {
+        database_url: url.to_owned(),
+        bucket: folder.url(),
+        endpoint: String::new(),
+        env: Vec::new(),
+    }
+    .set("storage.prefix", "docs/")
+}
+
 async fn rows(path: &Path, sql: &str) -> Vec<(String, String, String)> {
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
@@ -110,17 +121,11 @@ async fn a_sqlite_app_database_is_audited_then_fixed_then_clean() {
     folder.put("docs/ok é", "fine");
     folder.put("docs/orphan", "nobody's");
 
-    let reconcile = Reconcile {
-        database_url: format!("sqlite://{}", app_db.display()),
-        bucket: folder.url(),
-        endpoint: String::new(),
-        env: Vec::new(),
-    }
-    .set("storage.prefix", "docs/")
-    .set("sweep.orphan_grace", "0s")
-    .set("sweep.orphan_action", "adopt")
-    // For the daemon: a sweep every second.
-    .set("sweep.schedule", "* * * * * *");
+    let reconcile = on_folder_with_sqlite(&format!("sqlite://{}", app_db.display()), &folder)
+        .set("sweep.orphan_grace", "0s")
+        .set("sweep.orphan_action", "adopt")
+        // For the daemon: a sweep every second.
+        .set("sweep.schedule", "* * * * * *");
     let expected = triples(&[
         ("stale_pending", "stale", "expire"),
         ("stale_pending", "stale iso", "expire"),
@@ -289,15 +294,9 @@ async fn the_apps_writes_never_wait_on_a_quarantine_copy() {
         .and_then(|f| f.set_len(400 << 20))
         .expect("make a 400 MiB orphan");
     folder.put("docs/small-orphan", "nobody's");
-    let reconcile = Reconcile {
-        database_url: app.url(),
-        bucket: folder.url(),
-        endpoint: String::new(),
-        env: Vec::new(),
-    }
-    .set("storage.prefix", "docs/")
-    .set("sweep.orphan_grace", "0s")
-    .set("sweep.orphan_action", "quarantine");
+    let reconcile = on_folder_with_sqlite(&app.url(), &folder)
+        .set("sweep.orphan_grace", "0s")
+        .set("sweep.orphan_action", "quarantine");
     let (run, written, failed) =
         run_while_the_app_writes(&reconcile, &["--format", "json"], &app.path()).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -348,13 +347,7 @@ async fn the_apps_writes_never_wait_on_a_long_sweep_read_in_journal_mode_delete(
     .expect("seed the docs");
     let folder = TestFolder::new();
     folder.put("docs/doc-0000001", "one");
-    let reconcile = Reconcile {
-        database_url: app.url(),
-        bucket: folder.url(),
-        endpoint: String::new(),
-        env: Vec::new(),
-    }
-    .set("storage.prefix", "docs/");
+    let reconcile = on_folder_with_sqlite(&app.url(), &folder);
     let (run, written, failed) =
         run_while_the_app_writes(&reconcile, &["--dry-run", "--format", "json"], &app.path()).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -369,5 +362,61 @@ async fn the_apps_writes_never_wait_on_a_long_sweep_read_in_journal_mode_delete(
         failed,
         Vec::<String>::new(),
         "the app's INSERTs (100 ms busy timeout) waited on the sweep's read; {written} went through"
+    );
+}
+
+/// Issue 18 item 4 on SQLite: an `INTEGER PRIMARY KEY` holds only integers (a stray
+/// `Thumbs.db` failed its INSERT, "datatype mismatch", and the sweep exited 1), and INTEGER
+/// affinity turns `042` into 42 (a record whose key is not the object's). An orphan whose name is
+/// not the canonical text of an integer is reported, saying why, and nothing is inserted.
+#[tokio::test]
+async fn an_orphan_that_is_no_integer_id_is_reported_not_adopted_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let app_db = dir.path().join("app.db");
+    sqlite_shell(
+        &app_db,
+        "CREATE TABLE docs (id INTEGER PRIMARY KEY, status TEXT NOT NULL DEFAULT 'pending', \
+         created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, \
+         updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);",
+    )
+    .await;
+    let folder = TestFolder::new();
+    for key in ["docs/Thumbs.db", "docs/042", "docs/7"] {
+        folder.put(key, "stray");
+    }
+    let reconcile = on_folder_with_sqlite(&format!("sqlite://{}", app_db.display()), &folder)
+        .set("sweep.orphan_grace", "0s")
+        .set("sweep.orphan_action", "adopt");
+    let run = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.findings(),
+        triples(&[
+            ("orphan_object", "042", "report"),
+            ("orphan_object", "7", "adopt"),
+            ("orphan_object", "Thumbs.db", "report"),
+        ]),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.matches("cannot be adopted").count() == 2,
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        rows(&app_db, "SELECT CAST(id AS TEXT), status, '' FROM docs").await,
+        vec![("7".into(), "processed".into(), String::new())]
+    );
+    let again = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        again.findings(),
+        triples(&[
+            ("orphan_object", "042", "report"),
+            ("orphan_object", "Thumbs.db", "report"),
+        ]),
+        "{}",
+        again.stdout
     );
 }
