@@ -2,6 +2,7 @@
 //! tables. The engine sees only the [`Catalog`] and [`Transaction`] traits, so another database
 //! fits without touching it.
 
+pub mod deadline;
 pub mod postgres;
 pub mod sqlite;
 
