@@ -7,11 +7,13 @@ use crate::bucket::Bucket;
 use crate::bucket::folder::FolderBucket;
 #[cfg(feature = "s3")]
 use crate::bucket::s3::S3Bucket;
+use crate::catalog::deadline::Deadline;
 use crate::catalog::postgres::PgCatalog;
 use crate::catalog::sqlite::SqliteCatalog;
 use crate::catalog::{Catalog, Scope};
 use crate::config::{BucketLocation, Config};
 use crate::error::{Error, Result};
+use crate::redact;
 use std::sync::Arc;
 
 /// Both adapters of a deployment.
@@ -26,7 +28,22 @@ pub async fn connect_catalog(config: &Config) -> Result<Arc<dyn Catalog>> {
     Ok(if url.starts_with("sqlite:") {
         Arc::new(SqliteCatalog::connect(&config.database, scope(config)).await?)
     } else {
-        Arc::new(PgCatalog::connect(&config.database, scope(config)).await?)
+        // A networked database can go silent: every call gets a deadline.
+        let limit = config.database.query_timeout;
+        let catalog =
+            tokio::time::timeout(limit, PgCatalog::connect(&config.database, scope(config)))
+                .await
+                .map_err(|_| {
+                    Error::database(
+                        format!("connecting to {}", redact::url(url)),
+                        sqlx::Error::PoolTimedOut,
+                    )
+                })??;
+        Arc::new(Deadline {
+            inner: catalog,
+            limit,
+            database: redact::url(url),
+        })
     })
 }
 

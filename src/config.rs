@@ -110,6 +110,11 @@ pub struct DatabaseConfig {
     pub statuses: StatusWords,
     /// Connections the reconciler may hold.
     pub max_connections: u32,
+    /// Postgres: how long one query (or one row of a stream, or a commit) may go unanswered
+    /// before it fails naming the database: a connection that goes silent (a network path that
+    /// drops packets, a hung proxy) must not hold a sweep, an event or a job forever.
+    #[serde(deserialize_with = "duration")]
+    pub query_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -126,6 +131,7 @@ impl Default for DatabaseConfig {
             updated_at_column: Some(Ident("updated_at".into())),
             statuses: StatusWords::default(),
             max_connections: 4,
+            query_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -861,6 +867,7 @@ impl Config {
             ));
         }
         for (key, timeout) in [
+            ("database.query_timeout", Some(self.database.query_timeout)),
             ("storage.read_timeout", self.storage.read_timeout),
             ("events.read_timeout", Some(events.read_timeout)),
         ] {

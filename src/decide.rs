@@ -3,7 +3,8 @@
 //! in the tests below. The sweep and (later) the event path both ask this one function.
 
 use crate::model::{
-    Action, FindingKind, JobState, MultipartUpload, ObjectMeta, OrphanAction, Record, Status,
+    Action, FindingKind, IdKind, JobState, MultipartUpload, ObjectMeta, OrphanAction, Record,
+    Status,
 };
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -104,6 +105,32 @@ fn decide_settled(
             };
             decide_record(record, status, object, now, policy)
         }
+    }
+}
+
+/// An orphan that `orphan_action = "adopt"` would make a record of, when its id (its key less
+/// the prefix) is no id of the column's kind: it cannot be adopted (the INSERT would fail, or
+/// the database would store another spelling, whose object the next sweep would miss), so it is
+/// reported, saying why. Every other decision stands.
+pub fn adoptable(decision: Decision, id: &str, ids: IdKind) -> Decision {
+    match decision {
+        Decision::Drift {
+            kind: FindingKind::OrphanObject,
+            action: Action::CreateRecord,
+            detail,
+        } => match ids.refusal(id) {
+            Some(why) => drift(
+                FindingKind::OrphanObject,
+                Action::Report,
+                format!("{detail}; cannot be adopted: {why}"),
+            ),
+            None => Decision::Drift {
+                kind: FindingKind::OrphanObject,
+                action: Action::CreateRecord,
+                detail,
+            },
+        },
+        decision => decision,
     }
 }
 
@@ -732,5 +759,52 @@ mod tests {
         assert_eq!(span(Duration::from_secs(125)), "2m5s");
         assert_eq!(span(Duration::from_secs(7800)), "2h10m");
         assert_eq!(span(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3d4h");
+    }
+
+    #[test]
+    fn an_orphan_adopts_only_as_the_canonical_text_of_an_id() {
+        let int32 = IdKind::Integer {
+            min: i32::MIN.into(),
+            max: i32::MAX.into(),
+        };
+        let cases: &[(IdKind, &str, bool)] = &[
+            (IdKind::Text, "Thumbs.db", true),
+            (IdKind::Uuid, "abcdef00-0000-0000-0000-000000000002", true),
+            (IdKind::Uuid, "ABCDEF00-0000-0000-0000-000000000002", false),
+            (IdKind::Uuid, "abcdef0000000000000000000000000002", false),
+            (IdKind::Uuid, "Thumbs.db", false),
+            (int32, "42", true),
+            (int32, "-7", true),
+            (int32, "0", true),
+            (int32, "042", false),
+            (int32, "+42", false),
+            (int32, "-0", false),
+            (int32, "4294967296", false),
+            (int32, "Thumbs.db", false),
+        ];
+        let orphan = || Decision::Drift {
+            kind: FindingKind::OrphanObject,
+            action: Action::CreateRecord,
+            detail: "object 2h old, 5 bytes, no record".into(),
+        };
+        for (ids, id, adopts) in cases {
+            match adoptable(orphan(), id, *ids) {
+                Decision::Drift { action, detail, .. } => {
+                    assert_eq!(action == Action::CreateRecord, *adopts, "{ids:?} {id:?}");
+                    assert_eq!(detail.contains("cannot be adopted"), !*adopts, "{detail}");
+                }
+                other => panic!("{ids:?} {id:?}: {other:?}"),
+            }
+        }
+        // Only an adoption is refused: a quarantine of the same orphan stands.
+        let quarantine = Decision::Drift {
+            kind: FindingKind::OrphanObject,
+            action: Action::Quarantine,
+            detail: String::new(),
+        };
+        assert_eq!(
+            adoptable(quarantine.clone(), "Thumbs.db", IdKind::Uuid),
+            quarantine
+        );
     }
 }

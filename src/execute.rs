@@ -526,6 +526,10 @@ impl Executor<'_> {
                     Err(changed) => return Ok(Err(changed)),
                 };
                 if finding.action == Action::CreateRecord {
+                    // The sweep reports such an orphan instead (`decide::adoptable`).
+                    if let Some(why) = self.catalog.id_kind().refusal(&finding.id) {
+                        return Ok(Err(Changed(format!("cannot be adopted: {why}"))));
+                    }
                     if !tx.create_record(&finding.id, Status::Uploaded).await? {
                         return Ok(Err("a record was created concurrently".into()));
                     }

@@ -2,7 +2,7 @@
 
 use crate::bucket::Bucket;
 use crate::catalog::{AuditEntry, Catalog};
-use crate::decide::{Decision, Policy, decide, decide_key};
+use crate::decide::{Decision, Policy, adoptable, decide, decide_key};
 use crate::error::{Error, Result};
 use crate::model::{Job, MultipartUpload, ObjectMeta, Record, key_of};
 use crate::report::Format;
@@ -84,6 +84,8 @@ pub async fn explain(
     // The sweep's decision: a pending record whose upload is in progress is in grace.
     let (decision, upload_decisions) =
         decide_key(record.as_ref(), object.as_ref(), &uploads, now, policy);
+    // An orphan whose name is no id of the id column's type is reported, as the sweep does.
+    let decision = adoptable(decision, &id, catalog.id_kind());
     let consistent = match (&record, &object) {
         (None, None) if uploads.is_empty() => "no record and no object by that id or key",
         _ => "record and object agree",

@@ -338,3 +338,45 @@ pub struct Job {
     pub size: Option<i64>,
     pub etag: Option<String>,
 }
+
+/// What the app table's id column holds, as far as which texts can be its ids: a key names a
+/// record only through the canonical text of an id (the text the database gives back for it), so
+/// a key that is no such text can never be a record's, and must not be made one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdKind {
+    /// Any text (text, varchar, and every type not checked here).
+    #[default]
+    Text,
+    /// A uuid: lower-case hex, hyphenated (`abcdef00-0000-0000-0000-000000000002`).
+    Uuid,
+    /// An integer in this range, in decimal with no leading zeros or `+`.
+    Integer { min: i64, max: i64 },
+}
+
+impl IdKind {
+    /// Why `id` cannot be an id of this kind; `None` when it can.
+    pub fn refusal(self, id: &str) -> Option<String> {
+        match self {
+            IdKind::Text => None,
+            IdKind::Uuid => match uuid::Uuid::try_parse(id) {
+                Ok(u) if u.hyphenated().to_string() == id => None,
+                Ok(u) => Some(format!(
+                    "the id column is a uuid, and {id:?} is not how the database writes one \
+                     (it would be {:?})",
+                    u.hyphenated().to_string()
+                )),
+                Err(_) => Some(format!("the id column is a uuid, and {id:?} is not one")),
+            },
+            IdKind::Integer { min, max } => match id.parse::<i64>() {
+                Ok(n) if n.to_string() == id && (min..=max).contains(&n) => None,
+                Ok(n) if n.to_string() == id => Some(format!(
+                    "the id column holds integers from {min} to {max}, and {id} is out of range"
+                )),
+                _ => Some(format!(
+                    "the id column holds integers, and {id:?} is not one as the database \
+                     writes it"
+                )),
+            },
+        }
+    }
+}

@@ -2,11 +2,12 @@
 //! tables. The engine sees only the [`Catalog`] and [`Transaction`] traits, so another database
 //! fits without touching it.
 
+pub mod deadline;
 pub mod postgres;
 pub mod sqlite;
 
 use crate::error::Result;
-use crate::model::{Job, MultipartUpload, ObjectMeta, Record, Status};
+use crate::model::{IdKind, Job, MultipartUpload, ObjectMeta, Record, Status};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,11 @@ pub trait Catalog: Send + Sync {
 
     /// The ids of every record in `status`.
     async fn ids_with_status(&self, status: Status) -> Result<Vec<String>>;
+
+    /// What the id column holds, learned from the database: which keys can name a record.
+    fn id_kind(&self) -> IdKind {
+        IdKind::Text
+    }
 
     /// How many write transactions the executor may hold at once without starving the rest of
     /// the process (the event path, the workers) of connections. One unless the catalog says.

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::config::{DatabaseConfig, StatusWords};
 use crate::error::{Error, Result};
-use crate::model::{Job, JobState, ObjectMeta, Record, Status};
+use crate::model::{IdKind, Job, JobState, ObjectMeta, Record, Status};
 use crate::redact;
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
@@ -352,17 +352,18 @@ impl IdType {
         }
     }
 
+    /// Which texts are ids of this type.
+    fn kind(self) -> IdKind {
+        match self {
+            IdType::Text | IdType::Other => IdKind::Text,
+            IdType::Uuid => IdKind::Uuid,
+            IdType::Integer { min, max } => IdKind::Integer { min, max },
+        }
+    }
+
     /// Whether `id` is the text of a value of this type.
     fn admits(self, id: &str) -> bool {
-        match self {
-            IdType::Text | IdType::Other => true,
-            IdType::Uuid => {
-                uuid::Uuid::try_parse(id).is_ok_and(|u| u.hyphenated().to_string() == id)
-            }
-            IdType::Integer { min, max } => id
-                .parse::<i64>()
-                .is_ok_and(|n| (min..=max).contains(&n) && n.to_string() == id),
-        }
+        self.kind().refusal(id).is_none()
     }
 
     /// The condition `column = $1`, in the column's type where that keeps the index usable.
@@ -692,6 +693,10 @@ impl Catalog for PgCatalog {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| Error::database(format!("listing {status} docs in {}", self.table), e))
+    }
+
+    fn id_kind(&self) -> IdKind {
+        self.id_type.kind()
     }
 
     fn concurrent_writes(&self) -> usize {

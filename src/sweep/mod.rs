@@ -16,7 +16,7 @@ mod spool;
 
 use crate::bucket::Bucket;
 use crate::catalog::{Catalog, SweepRecord};
-use crate::decide::{Decision, decide_key};
+use crate::decide::{Decision, adoptable, decide_key};
 use crate::error::{Error, Interrupted, Result, SafetyStop};
 use crate::execute::{Executor, Mode};
 use crate::metrics::Metrics;
@@ -188,6 +188,7 @@ impl Sweep<'_> {
                 now,
                 &self.rules.policy,
             );
+            let decision = adoptable(decision, &id, self.catalog.id_kind());
             for (upload, verdict) in uploads.into_iter().zip(verdicts) {
                 let verdict = match verdict {
                     // What abandoned parts cost is part of the finding (and of its gauge).

@@ -177,3 +177,91 @@ async fn lookups_by_a_bigint_id_use_the_primary_key_index() {
     let ids: Vec<String> = (5001..5006).map(|n: i64| n.to_string()).collect();
     lookups_use_the_index("bigint", &ids, "i").await;
 }
+
+/// Issue 18 item 4: with `orphan_action = "adopt"`, a stray object whose name is no id of the
+/// column's type (`Thumbs.db` in a uuid table) failed its INSERT ("invalid input syntax for type
+/// uuid") and the sweep exited 1, every time; one that is a uuid in another spelling (upper case)
+/// was inserted as Postgres spells it, and the next sweep found that record's object missing.
+/// Such an orphan cannot be adopted: it is reported, saying why, and nothing is inserted.
+#[tokio::test]
+async fn an_orphan_that_is_no_canonical_id_of_the_column_is_reported_not_adopted() {
+    let db = TestDb::with_docs(None).await;
+    sqlx::query(
+        "CREATE TABLE uuid_docs (id uuid PRIMARY KEY, status text NOT NULL DEFAULT 'pending', \
+         created_at timestamptz NOT NULL DEFAULT now(), \
+         updated_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("create uuid_docs");
+    let bucket = TestBucket::new().await;
+    let canonical = "abcdef00-0000-0000-0000-000000000003";
+    for key in [
+        "docs/Thumbs.db",
+        "docs/ABCDEF00-0000-0000-0000-000000000002",
+        &format!("docs/{canonical}"),
+    ] {
+        bucket.put(key, "stray").await;
+    }
+    let reconcile = Reconcile::new(&db, &bucket)
+        .set("database.table", "uuid_docs")
+        .set("storage.prefix", "docs/")
+        .set("sweep.orphan_grace", "0s")
+        .set("sweep.orphan_action", "adopt");
+    let run = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut findings: Vec<(String, String, String)> = run.json()["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            let text = |name: &str| f[name].as_str().unwrap_or_default().to_owned();
+            (text("id"), text("action"), text("detail"))
+        })
+        .collect();
+    findings.sort();
+    let summary: Vec<(&str, &str, bool)> = findings
+        .iter()
+        .map(|(id, action, detail)| {
+            (
+                id.as_str(),
+                action.as_str(),
+                detail.contains("cannot be adopted"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("ABCDEF00-0000-0000-0000-000000000002", "report", true),
+            ("Thumbs.db", "report", true),
+            (canonical, "adopt", false),
+        ],
+        "{findings:?}"
+    );
+    assert!(
+        findings[0].2.contains("uuid") && findings[1].2.contains("uuid"),
+        "the detail says why: {findings:?}"
+    );
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id::text FROM uuid_docs ORDER BY 1")
+        .fetch_all(&db.pool)
+        .await
+        .expect("read uuid_docs");
+    assert_eq!(ids, [canonical]);
+
+    let again = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        again.findings(),
+        triples(&[
+            (
+                "orphan_object",
+                "ABCDEF00-0000-0000-0000-000000000002",
+                "report"
+            ),
+            ("orphan_object", "Thumbs.db", "report"),
+        ]),
+        "nothing missing: {}",
+        again.stdout
+    );
+}

@@ -98,3 +98,63 @@ async fn a_database_outage_under_a_stream_of_uploads_dead_letters_nothing_and_re
     signal(&daemon, "TERM");
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)).await, 0);
 }
+
+/// Issue 18: a Postgres connection that goes silent (answers nothing, and is never closed) held
+/// its query, and the sweep behind it, forever: there was no client-side deadline. Now each call
+/// fails within `database.query_timeout`, naming the database, and the daemon sweeps again once
+/// the database answers.
+#[tokio::test]
+async fn a_silent_postgres_connection_fails_in_bounded_time_and_the_daemon_recovers() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    db.doc("doc", "processed", MINUTE).await;
+    bucket.put("doc", "body").await;
+    let postgres = FaultProxy::tcp("127.0.0.1:5432").await;
+    let mut reconcile = Reconcile::new(&db, &bucket)
+        .set("sweep.schedule", "* * * * * *")
+        .set("database.query_timeout", "2s");
+    reconcile.database_url = postgres.url_of(&db);
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("daemon.log");
+    let mut daemon = reconcile.spawn(&["daemon", "-v"], &log);
+    let addr = daemon_address(&log).await;
+    let last_success = || async {
+        metric_value(
+            &http_get(&addr, "/metrics").await.1,
+            "reconcile_sweep_last_success_timestamp_seconds",
+        )
+    };
+    eventually(Duration::from_secs(30), "a first sweep", || async {
+        last_success().await.is_some()
+    })
+    .await;
+
+    postgres.set(Fault::Stall);
+    let stalled = std::time::Instant::now();
+    let silent = format!("127.0.0.1:{}", postgres.port);
+    eventually(
+        Duration::from_secs(20),
+        "an error naming the silent database",
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .any(|l| l.contains("no answer within 2s") && l.contains(&silent))
+        },
+    )
+    .await;
+    assert!(
+        stalled.elapsed() < Duration::from_secs(20),
+        "bounded: {:?}",
+        stalled.elapsed()
+    );
+    let stalled_at = chrono::Utc::now().timestamp() as f64;
+    postgres.set(Fault::Pass);
+    eventually(
+        Duration::from_secs(60),
+        "a sweep after the stall",
+        || async { last_success().await.is_some_and(|t| t > stalled_at) },
+    )
+    .await;
+    signal(&daemon, "TERM");
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)).await, 0);
+}

@@ -35,6 +35,17 @@ async fn sqlite_shell(path: &Path, sql: &str) {
     }
 }
 
+/// `reconcile` over the SQLite database at `url` and the folder bucket `folder`, prefix `docs/`.
+fn on_folder_with_sqlite(url: &str, folder: &TestFolder) -> Reconcile {
+    Reconcile {
+        database_url: url.to_owned(),
+        bucket: folder.url(),
+        endpoint: String::new(),
+        env: Vec::new(),
+    }
+    .set("storage.prefix", "docs/")
+}
+
 async fn rows(path: &Path, sql: &str) -> Vec<(String, String, String)> {
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
@@ -110,17 +121,11 @@ async fn a_sqlite_app_database_is_audited_then_fixed_then_clean() {
     folder.put("docs/ok é", "fine");
     folder.put("docs/orphan", "nobody's");
 
-    let reconcile = Reconcile {
-        database_url: format!("sqlite://{}", app_db.display()),
-        bucket: folder.url(),
-        endpoint: String::new(),
-        env: Vec::new(),
-    }
-    .set("storage.prefix", "docs/")
-    .set("sweep.orphan_grace", "0s")
-    .set("sweep.orphan_action", "adopt")
-    // For the daemon: a sweep every second.
-    .set("sweep.schedule", "* * * * * *");
+    let reconcile = on_folder_with_sqlite(&format!("sqlite://{}", app_db.display()), &folder)
+        .set("sweep.orphan_grace", "0s")
+        .set("sweep.orphan_action", "adopt")
+        // For the daemon: a sweep every second.
+        .set("sweep.schedule", "* * * * * *");
     let expected = triples(&[
         ("stale_pending", "stale", "expire"),
         ("stale_pending", "stale iso", "expire"),
@@ -289,15 +294,9 @@ async fn the_apps_writes_never_wait_on_a_quarantine_copy() {
         .and_then(|f| f.set_len(400 << 20))
         .expect("make a 400 MiB orphan");
     folder.put("docs/small-orphan", "nobody's");
-    let reconcile = Reconcile {
-        database_url: app.url(),
-        bucket: folder.url(),
-        endpoint: String::new(),
-        env: Vec::new(),
-    }
-    .set("storage.prefix", "docs/")
-    .set("sweep.orphan_grace", "0s")
-    .set("sweep.orphan_action", "quarantine");
+    let reconcile = on_folder_with_sqlite(&app.url(), &folder)
+        .set("sweep.orphan_grace", "0s")
+        .set("sweep.orphan_action", "quarantine");
     let (run, written, failed) =
         run_while_the_app_writes(&reconcile, &["--format", "json"], &app.path()).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -333,28 +332,12 @@ async fn the_apps_writes_never_wait_on_a_quarantine_copy() {
 #[tokio::test]
 async fn the_apps_writes_never_wait_on_a_long_sweep_read_in_journal_mode_delete() {
     let app = TestSqlite::with_docs().await;
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode = DELETE")
-        .fetch_one(&app.pool)
-        .await
-        .expect("journal mode");
-    assert_eq!(mode, "delete");
+    set_journal_mode(&app, "delete").await;
     // Young pending docs, all in grace: a read of 200 000 rows and nothing else to do.
-    sqlx::query(
-        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 199999) \
-         INSERT INTO docs (id, status) SELECT printf('doc-%07d', i), 'pending' FROM n",
-    )
-    .execute(&app.pool)
-    .await
-    .expect("seed the docs");
+    seed_pending(&app, 200_000).await;
     let folder = TestFolder::new();
     folder.put("docs/doc-0000001", "one");
-    let reconcile = Reconcile {
-        database_url: app.url(),
-        bucket: folder.url(),
-        endpoint: String::new(),
-        env: Vec::new(),
-    }
-    .set("storage.prefix", "docs/");
+    let reconcile = on_folder_with_sqlite(&app.url(), &folder);
     let (run, written, failed) =
         run_while_the_app_writes(&reconcile, &["--dry-run", "--format", "json"], &app.path()).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -395,5 +378,232 @@ async fn a_sqlite_database_file_that_does_not_exist_is_a_configuration_error_nam
             assert!(line.contains(part), "{part:?} missing from: {line}");
         }
         assert!(!missing.exists(), "a dry run created {named}");
+    }
+}
+
+/// Issue 18 item 4 on SQLite: an `INTEGER PRIMARY KEY` holds only integers (a stray
+/// `Thumbs.db` failed its INSERT, "datatype mismatch", and the sweep exited 1), and INTEGER
+/// affinity turns `042` into 42 (a record whose key is not the object's). An orphan whose name is
+/// not the canonical text of an integer is reported, saying why, and nothing is inserted.
+#[tokio::test]
+async fn an_orphan_that_is_no_integer_id_is_reported_not_adopted_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let app_db = dir.path().join("app.db");
+    sqlite_shell(
+        &app_db,
+        "CREATE TABLE docs (id INTEGER PRIMARY KEY, status TEXT NOT NULL DEFAULT 'pending', \
+         created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, \
+         updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);",
+    )
+    .await;
+    let folder = TestFolder::new();
+    for key in ["docs/Thumbs.db", "docs/042", "docs/7"] {
+        folder.put(key, "stray");
+    }
+    let reconcile = on_folder_with_sqlite(&format!("sqlite://{}", app_db.display()), &folder)
+        .set("sweep.orphan_grace", "0s")
+        .set("sweep.orphan_action", "adopt");
+    let run = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.findings(),
+        triples(&[
+            ("orphan_object", "042", "report"),
+            ("orphan_object", "7", "adopt"),
+            ("orphan_object", "Thumbs.db", "report"),
+        ]),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.matches("cannot be adopted").count() == 2,
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        rows(&app_db, "SELECT CAST(id AS TEXT), status, '' FROM docs").await,
+        vec![("7".into(), "processed".into(), String::new())]
+    );
+    let again = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        again.findings(),
+        triples(&[
+            ("orphan_object", "042", "report"),
+            ("orphan_object", "Thumbs.db", "report"),
+        ]),
+        "{}",
+        again.stdout
+    );
+}
+
+// SQLite's semantics, as the catalog relies on them (issue 18's conformance campaign): one writer
+// per database file, busy timeouts, and the journal modes apps run in. Each case says what the
+// code promises, on a real database file, through the catalog.
+
+/// The catalog over the app database of `app`, deployment `uploads`/`docs/`, migrated.
+async fn sqlite_catalog(app: &TestSqlite) -> upload_reconciler::catalog::sqlite::SqliteCatalog {
+    use upload_reconciler::catalog::Catalog;
+    let config = upload_reconciler::config::DatabaseConfig {
+        url: Some(app.url()),
+        ..Default::default()
+    };
+    let scope = upload_reconciler::catalog::Scope {
+        table: "\"docs\"".into(),
+        bucket: "uploads".into(),
+        prefix: "docs/".into(),
+    };
+    let catalog = upload_reconciler::catalog::sqlite::SqliteCatalog::connect(&config, scope)
+        .await
+        .expect("connect");
+    catalog.migrate().await.expect("migrate");
+    catalog
+}
+
+/// A connection of the app's own, impatient: it gives up on a lock at once.
+async fn impatient_app(app: &TestSqlite) -> sqlx::SqliteConnection {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(app.path())
+        .busy_timeout(std::time::Duration::ZERO);
+    <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
+        .await
+        .expect("the app opens its database")
+}
+
+async fn app_insert(conn: &mut sqlx::SqliteConnection, id: &str) -> Result<(), String> {
+    sqlx::query("INSERT INTO docs (id, status) VALUES (?1, 'pending')")
+        .bind(id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// `n` young pending docs, `doc-0000000` on.
+async fn seed_pending(app: &TestSqlite, n: u32) {
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - 1) \
+         INSERT INTO docs (id, status) SELECT printf('doc-%07d', i), 'pending' FROM n",
+    )
+    .bind(n)
+    .execute(&app.pool)
+    .await
+    .expect("seed the docs");
+}
+
+async fn set_journal_mode(app: &TestSqlite, mode: &str) {
+    let set: String =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA journal_mode = {mode}")))
+            .fetch_one(&app.pool)
+            .await
+            .expect("journal mode");
+    assert_eq!(set, mode);
+}
+
+/// One writer: a second write transaction of the catalog waits for the first (`BEGIN
+/// IMMEDIATE`, on the busy timeout) and then goes through; it never fails on a lock.
+#[tokio::test]
+async fn sqlite_one_writer_a_second_waits_for_the_first_then_goes_through() {
+    use upload_reconciler::catalog::Catalog;
+    use upload_reconciler::model::Status;
+    let app = TestSqlite::with_docs().await;
+    app.doc("a", "pending", HOUR).await;
+    app.doc("b", "pending", HOUR).await;
+    let catalog = sqlite_catalog(&app).await;
+    let mut first = catalog.begin().await.expect("first writer");
+    first
+        .set_status("a", Status::Expired)
+        .await
+        .expect("write a");
+    let second = async {
+        let mut second = catalog
+            .begin()
+            .await
+            .expect("the second writer waits, then begins");
+        second
+            .set_status("b", Status::Expired)
+            .await
+            .expect("write b");
+        second.commit().await.expect("commit b");
+    };
+    let commit_first = async {
+        // The second asks for the write lock meanwhile (it was polled first), and cannot have it
+        // before `a` commits.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(app.status("b").await.as_deref(), Some("pending"));
+        first.commit().await.expect("commit a");
+    };
+    tokio::join!(second, commit_first);
+    assert_eq!(app.status("a").await.as_deref(), Some("expired"));
+    assert_eq!(app.status("b").await.as_deref(), Some("expired"));
+}
+
+/// A write of the reconciler's own tables only (audit rows, intents) locks the reconciler's file,
+/// never the app's database: the app writes meanwhile, without waiting at all. A write of the app
+/// table (`begin`) does lock it, and is kept short (never across a bucket change).
+#[tokio::test]
+async fn sqlite_the_reconcilers_own_writes_leave_the_apps_database_unlocked() {
+    use upload_reconciler::catalog::Catalog;
+    let app = TestSqlite::with_docs().await;
+    let catalog = sqlite_catalog(&app).await;
+    let mut app_conn = impatient_app(&app).await;
+    for mode in ["delete", "wal"] {
+        set_journal_mode(&app, mode).await;
+        let mut own = catalog.begin_own().await.expect("begin");
+        own.clear_intent("nothing")
+            .await
+            .expect("a write of the side file");
+        assert_eq!(
+            app_insert(&mut app_conn, &format!("during-own-{mode}")).await,
+            Ok(()),
+            "{mode}"
+        );
+        own.commit().await.expect("commit");
+        let tx = catalog.begin().await.expect("begin");
+        assert!(
+            app_insert(&mut app_conn, &format!("during-app-{mode}"))
+                .await
+                .is_err_and(|e| e.contains("database is locked")),
+            "{mode}: a write transaction of the app table holds the app's write lock"
+        );
+        tx.commit().await.expect("commit");
+    }
+}
+
+/// The sweep's read of the app table comes in pages, each a statement of its own: between pages
+/// the reconciler holds no lock on the app's database, so in rollback-journal mode (DELETE) too
+/// the app commits while a sweep is part way through the table. (In WAL mode readers never hold
+/// back a writer; the case holds there as well.) The app's journal mode stays the app's.
+#[tokio::test]
+async fn sqlite_a_sweep_part_way_through_the_table_holds_back_no_commit_in_either_journal_mode() {
+    use futures::StreamExt;
+    use upload_reconciler::catalog::Catalog;
+    for mode in ["delete", "wal"] {
+        let app = TestSqlite::with_docs().await;
+        set_journal_mode(&app, mode).await;
+        seed_pending(&app, 5000).await;
+        let catalog = sqlite_catalog(&app).await;
+        let mut app_conn = impatient_app(&app).await;
+        let mut records = catalog.records();
+        let first = records.next().await.expect("a record").expect("readable");
+        assert_eq!(first.id, "doc-0000000");
+        assert_eq!(
+            app_insert(&mut app_conn, "zz-during").await,
+            Ok(()),
+            "{mode}: the app's commit waited on the sweep's read"
+        );
+        let rest: Vec<String> = records.map(|r| r.expect("readable").id).collect().await;
+        assert_eq!(
+            rest.len(),
+            4999 + 1,
+            "{mode}: read on, the row added behind too"
+        );
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&app.pool)
+            .await
+            .expect("journal mode");
+        assert_eq!(journal, mode, "the app's journal mode is the app's");
     }
 }
