@@ -5,7 +5,7 @@
 use crate::decide::Policy;
 use crate::error::{Error, Result};
 use crate::execute::AfterUpload;
-use crate::model::{OrphanAction, Status};
+use crate::model::{MissingAction, OrphanAction, Status};
 use crate::rules::{Breaker, Quarantine, Rules};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -280,6 +280,13 @@ pub struct SweepConfig {
     /// (its record's, whatever the record says; one without a record: `orphan_grace`).
     #[serde(deserialize_with = "duration")]
     pub multipart_grace: Duration,
+    /// What to do about a record whose object is gone: `mark` it missing (default), or
+    /// `restore` the version under its delete marker in a versioned bucket (see the README for
+    /// why it is opt-in).
+    pub missing_action: MissingAction,
+    /// How recent a delete marker must be for `restore` to remove it.
+    #[serde(deserialize_with = "duration")]
+    pub restore_window: Duration,
 }
 
 impl Default for SweepConfig {
@@ -294,6 +301,8 @@ impl Default for SweepConfig {
             max_action_floor: 100,
             processing_timeout: Duration::from_secs(15 * 60),
             multipart_grace: Duration::from_secs(7 * 24 * 3600),
+            missing_action: MissingAction::Mark,
+            restore_window: Duration::from_secs(7 * 24 * 3600),
             schedule: "0 */15 * * * *".into(),
         }
     }
@@ -312,6 +321,8 @@ impl SweepConfig {
             orphan_action: self.orphan_action,
             processing_timeout: self.processing_timeout,
             multipart_grace: self.multipart_grace,
+            missing_action: self.missing_action,
+            restore_window: self.restore_window,
         }
     }
 

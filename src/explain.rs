@@ -4,8 +4,9 @@ use crate::bucket::Bucket;
 use crate::catalog::{AuditEntry, Catalog};
 use crate::decide::{Decision, Policy, decide};
 use crate::error::{Error, Result};
-use crate::model::{Job, ObjectMeta, Record, key_of};
+use crate::model::{Job, ObjectMeta, ObjectVersion, Record, key_of};
 use crate::report::Format;
+use crate::sweep::{Seen, second_look};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use std::io::Write;
@@ -17,6 +18,9 @@ pub struct Explanation {
     pub record: Option<Record>,
     /// A fresh HEAD of the object.
     pub object: Option<ObjectMeta>,
+    /// The key's history (versions and delete markers, newest first) in a bucket that keeps
+    /// versions; `None` in one that does not.
+    pub versions: Option<Vec<ObjectVersion>>,
     /// The doc's post-processing job, if it has one.
     pub job: Option<Job>,
     /// `None` when the reconciler's tables do not exist yet.
@@ -55,7 +59,27 @@ pub async fn explain(
     let object = bucket.head(&key).await?;
     let audit_trail = catalog.audit_trail(&id, &key).await?;
     let job = catalog.job(&id).await?;
+    let versioning = bucket.versioning().await?;
+    let versions = match versioning.keeps_versions() {
+        true => Some(bucket.versions(&key).await?),
+        false => None,
+    };
     let decision = decide(record.as_ref(), object.as_ref(), now, policy);
+    let seen = Seen {
+        record: record.as_ref(),
+        object: object.as_ref(),
+        key: &key,
+    };
+    let decision = second_look(
+        catalog,
+        bucket,
+        policy,
+        decision,
+        seen,
+        now,
+        &mut Some(versioning),
+    )
+    .await?;
     let decision = match decision {
         Decision::Consistent => Verdict {
             finding: None,
@@ -85,6 +109,7 @@ pub async fn explain(
         key,
         record,
         object,
+        versions,
         job,
         audit_trail,
         decision,
@@ -131,6 +156,25 @@ fn table(e: &Explanation) -> String {
             time(o.last_modified)
         )),
         None => s.push_str("object  none\n"),
+    }
+    if let Some(versions) = &e.versions {
+        s.push_str(&format!("versions {} kept\n", versions.len()));
+        for v in versions {
+            let what = match v.is_delete_marker {
+                true => "delete marker".to_owned(),
+                false => format!(
+                    "{} bytes, etag {}",
+                    v.size,
+                    v.etag.as_deref().unwrap_or("-")
+                ),
+            };
+            s.push_str(&format!(
+                "  {}{}  {}  {what}\n",
+                v.version_id,
+                if v.is_latest { " (current)" } else { "" },
+                time(v.last_modified)
+            ));
+        }
     }
     if let Some(j) = &e.job {
         s.push_str(&format!(
