@@ -1262,6 +1262,25 @@ mod tests {
     }
 
     #[test]
+    fn missing_action_marks_by_default_and_restore_is_read_with_its_window() {
+        let c = with("").expect("minimal");
+        assert_eq!(c.sweep.missing_action, MissingAction::Mark);
+        assert_eq!(c.sweep.restore_window, Duration::from_secs(7 * 86_400));
+        let c = with("[sweep]\nmissing_action = \"restore\"\nrestore_window = \"2h\"")
+            .expect("restore");
+        assert_eq!(c.rules().policy.missing_action, MissingAction::Restore);
+        assert_eq!(c.rules().policy.restore_window, Duration::from_secs(7200));
+        assert_eq!(
+            key_of(with("[sweep]\nmissing_action = \"undelete\"")),
+            "sweep.missing_action"
+        );
+        assert_eq!(
+            key_of(with("[sweep]\nrestore_window = \"soon\"")),
+            "sweep.restore_window"
+        );
+    }
+
+    #[test]
     fn destructive_orphan_actions_need_a_prefix_or_explicit_consent() {
         assert_eq!(
             key_of(with("[sweep]\norphan_action = \"delete\"")),

@@ -457,6 +457,32 @@ pub async fn second_look(
     now: DateTime<Utc>,
     versioning: &mut Option<Versioning>,
 ) -> Result<Decision> {
+    if let Decision::Drift {
+        kind: FindingKind::OrphanObject,
+        action: Action::Delete | Action::Quarantine,
+        ..
+    } = &decision
+    {
+        let versioning = known_versioning(bucket, versioning).await?;
+        return Ok(match decision {
+            Decision::Drift {
+                kind,
+                action,
+                mut detail,
+            } if versioning.keeps_versions() => {
+                detail.push_str(
+                    "; the bucket keeps versions: this leaves a delete marker, and the bytes stay \
+                     billed as a noncurrent version until a lifecycle rule expires them",
+                );
+                Decision::Drift {
+                    kind,
+                    action,
+                    detail,
+                }
+            }
+            other => other,
+        });
+    }
     let (Decision::Drift { kind, .. }, Some(record)) = (&decision, seen.record) else {
         return Ok(decision);
     };
@@ -466,11 +492,7 @@ pub async fn second_look(
             Ok(decide_returned(record, object, noted.as_ref()))
         }
         (FindingKind::MissingObject, None) => {
-            let versioning = match versioning {
-                Some(known) => *known,
-                None => *versioning.insert(bucket.versioning().await?),
-            };
-            if versioning.keeps_versions() {
+            if known_versioning(bucket, versioning).await?.keeps_versions() {
                 let history = bucket.versions(seen.key).await?;
                 let noted = catalog.noted_object(seen.key).await?;
                 return Ok(decide_missing(
@@ -499,4 +521,15 @@ pub async fn second_look(
         }
         _ => Ok(decision),
     }
+}
+
+/// Whether the bucket keeps versions: asked of it once, then kept in `known`.
+async fn known_versioning(
+    bucket: &dyn Bucket,
+    known: &mut Option<Versioning>,
+) -> Result<Versioning> {
+    Ok(match known {
+        Some(versioning) => *versioning,
+        None => *known.insert(bucket.versioning().await?),
+    })
 }

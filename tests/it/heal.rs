@@ -468,3 +468,62 @@ async fn delete_marker_events_mark_a_record_missing_only_when_a_head_confirms_it
     assert_eq!(db.status("rewritten").await.as_deref(), Some("processed"));
     assert_eq!(queue.dead_letter_depth().await, 0);
 }
+
+#[tokio::test]
+async fn explain_lists_a_keys_versions_and_a_delete_says_what_it_leaves_in_a_versioned_bucket() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    bucket.enable_versioning().await;
+    db.doc("doc", "processed", HOUR).await;
+    bucket.put("doc", "first").await;
+    bucket.put("doc", "second").await;
+    bucket.delete("doc").await;
+    bucket.put("orphan", "nobody's").await;
+    let reconcile = Reconcile::new(&db, &bucket)
+        .set("sweep.orphan_grace", "0s")
+        .set("sweep.orphan_action", "delete")
+        .set("sweep.allow_bucket_root", "true");
+
+    let explained = reconcile.run(&["explain", "doc", "--format", "json"]).await;
+    assert_eq!(explained.code, 0, "{}", explained.stderr);
+    let e = explained.json();
+    let versions = e["versions"]
+        .as_array()
+        .expect("a versioned bucket's history");
+    let shape: Vec<(bool, bool, i64)> = versions
+        .iter()
+        .map(|v| {
+            (
+                v["is_delete_marker"].as_bool().unwrap_or_default(),
+                v["is_latest"].as_bool().unwrap_or_default(),
+                v["size"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [(true, true, 0), (false, false, 6), (false, false, 5)]
+    );
+    assert_eq!(e["decision"]["finding"], "missing_object");
+    let table = reconcile
+        .run(&["explain", "doc", "--format", "table"])
+        .await;
+    assert!(table.stdout.contains("versions 3 kept"), "{}", table.stdout);
+    assert!(table.stdout.contains("(current)"), "{}", table.stdout);
+
+    let apply = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    let detail = finding(&apply.json(), "orphan")["detail"].to_string();
+    assert!(
+        detail.contains(
+            "this leaves a delete marker, and the bytes stay billed as a noncurrent version"
+        ),
+        "{detail}"
+    );
+    // As said: a marker on top, the bytes beneath.
+    let history = bucket.history("orphan").await;
+    assert_eq!(
+        history.iter().map(|v| v.0).collect::<Vec<_>>(),
+        [true, false]
+    );
+}
