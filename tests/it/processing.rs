@@ -221,6 +221,13 @@ async fn a_hook_that_always_fails_gives_up_after_exactly_max_attempts_and_retry_
     );
     assert_eq!(hook.calls_for("doomed"), 5);
 
+    // explain asks the bucket whether it keeps versions: the bucket must exist (any test may
+    // have made it already in the shared moto; us-east-1 answers 200 to both).
+    let _ = s3_client(&moto_endpoint())
+        .create_bucket()
+        .bucket("uploads")
+        .send()
+        .await;
     let explained = Reconcile {
         database_url: j.db.url(),
         bucket: "uploads".into(),
