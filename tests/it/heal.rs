@@ -42,6 +42,18 @@ impl TestBucket {
             .expect("enable versioning");
     }
 
+    /// Delete one version (a delete marker: the version beneath is current again).
+    async fn remove_version(&self, key: &str, version_id: &str) {
+        self.client
+            .delete_object()
+            .bucket(&self.name)
+            .key(key)
+            .version_id(version_id)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("remove version {version_id} of {key:?}: {e:?}"));
+    }
+
     /// The key's delete markers and versions, newest first, as (is a marker, version id, etag).
     async fn history(&self, key: &str) -> Vec<(bool, String, Option<String>)> {
         let out = self
@@ -420,15 +432,7 @@ async fn delete_marker_events_mark_a_record_missing_only_when_a_head_confirms_it
     }
     // Undone since: the marker removed again, or a newer version put over it.
     let marker = bucket.history("undeleted").await[0].1.clone();
-    bucket
-        .client
-        .delete_object()
-        .bucket(&bucket.name)
-        .key("undeleted")
-        .version_id(&marker)
-        .send()
-        .await
-        .expect("remove the delete marker");
+    bucket.remove_version("undeleted", &marker).await;
     bucket.put("rewritten", "a newer file").await;
     let events = [
         ("ObjectRemoved:DeleteMarkerCreated", "gone"),
@@ -526,4 +530,98 @@ async fn explain_lists_a_keys_versions_and_a_delete_says_what_it_leaves_in_a_ver
         history.iter().map(|v| v.0).collect::<Vec<_>>(),
         [true, false]
     );
+}
+
+/// The catalog of `db` for `bucket`'s deployment, migrated, as the binary would open it.
+async fn catalog_of(
+    db: &TestDb,
+    bucket: &TestBucket,
+) -> upload_reconciler::catalog::postgres::PgCatalog {
+    use upload_reconciler::catalog::Catalog;
+    let config = upload_reconciler::config::Config::from_toml(&format!(
+        "[database]\nurl = \"{}\"\n[storage]\nbucket = \"{}\"",
+        db.url(),
+        bucket.name
+    ))
+    .expect("valid config");
+    let catalog = upload_reconciler::catalog::postgres::PgCatalog::connect(
+        &config.database,
+        upload_reconciler::adapters::scope(&config),
+    )
+    .await
+    .expect("connect");
+    catalog.migrate().await.expect("migrate");
+    catalog
+}
+
+#[tokio::test]
+async fn a_restore_whose_process_ended_before_its_audit_is_audited_by_the_next_sweep() {
+    use upload_reconciler::catalog::{AuditEntry, BucketChange, Catalog, Intent};
+    use upload_reconciler::model::ObjectVersion;
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    bucket.enable_versioning().await;
+    // `restored`: the marker was removed, then the process ended before its audit committed.
+    // `untouched`: it ended before removing the marker.
+    for id in ["restored", "untouched"] {
+        db.doc(id, "processed", HOUR).await;
+        bucket.put(id, "the user's file").await;
+        bucket.delete(id).await;
+    }
+    let catalog = catalog_of(&db, &bucket).await;
+    for id in ["restored", "untouched"] {
+        let history = bucket.history(id).await;
+        let entry =
+            |(is_marker, version_id, etag): &(bool, String, Option<String>)| ObjectVersion {
+                key: id.to_owned(),
+                version_id: version_id.clone(),
+                is_delete_marker: *is_marker,
+                is_latest: *is_marker,
+                size: 15,
+                etag: etag.clone(),
+                last_modified: chrono::Utc::now(),
+            };
+        let intent = Intent {
+            change: BucketChange::Restore {
+                marker: entry(&history[0]),
+                version: entry(&history[1]),
+            },
+            entry: AuditEntry {
+                at: chrono::Utc::now(),
+                sweep_id: None,
+                finding: "missing_object".into(),
+                action: "restore".into(),
+                doc_id: id.to_owned(),
+                key: id.to_owned(),
+                old_status: Some("processed".into()),
+                new_status: None,
+                detail: format!("processed, deleted; removed delete marker {}", history[0].1),
+            },
+        };
+        catalog.note_intent(&intent).await.expect("note the intent");
+    }
+    let marker = bucket.history("restored").await[0].1.clone();
+    bucket.remove_version("restored", &marker).await;
+
+    let run = Reconcile::new(&db, &bucket)
+        .run(&["--format", "json"])
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // The restore that happened is audited now; the one that did not is forgotten, and its key
+    // judged afresh (missing_action is "mark" here).
+    assert_eq!(
+        trail(&db, "missing_object").await,
+        [
+            "restored missing_object restore processed -> -",
+            "untouched missing_object mark_missing processed -> missing"
+        ]
+    );
+    let detail: String =
+        sqlx::query_scalar("SELECT detail FROM reconciler.audit_log WHERE doc_id = 'restored'")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the restore's audit row");
+    assert!(detail.contains("recorded by a later sweep"), "{detail}");
+    assert!(catalog.intents().await.expect("intents").is_empty());
+    assert_eq!(db.status("restored").await.as_deref(), Some("processed"));
 }
