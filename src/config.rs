@@ -5,7 +5,7 @@
 use crate::decide::Policy;
 use crate::error::{Error, Result};
 use crate::execute::AfterUpload;
-use crate::model::{OrphanAction, Status};
+use crate::model::{MissingAction, OrphanAction, Status};
 use crate::rules::{Breaker, Quarantine, Rules};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -305,6 +305,13 @@ pub struct SweepConfig {
     /// (its record's, whatever the record says; one without a record: `orphan_grace`).
     #[serde(deserialize_with = "duration")]
     pub multipart_grace: Duration,
+    /// What to do about a record whose object is gone: `mark` it missing (default), or
+    /// `restore` the version under its delete marker in a versioned bucket (see the README for
+    /// why it is opt-in).
+    pub missing_action: MissingAction,
+    /// How recent a delete marker must be for `restore` to remove it.
+    #[serde(deserialize_with = "duration")]
+    pub restore_window: Duration,
 }
 
 impl Default for SweepConfig {
@@ -319,6 +326,8 @@ impl Default for SweepConfig {
             max_action_floor: 100,
             processing_timeout: Duration::from_secs(15 * 60),
             multipart_grace: Duration::from_secs(7 * 24 * 3600),
+            missing_action: MissingAction::Mark,
+            restore_window: Duration::from_secs(7 * 24 * 3600),
             schedule: "0 */15 * * * *".into(),
         }
     }
@@ -339,6 +348,8 @@ impl SweepConfig {
             processing_timeout: self.processing_timeout,
             multipart_grace: self.multipart_grace,
             settle_time,
+            missing_action: self.missing_action,
+            restore_window: self.restore_window,
         }
     }
 
@@ -1288,6 +1299,25 @@ mod tests {
         for url in ["sqlite://app.db?mode=ro", "sqlite://", "mysql://x/y"] {
             assert_eq!(key_of(with_url(url)), "database.url", "{url}");
         }
+    }
+
+    #[test]
+    fn missing_action_marks_by_default_and_restore_is_read_with_its_window() {
+        let c = with("").expect("minimal");
+        assert_eq!(c.sweep.missing_action, MissingAction::Mark);
+        assert_eq!(c.sweep.restore_window, Duration::from_secs(7 * 86_400));
+        let c = with("[sweep]\nmissing_action = \"restore\"\nrestore_window = \"2h\"")
+            .expect("restore");
+        assert_eq!(c.rules().policy.missing_action, MissingAction::Restore);
+        assert_eq!(c.rules().policy.restore_window, Duration::from_secs(7200));
+        assert_eq!(
+            key_of(with("[sweep]\nmissing_action = \"undelete\"")),
+            "sweep.missing_action"
+        );
+        assert_eq!(
+            key_of(with("[sweep]\nrestore_window = \"soon\"")),
+            "sweep.restore_window"
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! in the tests below. The sweep and (later) the event path both ask this one function.
 
 use crate::model::{
-    Action, FindingKind, IdKind, JobState, MultipartUpload, ObjectMeta, OrphanAction, Record,
-    Status,
+    Action, FindingKind, IdKind, JobState, MissingAction, MultipartUpload, ObjectMeta,
+    ObjectVersion, OrphanAction, Record, Status,
 };
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -25,6 +25,11 @@ pub struct Policy {
     /// folder's file is visible while it is still being written (`storage.settle_time`). Zero
     /// for S3, whose objects appear whole.
     pub settle_time: Duration,
+    /// What to do about a record whose object is gone: mark it, or (in a versioned bucket)
+    /// restore the version under its delete marker.
+    pub missing_action: MissingAction,
+    /// How recent a delete marker must be for `restore` to remove it.
+    pub restore_window: Duration,
 }
 
 /// The verdict on one key.
@@ -255,11 +260,12 @@ fn decide_record(
             Action::MarkMissing,
             format!("{status}, no object"),
         ),
+        // Without what was noted of it before it went missing: a new upload to process. The
+        // sweep and the event path ask `decide_returned` with the noted object.
+        (Status::Missing, Some(object)) => decide_returned(record, object, None),
         // Everything else agrees: an uploaded record being processed, a processed record with its
-        // object, an expired or
-        // missing record without one, a failed record either way (processing gave up; the object
-        // is the app's to keep or delete). A `missing` record whose object came back is left for
-        // an operator: restoring it is a decision, not a repair.
+        // object, an expired or missing record without one, a failed record either way
+        // (processing gave up; the object is the app's to keep or delete).
         (
             Status::Uploaded
             | Status::Processed
@@ -269,6 +275,149 @@ fn decide_record(
             _,
         ) => Decision::Consistent,
     }
+}
+
+/// A `missing` record whose object is present again (put back from a backup, or its delete
+/// marker removed): adopted again. When it is the very object noted before it went missing (same
+/// ETag and size) and its processing had finished, the doc is `processed` again at once; any
+/// other object is an upload like any other, to process. (A finished job pruned by retention
+/// counts as unfinished: processing twice is safe, skipping it is not.)
+pub fn decide_returned(
+    record: &Record,
+    object: &ObjectMeta,
+    noted: Option<&ObjectMeta>,
+) -> Decision {
+    let same = noted.is_some_and(|noted| same_bytes(noted, object));
+    let processed = record.job == Some(JobState::Done);
+    let mut detail = format!("missing, object present again ({} bytes)", object.size);
+    let action = match (same, processed) {
+        (true, true) => {
+            detail.push_str(", the one noted before it went missing: processed again");
+            Action::Readopt
+        }
+        (true, false) => {
+            detail.push_str(", the one noted before, its processing unfinished");
+            Action::Adopt
+        }
+        (false, _) => {
+            if let Some(noted) = noted {
+                detail.push_str(&format!(
+                    ", not the one noted before ({} bytes, etag {})",
+                    noted.size,
+                    noted.etag.as_deref().unwrap_or("-")
+                ));
+            }
+            Action::Adopt
+        }
+    };
+    drift(FindingKind::ObjectReturned, action, detail)
+}
+
+/// Whether two descriptions are of the same bytes: same size and ETag. ETags compare without
+/// their quotes: listings and HEAD quote them, S3 event messages do not.
+pub fn same_bytes(a: &ObjectMeta, b: &ObjectMeta) -> bool {
+    a.size == b.size
+        && a.etag.is_some()
+        && unquoted(a.etag.as_deref()) == unquoted(b.etag.as_deref())
+}
+
+fn unquoted(etag: Option<&str>) -> Option<&str> {
+    etag.map(|e| e.trim_matches('"'))
+}
+
+/// Why a delete marker may be removed: the version beneath it and the marker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restorable<'a> {
+    pub marker: &'a ObjectVersion,
+    pub version: &'a ObjectVersion,
+}
+
+/// What lies under a missing key of a versioned bucket, from its history (newest first, exactly
+/// this key): the delete marker that is its current version and the object version right beneath
+/// it, if that is how it stands; `None` when there is no marker, the key holds an object again,
+/// or beneath the marker lies another marker (removing one would not bring anything back).
+pub fn under_marker(history: &[ObjectVersion]) -> Option<Restorable<'_>> {
+    let at = history.iter().position(|v| v.is_latest)?;
+    let marker = &history[at];
+    let version = history.get(at + 1)?;
+    (marker.is_delete_marker && !version.is_delete_marker).then_some(Restorable { marker, version })
+}
+
+/// Whether `restore` may remove the marker: only within `restore_window` of its setting and
+/// only over the version whose ETag (and size) the reconciler noted for the doc, or, when none
+/// was noted, over whatever version lies beneath. `Err` says why not, for the report.
+pub fn may_restore(
+    under: &Restorable<'_>,
+    noted: Option<&ObjectMeta>,
+    now: DateTime<Utc>,
+    window: Duration,
+) -> Result<(), String> {
+    let deleted = age(under.marker.last_modified, now);
+    if deleted > window {
+        return Err(format!(
+            "the marker is older than restore_window ({}): not restored",
+            span(window)
+        ));
+    }
+    let beneath = ObjectMeta {
+        key: under.version.key.clone(),
+        size: under.version.size,
+        etag: under.version.etag.clone(),
+        last_modified: under.version.last_modified,
+        linked: false,
+    };
+    match noted {
+        Some(noted) if !same_bytes(noted, &beneath) => Err(format!(
+            "it is not the object noted for the doc ({} bytes, etag {}): not restored",
+            noted.size,
+            noted.etag.as_deref().unwrap_or("-")
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A record whose object is missing from a versioned bucket, judged with the key's history
+/// (newest first) and what was noted of its object. The finding says what lies under the delete
+/// marker; with `missing_action = "restore"` a marker that [`may_restore`] allows is removed,
+/// anything else is marked missing as always.
+pub fn decide_missing(
+    record: &Record,
+    history: &[ObjectVersion],
+    noted: Option<&ObjectMeta>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Decision {
+    let status: &str = match record.status {
+        Some(status) => status.as_str(),
+        None => &record.raw_status,
+    };
+    let Some(under) = under_marker(history) else {
+        return drift(
+            FindingKind::MissingObject,
+            Action::MarkMissing,
+            format!("{status}, no object, nothing restorable under its key"),
+        );
+    };
+    let version = under.version;
+    let mut detail = format!(
+        "{status}, deleted {} ago: delete marker over version {} ({} bytes, etag {})",
+        span(age(under.marker.last_modified, now)),
+        version.version_id,
+        version.size,
+        version.etag.as_deref().unwrap_or("-"),
+    );
+    let action = match policy.missing_action {
+        MissingAction::Mark => Action::MarkMissing,
+        MissingAction::Restore => match may_restore(&under, noted, now, policy.restore_window) {
+            Ok(()) => Action::Restore,
+            Err(why) => {
+                detail.push_str("; ");
+                detail.push_str(&why);
+                Action::MarkMissing
+            }
+        },
+    };
+    drift(FindingKind::MissingObject, action, detail)
 }
 
 fn drift(kind: FindingKind, action: Action, detail: String) -> Decision {
@@ -324,10 +473,13 @@ mod tests {
             processing_timeout: PROCESSING,
             multipart_grace: MULTIPART_GRACE,
             settle_time: Duration::ZERO,
+            missing_action: MissingAction::Mark,
+            restore_window: WINDOW,
         }
     }
 
     const MULTIPART_GRACE: Duration = Duration::from_secs(7 * 86_400);
+    const WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
     fn upload(age: Duration) -> MultipartUpload {
         MultipartUpload {
@@ -483,8 +635,8 @@ mod tests {
             (Status::Expired,   true,  old,   Some((LateUpload, Adopt))),
             (Status::Missing,   false, young, None),
             (Status::Missing,   false, old,   None),
-            (Status::Missing,   true,  young, None),
-            (Status::Missing,   true,  old,   None),
+            (Status::Missing,   true,  young, Some((ObjectReturned, Adopt))),
+            (Status::Missing,   true,  old,   Some((ObjectReturned, Adopt))),
         ];
         for (status, has_object, age, expected) in table {
             let rec = record(status, age);
@@ -751,6 +903,127 @@ mod tests {
             Decision::Drift { detail, .. } => assert_eq!(detail, "pending 2h10m, no object"),
             other => panic!("expected drift, got {other:?}"),
         }
+    }
+
+    fn version(id: &str, etag: Option<&str>, latest: bool, age: Duration) -> ObjectVersion {
+        ObjectVersion {
+            key: "doc".into(),
+            version_id: id.into(),
+            is_delete_marker: etag.is_none(),
+            is_latest: latest,
+            size: if etag.is_some() { 3 } else { 0 },
+            etag: etag.map(Into::into),
+            last_modified: now() - age,
+        }
+    }
+
+    #[test]
+    fn a_returned_object_is_processed_again_only_when_it_is_the_noted_one_and_was_processed() {
+        let mut rec = record(Status::Missing, GRACE);
+        let back = object(Duration::ZERO);
+        let noted_same = ObjectMeta {
+            // Events and listings quote ETags differently: the same bytes all the same.
+            etag: Some("e".into()),
+            ..object(GRACE)
+        };
+        let noted_other = ObjectMeta {
+            etag: Some("\"other\"".into()),
+            ..object(GRACE)
+        };
+        rec.job = Some(JobState::Done);
+        let returned = |rec: &Record, noted: Option<&ObjectMeta>| {
+            verdict(&decide_returned(rec, &back, noted)).map(|v| v.1)
+        };
+        assert_eq!(returned(&rec, Some(&noted_same)), Some(Action::Readopt));
+        assert_eq!(returned(&rec, Some(&noted_other)), Some(Action::Adopt));
+        assert_eq!(returned(&rec, None), Some(Action::Adopt));
+        let bigger = ObjectMeta {
+            size: 4,
+            ..noted_same.clone()
+        };
+        assert_eq!(returned(&rec, Some(&bigger)), Some(Action::Adopt));
+        // The same bytes, but their processing had not finished: process them.
+        for job in [None, Some(JobState::Failed), Some(JobState::Queued)] {
+            rec.job = job;
+            assert_eq!(
+                returned(&rec, Some(&noted_same)),
+                Some(Action::Adopt),
+                "{job:?}"
+            );
+        }
+        let no_etag = ObjectMeta {
+            etag: None,
+            ..back.clone()
+        };
+        assert!(!same_bytes(&no_etag, &no_etag), "no ETag proves nothing");
+    }
+
+    #[test]
+    fn a_delete_marker_is_restored_only_over_the_noted_version_within_the_window() {
+        let mut p = policy(OrphanAction::Report);
+        p.missing_action = MissingAction::Restore;
+        let rec = record(Status::Processed, GRACE);
+        let hour = Duration::from_secs(3600);
+        let deleted = vec![
+            version("m1", None, true, hour),
+            version("v2", Some("\"e\""), false, GRACE),
+            version("v1", Some("\"old\""), false, 2 * GRACE),
+        ];
+        let noted = object(GRACE);
+        let judged = |history: &[ObjectVersion], noted: Option<&ObjectMeta>, p: &Policy| {
+            match decide_missing(&rec, history, noted, now(), p) {
+                Decision::Drift {
+                    kind: FindingKind::MissingObject,
+                    action,
+                    detail,
+                } => (action, detail),
+                other => panic!("a missing object, got {other:?}"),
+            }
+        };
+        let (action, detail) = judged(&deleted, Some(&noted), &p);
+        assert_eq!(action, Action::Restore);
+        assert_eq!(
+            detail,
+            "processed, deleted 1h0m ago: delete marker over version v2 (3 bytes, etag \"e\")"
+        );
+        // Nothing noted: the window alone decides.
+        assert_eq!(judged(&deleted, None, &p).0, Action::Restore);
+        // Another ETag than the noted one: reported, never restored.
+        let other = ObjectMeta {
+            etag: Some("\"old\"".into()),
+            ..noted.clone()
+        };
+        let (action, detail) = judged(&deleted, Some(&other), &p);
+        assert_eq!(action, Action::MarkMissing);
+        assert!(
+            detail.ends_with(
+                "not the object noted for the doc (3 bytes, etag \"old\"): not restored"
+            ),
+            "{detail}"
+        );
+        // A marker older than the window: reported, whatever was noted.
+        let mut stale = deleted.clone();
+        stale[0].last_modified = now() - WINDOW - Duration::from_secs(1);
+        let (action, detail) = judged(&stale, Some(&noted), &p);
+        assert_eq!(action, Action::MarkMissing);
+        assert!(
+            detail.ends_with("older than restore_window (7d0h): not restored"),
+            "{detail}"
+        );
+        // Two markers on top: removing one brings nothing back.
+        let twice = vec![
+            version("m2", None, true, hour),
+            version("m1", None, false, 2 * hour),
+            version("v2", Some("\"e\""), false, GRACE),
+        ];
+        assert_eq!(judged(&twice, Some(&noted), &p).0, Action::MarkMissing);
+        // No history at all (every version gone), or only versions of other keys' making.
+        assert_eq!(judged(&[], Some(&noted), &p).0, Action::MarkMissing);
+        // With `mark`, the finding still says what lies beneath, and marks.
+        p.missing_action = MissingAction::Mark;
+        let (action, detail) = judged(&deleted, Some(&noted), &p);
+        assert_eq!(action, Action::MarkMissing);
+        assert!(detail.contains("delete marker over version v2"), "{detail}");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 
 use crate::bucket::{Bucket, CopyOutcome, DeleteOutcome};
 use crate::catalog::{AuditEntry, BucketChange, Catalog, Intent, Transaction};
+use crate::decide::{may_restore, same_bytes, under_marker};
 use crate::error::Result;
 use crate::model::{
-    Action, Finding, JobState, MultipartUpload, ObjectMeta, Outcome, Record, Status,
+    Action, Finding, JobState, MultipartUpload, ObjectMeta, ObjectVersion, Outcome, Record, Status,
 };
 use crate::rules::Quarantine;
 use chrono::Utc;
@@ -52,6 +53,8 @@ pub struct Executor<'a> {
     /// Where quarantined objects go.
     pub quarantine: &'a Quarantine,
     pub sweep_id: Option<Uuid>,
+    /// How recent a delete marker must be for a restore to remove it (`sweep.restore_window`).
+    pub restore_window: std::time::Duration,
 }
 
 /// Where a finding's object was seen. A listing shows the object as it was (its size, time and
@@ -199,6 +202,9 @@ impl Executor<'_> {
     }
 
     async fn apply(&self, finding: &Finding) -> Result<Result<(), Changed>> {
+        if finding.action == Action::Restore {
+            return self.restore(finding).await;
+        }
         if !finding.action.changes_bucket() {
             let mut tx = self.catalog.begin().await?;
             let applied = self.apply_seen(tx.as_mut(), finding, Seen::Listing).await?;
@@ -350,6 +356,14 @@ impl Executor<'_> {
     /// was not completed instead). An object at the key (the same one, or another uploaded since)
     /// means it did not, or not by this action: the sweep judges that key afresh.
     async fn happened(&self, intent: &Intent) -> Result<bool> {
+        if let BucketChange::Restore { version, .. } = &intent.change {
+            // A restore's change is the version being current again.
+            return Ok(self
+                .bucket
+                .head(intent.key())
+                .await?
+                .is_some_and(|now| same_bytes(&now, &meta_of(version))));
+        }
         if self.bucket.head(intent.key()).await?.is_some() {
             return Ok(false);
         }
@@ -361,6 +375,7 @@ impl Executor<'_> {
                 .is_some_and(|copy| copy.size == object.size),
             BucketChange::Delete { .. } => true,
             BucketChange::Abort { upload } => !self.bucket.multipart_in_progress(upload).await?,
+            BucketChange::Restore { .. } => false,
         })
     }
 
@@ -506,6 +521,26 @@ impl Executor<'_> {
                 let new = self.uploaded(tx, finding, &object).await?;
                 (Some(old), Some(new), Some(object))
             }
+            Action::Readopt => {
+                let old = match unchanged(&finding.record, &now) {
+                    Ok(old) => old,
+                    Err(changed) => return Ok(Err(changed)),
+                };
+                let object = match readoptable(finding, now.as_ref(), object) {
+                    Ok(object) => object,
+                    Err(changed) => return Ok(Err(changed)),
+                };
+                tx.set_status(&finding.id, Status::Processed).await?;
+                tx.note_object(&object).await?;
+                (Some(old), Some(Status::Processed), Some(object))
+            }
+            Action::Restore => {
+                return Ok(Err(
+                    "a restore is applied on its own (Executor::restore), not inside another \
+                     transaction"
+                        .into(),
+                ));
+            }
             Action::Abort => {
                 // Decided by whether a record existed (which grace applied), not by its status.
                 if finding.record.is_none() && now.is_some() {
@@ -546,6 +581,62 @@ impl Executor<'_> {
             new_status,
             object,
         }))
+    }
+
+    /// Remove the delete marker over a missing doc's version (`missing_action = "restore"`),
+    /// after checking afresh that it may: the key's history is still a marker over a version
+    /// that `may_restore` allows now, and the record is unchanged. Like every bucket change it
+    /// is noted as an intent first; the row is checked in a short transaction, the marker removed
+    /// with no transaction open, and the audit committed in another short one (a process dying
+    /// in between leaves the intent for `settle_intents`). The record keeps its status: its
+    /// object is back.
+    async fn restore(&self, finding: &Finding) -> Result<Result<(), Changed>> {
+        let key = &finding.key;
+        let noted = self.catalog.noted_object(key).await?;
+        let history = self.bucket.versions(key).await?;
+        let Some(under) = under_marker(&history) else {
+            return Ok(Err(
+                "the key is no longer a delete marker over a version".into()
+            ));
+        };
+        if let Err(why) = may_restore(&under, noted.as_ref(), Utc::now(), self.restore_window) {
+            return Ok(Err(Changed(format!("changed since the sweep: {why}"))));
+        }
+        let (marker, version) = (under.marker.clone(), under.version.clone());
+        let mut entry = self.entry(finding, None, None, Some(&meta_of(&version)));
+        entry
+            .detail
+            .push_str(&format!("; removed delete marker {}", marker.version_id));
+        let intent = Intent {
+            id: Uuid::new_v4().to_string(),
+            entry: entry.clone(),
+            change: BucketChange::Restore {
+                marker: marker.clone(),
+                version,
+            },
+        };
+        self.catalog.note_intent(&intent).await?;
+        let checked = async {
+            let mut tx = self.catalog.begin().await?;
+            let now = tx.lock_record(&finding.id).await?;
+            Ok::<_, crate::error::Error>(unchanged(&finding.record, &now))
+        }
+        .await?;
+        let old = match checked {
+            Ok(old) => old,
+            Err(changed) => {
+                self.forget_intent(&intent).await;
+                return Ok(Err(changed));
+            }
+        };
+        // An error here keeps the intent: a removal whose answer was lost may have happened.
+        self.bucket.remove_delete_marker(&marker).await?;
+        entry.old_status = Some(old);
+        let mut tx = self.catalog.begin_own().await?;
+        tx.audit(&entry).await?;
+        tx.clear_intent(&intent.id).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
     }
 
     /// An upload is confirmed: mark the doc processed, or queue its processing. Returns the status
@@ -627,6 +718,37 @@ impl Executor<'_> {
                 "the object was overwritten before its delete; kept".into()
             )),
         }
+    }
+}
+
+/// What a listed version describes, as an object.
+fn meta_of(version: &ObjectVersion) -> ObjectMeta {
+    ObjectMeta {
+        key: version.key.clone(),
+        size: version.size,
+        etag: version.etag.clone(),
+        last_modified: version.last_modified,
+        linked: false,
+    }
+}
+
+/// Whether a returned object may be `processed` again at once, as decided: its processing is
+/// still the finished job the decision saw, and the object at the key is still the one it
+/// compared with the noted one (events date objects by the event, so only the bytes compare).
+fn readoptable(
+    finding: &Finding,
+    now: Option<&Record>,
+    object: Option<ObjectMeta>,
+) -> Result<ObjectMeta, Changed> {
+    if now.and_then(|r| r.job) != Some(JobState::Done) {
+        return Err("its processing job changed since the sweep read it".into());
+    }
+    let Some(object) = object else {
+        return Err("the object is gone since the listing".into());
+    };
+    match &finding.object {
+        Some(seen) if same_bytes(seen, &object) => Ok(object),
+        _ => Err("the object was overwritten since the listing".into()),
     }
 }
 

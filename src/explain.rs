@@ -4,8 +4,9 @@ use crate::bucket::Bucket;
 use crate::catalog::{AuditEntry, Catalog};
 use crate::decide::{Decision, Policy, adoptable, decide, decide_key};
 use crate::error::{Error, Result};
-use crate::model::{Job, MultipartUpload, ObjectMeta, Record, key_of};
+use crate::model::{Job, MultipartUpload, ObjectMeta, ObjectVersion, Record, key_of};
 use crate::report::Format;
+use crate::sweep::{Seen, second_look};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
@@ -21,6 +22,9 @@ pub struct Explanation {
     /// The multipart uploads in progress at the key, oldest first, each with what a sweep would
     /// do with it.
     pub uploads: Vec<UploadVerdict>,
+    /// The key's history (versions and delete markers, newest first) in a bucket that keeps
+    /// versions; `None` in one that does not.
+    pub versions: Option<Vec<ObjectVersion>>,
     /// The doc's post-processing job, if it has one.
     pub job: Option<Job>,
     /// `None` when the reconciler's tables do not exist yet.
@@ -81,11 +85,32 @@ pub async fn explain(
     let uploads = uploads_at(bucket, &key).await?;
     let audit_trail = catalog.audit_trail(&id, &key).await?;
     let job = catalog.job(&id).await?;
+    let versioning = bucket.versioning().await?;
+    let versions = match versioning.keeps_versions() {
+        true => Some(bucket.versions(&key).await?),
+        false => None,
+    };
     // The sweep's decision: a pending record whose upload is in progress is in grace.
     let (decision, upload_decisions) =
         decide_key(record.as_ref(), object.as_ref(), &uploads, now, policy);
     // An orphan whose name is no id of the id column's type is reported, as the sweep does.
     let decision = adoptable(decision, &id, catalog.id_kind());
+    // And its second look: a missing object's versions, a returned object's noted facts.
+    let seen = Seen {
+        record: record.as_ref(),
+        object: object.as_ref(),
+        key: &key,
+    };
+    let decision = second_look(
+        catalog,
+        bucket,
+        policy,
+        decision,
+        seen,
+        now,
+        &mut Some(versioning),
+    )
+    .await?;
     let consistent = match (&record, &object) {
         (None, None) if uploads.is_empty() => "no record and no object by that id or key",
         _ => "record and object agree",
@@ -125,6 +150,7 @@ pub async fn explain(
         record,
         object,
         uploads,
+        versions,
         job,
         audit_trail,
         decision,
@@ -217,6 +243,25 @@ fn table(e: &Explanation) -> String {
             u.action.map(|a| format!(" -> {a}")).unwrap_or_default(),
             u.detail
         ));
+    }
+    if let Some(versions) = &e.versions {
+        s.push_str(&format!("versions {} kept\n", versions.len()));
+        for v in versions {
+            let what = match v.is_delete_marker {
+                true => "delete marker".to_owned(),
+                false => format!(
+                    "{} bytes, etag {}",
+                    v.size,
+                    v.etag.as_deref().unwrap_or("-")
+                ),
+            };
+            s.push_str(&format!(
+                "  {}{}  {}  {what}\n",
+                v.version_id,
+                if v.is_latest { " (current)" } else { "" },
+                time(v.last_modified)
+            ));
+        }
     }
     if let Some(j) = &e.job {
         s.push_str(&format!(

@@ -131,6 +131,40 @@ impl ObjectMeta {
     }
 }
 
+/// One entry of a key's version history in a versioned bucket: an object version or a delete
+/// marker. A marker has no size or ETag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectVersion {
+    pub key: String,
+    pub version_id: String,
+    pub is_delete_marker: bool,
+    /// The current version of the key (for a marker: the key reads as absent).
+    pub is_latest: bool,
+    pub size: i64,
+    pub etag: Option<String>,
+    /// For a marker: when it was set (when the object was deleted).
+    pub last_modified: DateTime<Utc>,
+}
+
+/// Whether a bucket keeps the versions of its objects (GetBucketVersioning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Versioning {
+    /// Never enabled (or a store without versions: a folder, garage): a delete is final.
+    Unversioned,
+    Enabled,
+    /// Enabled once, suspended since: the versions kept until then are still there, and a delete
+    /// still sets a marker (with the `null` version id).
+    Suspended,
+}
+
+impl Versioning {
+    /// Whether a key's history may hold versions and delete markers.
+    pub fn keeps_versions(self) -> bool {
+        self != Versioning::Unversioned
+    }
+}
+
 /// A multipart upload in progress (started, neither completed nor aborted): no object exists
 /// for it yet, but its parts are stored, and billed, until one of the two happens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +186,8 @@ pub enum FindingKind {
     StuckProcessing,
     ProcessingExhausted,
     AbandonedMultipart,
+    /// A `missing` record whose object is present again (put back, or its delete marker removed).
+    ObjectReturned,
     InGrace,
     /// Not a sweep's: a pending record adopted because its own event (S3's, or a file landing
     /// in a watched folder) said the upload arrived. Nothing was lost, so it is audited and
@@ -161,7 +197,7 @@ pub enum FindingKind {
 
 impl FindingKind {
     /// Every kind a sweep can find, in the order reports list them.
-    pub const ALL: [FindingKind; 9] = [
+    pub const ALL: [FindingKind; 10] = [
         FindingKind::StalePending,
         FindingKind::LostNotification,
         FindingKind::LateUpload,
@@ -170,6 +206,7 @@ impl FindingKind {
         FindingKind::StuckProcessing,
         FindingKind::ProcessingExhausted,
         FindingKind::AbandonedMultipart,
+        FindingKind::ObjectReturned,
         FindingKind::InGrace,
     ];
 
@@ -186,6 +223,7 @@ impl FindingKind {
             FindingKind::StuckProcessing => "stuck_processing",
             FindingKind::ProcessingExhausted => "processing_exhausted",
             FindingKind::AbandonedMultipart => "abandoned_multipart",
+            FindingKind::ObjectReturned => "object_returned",
             FindingKind::InGrace => "in_grace",
             FindingKind::UploadConfirmed => "upload_confirmed",
         }
@@ -201,6 +239,18 @@ pub enum OrphanAction {
     Adopt,
     Quarantine,
     Delete,
+}
+
+/// What to do about a record whose object is gone (`sweep.missing_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingAction {
+    /// Mark the record `missing` (and let the alert fire).
+    #[default]
+    Mark,
+    /// In a versioned bucket, remove the delete marker over the version the reconciler noted
+    /// (within `restore_window`); anything else is marked as with `mark`.
+    Restore,
 }
 
 /// What a finding asks for. Everything but `Report` changes state and counts for the breaker.
@@ -227,6 +277,12 @@ pub enum Action {
     Fail,
     /// A multipart upload nobody will complete: AbortMultipartUpload frees its parts.
     Abort,
+    /// A missing record whose object is back, the very one noted before it went missing, whose
+    /// processing had finished: status -> processed, nothing to process again.
+    Readopt,
+    /// A record whose object was deleted in a versioned bucket: remove the delete marker, so the
+    /// version beneath it (the one noted for the doc) is current again.
+    Restore,
 }
 
 impl Action {
@@ -235,13 +291,14 @@ impl Action {
         match self {
             Action::Report => "report",
             Action::Expire => "expire",
-            Action::Adopt | Action::CreateRecord => "adopt",
+            Action::Adopt | Action::CreateRecord | Action::Readopt => "adopt",
             Action::Quarantine => "quarantine",
             Action::Delete => "delete",
             Action::MarkMissing => "mark_missing",
             Action::Enqueue => "enqueue",
             Action::Fail => "fail",
             Action::Abort => "abort",
+            Action::Restore => "restore",
         }
     }
 
@@ -255,10 +312,13 @@ impl Action {
         matches!(self, Action::Expire | Action::Fail | Action::MarkMissing)
     }
 
-    /// Whether the action changes the bucket (quarantine, delete, abort): a change no database
+    /// Whether the action changes the bucket (quarantine, delete, abort, restore): a change no database
     /// transaction can roll back, made with none open.
     pub fn changes_bucket(self) -> bool {
-        matches!(self, Action::Quarantine | Action::Delete | Action::Abort)
+        matches!(
+            self,
+            Action::Quarantine | Action::Delete | Action::Abort | Action::Restore
+        )
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::Result;
 /// The largest object one S3 CopyObject may copy (S3's limit, 5 GiB), and so the default and the
 /// ceiling of `storage.multipart_copy_threshold` (which config checks in every build).
 pub const MAX_COPY_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
-use crate::model::{MultipartUpload, ObjectMeta};
+use crate::model::{MultipartUpload, ObjectMeta, ObjectVersion, Versioning};
 use futures::stream::{self, BoxStream, StreamExt};
 
 #[async_trait::async_trait]
@@ -83,7 +83,34 @@ pub trait Bucket: Send + Sync {
     async fn abort_multipart(&self, _upload: &MultipartUpload) -> Result<bool> {
         Ok(false)
     }
+
+    /// Whether the bucket keeps versions of its objects: asked once per sweep, and only when a
+    /// record's object is missing. A store without versions (a folder) is `Unversioned`.
+    async fn versioning(&self) -> Result<Versioning> {
+        Ok(Versioning::Unversioned)
+    }
+
+    /// The history of exactly `key` (object versions and delete markers), newest first, at most
+    /// [`MAX_HISTORY`] entries: never a listing of the whole bucket's versions. Empty in a store
+    /// without versions.
+    async fn versions(&self, _key: &str) -> Result<Vec<ObjectVersion>> {
+        Ok(Vec::new())
+    }
+
+    /// Remove the delete marker `marker` (by its version id), so that the version beneath it is
+    /// current again. Removing a marker destroys no bytes: were it no longer the newest version,
+    /// the key would keep whatever is newer. A store without versions has no markers to remove.
+    async fn remove_delete_marker(&self, marker: &ObjectVersion) -> Result<()> {
+        Err(crate::error::Error::storage(
+            format!("removing the delete marker of {}", marker.key),
+            format!("{} keeps no versions", self.url()),
+        ))
+    }
 }
+
+/// The most entries of one key's history [`Bucket::versions`] reads: the restore decision needs
+/// only the newest two, `explain` shows them all up to this.
+pub const MAX_HISTORY: usize = 1000;
 
 /// What [`Bucket::copy_new`] did.
 #[derive(Debug, Clone, PartialEq)]

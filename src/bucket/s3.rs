@@ -1,16 +1,17 @@
 //! The bucket on S3 or any S3-compatible server (custom endpoint, path-style addressing).
 
 use super::ranges::{self, KeyRange};
-use super::{Bucket, CopyOutcome, DeleteOutcome};
+use super::{Bucket, CopyOutcome, DeleteOutcome, MAX_HISTORY};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result, describe_sdk};
-use crate::model::{MultipartUpload, ObjectMeta, decode_form};
+use crate::model::{MultipartUpload, ObjectMeta, ObjectVersion, Versioning, decode_form};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, EncodingType, ServerSideEncryption,
+    BucketVersioningStatus, CompletedMultipartUpload, CompletedPart, EncodingType,
+    ServerSideEncryption,
 };
 use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
@@ -566,6 +567,155 @@ impl Bucket for S3Bucket {
             )),
         }
     }
+
+    async fn versioning(&self) -> Result<Versioning> {
+        match self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            // No status: versioning was never enabled.
+            Ok(out) => Ok(match out.status() {
+                Some(BucketVersioningStatus::Enabled) => Versioning::Enabled,
+                Some(BucketVersioningStatus::Suspended) => Versioning::Suspended,
+                _ => Versioning::Unversioned,
+            }),
+            // A server without versions (some S3-compatible stores) may not know the call.
+            Err(e) if e.code() == Some("NotImplemented") => Ok(Versioning::Unversioned),
+            // moto names the answer's root `GetBucketVersioningResponse`, where AWS documents
+            // `VersioningConfiguration`, and the SDK refuses it: a successful answer is read here.
+            Err(e)
+                if let Some(versioning) = e
+                    .raw_response()
+                    .filter(|r| r.status().is_success())
+                    .and_then(|r| r.body().bytes())
+                    .and_then(versioning_in) =>
+            {
+                Ok(versioning)
+            }
+            Err(e) => Err(Error::storage(
+                format!("reading the versioning of {}", self.url()),
+                describe_sdk(&e),
+            )),
+        }
+    }
+
+    async fn versions(&self, key: &str) -> Result<Vec<ObjectVersion>> {
+        let context = format!("listing the versions of {}", self.object_url(key));
+        let mut history: Vec<ObjectVersion> = Vec::new();
+        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let out = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(key)
+                .encoding_type(EncodingType::Url)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| Error::storage(&context, describe_sdk(&e)))?;
+            // The prefix matches longer keys too (`doc` lists `doc2`); `key` is the first of
+            // them in byte order, so its history comes first and ends at the first other key.
+            let mut page = Vec::new();
+            let mut past_key = false;
+            for v in out.versions() {
+                match decode_key(v.key().unwrap_or_default(), &context)? == key {
+                    true => page.push(ObjectVersion {
+                        key: key.to_owned(),
+                        version_id: v.version_id().unwrap_or("null").to_owned(),
+                        is_delete_marker: false,
+                        is_latest: v.is_latest() == Some(true),
+                        size: v.size().unwrap_or(0),
+                        etag: v.e_tag().map(str::to_owned),
+                        last_modified: to_chrono(v.last_modified()),
+                    }),
+                    false => past_key = true,
+                }
+            }
+            for m in out.delete_markers() {
+                match decode_key(m.key().unwrap_or_default(), &context)? == key {
+                    true => page.push(ObjectVersion {
+                        key: key.to_owned(),
+                        version_id: m.version_id().unwrap_or("null").to_owned(),
+                        is_delete_marker: true,
+                        is_latest: m.is_latest() == Some(true),
+                        size: 0,
+                        etag: None,
+                        last_modified: to_chrono(m.last_modified()),
+                    }),
+                    false => past_key = true,
+                }
+            }
+            history.extend(page);
+            let truncated = out.is_truncated() == Some(true);
+            if past_key || !truncated || history.len() >= MAX_HISTORY {
+                break;
+            }
+            key_marker = out.next_key_marker().map(str::to_owned);
+            version_marker = out.next_version_id_marker().map(str::to_owned);
+            if key_marker.as_deref().is_none_or(str::is_empty) {
+                return Err(Error::storage(
+                    &context,
+                    "a truncated page came without a next key marker",
+                ));
+            }
+        }
+        Ok(newest_first(history))
+    }
+
+    async fn remove_delete_marker(&self, marker: &ObjectVersion) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&marker.key)
+            .version_id(&marker.version_id)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::storage(
+                    format!(
+                        "removing the delete marker {} of {}",
+                        marker.version_id,
+                        self.object_url(&marker.key)
+                    ),
+                    describe_sdk(&e),
+                )
+            })?;
+        Ok(())
+    }
+}
+
+/// The versioning status in a GetBucketVersioning answer's XML, whatever its root element is
+/// called; `None` when it is no such answer.
+fn versioning_in(xml: &[u8]) -> Option<Versioning> {
+    let xml = std::str::from_utf8(xml).ok()?;
+    if !xml.contains("Versioning") {
+        return None;
+    }
+    Some(if xml.contains("<Status>Enabled</Status>") {
+        Versioning::Enabled
+    } else if xml.contains("<Status>Suspended</Status>") {
+        Versioning::Suspended
+    } else {
+        Versioning::Unversioned
+    })
+}
+
+/// A key's history as S3 gives it (versions and markers in two lists, each newest first) in one
+/// list, newest first: the current version on top, then by modification time. A stable sort, so
+/// entries of one second keep the order S3 listed them in.
+fn newest_first(mut history: Vec<ObjectVersion>) -> Vec<ObjectVersion> {
+    history.sort_by(|a, b| {
+        b.is_latest
+            .cmp(&a.is_latest)
+            .then(b.last_modified.cmp(&a.last_modified))
+    });
+    history.truncate(MAX_HISTORY);
+    history
 }
 
 /// A listed key, decoded (listings ask for URL encoding).
@@ -763,6 +913,19 @@ pub fn with_read_timeout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_versioning_answer_is_read_whatever_its_root_is_called() {
+        let aws = br#"<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>"#;
+        let moto = br#"<?xml version="1.0" encoding="utf-8"?>
+<GetBucketVersioningResponse xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Suspended</Status></GetBucketVersioningResponse>"#;
+        let never =
+            br#"<GetBucketVersioningResponse xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>"#;
+        assert_eq!(versioning_in(aws), Some(Versioning::Enabled));
+        assert_eq!(versioning_in(moto), Some(Versioning::Suspended));
+        assert_eq!(versioning_in(never), Some(Versioning::Unversioned));
+        assert_eq!(versioning_in(b"<Error><Code>Oops</Code></Error>"), None);
+    }
 
     #[test]
     fn listed_keys_decode_both_spellings_of_a_space() {

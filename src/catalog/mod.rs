@@ -7,7 +7,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::error::Result;
-use crate::model::{IdKind, Job, MultipartUpload, ObjectMeta, Record, Status};
+use crate::model::{IdKind, Job, MultipartUpload, ObjectMeta, ObjectVersion, Record, Status};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,14 @@ pub trait Catalog: Send + Sync {
     /// The audit trail of one doc, oldest first; `None` when the reconciler's tables do not exist
     /// yet (nothing was ever applied).
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>>;
+
+    /// What the reconciler noted of the object at `key` when it last adopted it (size, ETag,
+    /// modification time), if it did and retention has not pruned it since; `None` too before
+    /// the reconciler's tables exist. A catalog that notes nothing answers `None`.
+    async fn noted_object(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let _ = key;
+        Ok(None)
+    }
 
     /// Record, and commit on its own, the bucket change an action is about to make. Each change
     /// has its own intent (its `id`): several changes of one key (an orphan's quarantine and an
@@ -224,6 +232,12 @@ pub trait Transaction: Send {
     /// Create a record; `false` when one with that id exists already.
     async fn create_record(&mut self, id: &str, status: Status) -> Result<bool>;
 
+    /// [`Catalog::noted_object`], read in this transaction.
+    async fn noted_object(&mut self, key: &str) -> Result<Option<ObjectMeta>> {
+        let _ = key;
+        Ok(None)
+    }
+
     /// Remember what the object looked like when it was adopted.
     async fn note_object(&mut self, object: &ObjectMeta) -> Result<()>;
 
@@ -303,6 +317,11 @@ pub enum BucketChange {
     Abort {
         upload: MultipartUpload,
     },
+    /// Remove the delete `marker` over `version`, so that it is current again.
+    Restore {
+        marker: ObjectVersion,
+        version: ObjectVersion,
+    },
 }
 
 impl Intent {
@@ -313,6 +332,7 @@ impl Intent {
                 &object.key
             }
             BucketChange::Abort { upload } => &upload.key,
+            BucketChange::Restore { marker, .. } => &marker.key,
         }
     }
 

@@ -722,6 +722,13 @@ impl Catalog for PgCatalog {
         })
     }
 
+    async fn noted_object(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        if !self.migrated() {
+            return Ok(None);
+        }
+        noted_object(&self.pool, &self.scope_name, key).await
+    }
+
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>> {
         if !self.migrated() {
             return Ok(None);
@@ -932,6 +939,13 @@ impl Transaction for PgTransaction<'_> {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn noted_object(&mut self, key: &str) -> Result<Option<ObjectMeta>> {
+        if !self.catalog.migrated() {
+            return Ok(None);
+        }
+        noted_object(&mut *self.tx, &self.catalog.scope_name, key).await
+    }
+
     async fn note_object(&mut self, object: &ObjectMeta) -> Result<()> {
         sqlx::query(
             "INSERT INTO reconciler.objects (scope, key, size, etag, last_modified, noted_at) \
@@ -1126,4 +1140,35 @@ fn lock_key(scope: &str) -> i64 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// What `reconciler.objects` holds of the object at `key`, read through `executor` (the pool, or
+/// a transaction).
+async fn noted_object<'e>(
+    executor: impl sqlx::Executor<'e, Database = Postgres>,
+    scope: &str,
+    key: &str,
+) -> Result<Option<ObjectMeta>> {
+    let row = sqlx::query(
+        "SELECT size, etag, last_modified FROM reconciler.objects \
+         WHERE scope = $2 AND key = $1",
+    )
+    .bind(key)
+    .bind(scope)
+    .fetch_optional(executor)
+    .await
+    .map_err(|e| Error::database("reading reconciler.objects", e))?;
+    row.map(|row| {
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: row.try_get("size")?,
+            etag: row.try_get("etag")?,
+            last_modified: row
+                .try_get::<Option<DateTime<Utc>>, _>("last_modified")?
+                .unwrap_or_default(),
+            linked: false,
+        })
+    })
+    .transpose()
+    .map_err(|e: sqlx::Error| Error::database("reading reconciler.objects", e))
 }

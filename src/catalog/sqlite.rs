@@ -896,6 +896,13 @@ impl Catalog for SqliteCatalog {
         })
     }
 
+    async fn noted_object(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        if !self.migrated() {
+            return Ok(None);
+        }
+        noted_object(&self.pool, &self.scope_name, key).await
+    }
+
     async fn audit_trail(&self, id: &str, key: &str) -> Result<Option<Vec<AuditEntry>>> {
         if !self.migrated() {
             return Ok(None);
@@ -1028,6 +1035,13 @@ impl Transaction for SqliteTransaction<'_> {
                 Error::database(format!("creating {id:?} in {}", self.catalog.table), e)
             })?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn noted_object(&mut self, key: &str) -> Result<Option<ObjectMeta>> {
+        if !self.catalog.migrated() {
+            return Ok(None);
+        }
+        noted_object(&mut *self.tx, &self.catalog.scope_name, key).await
     }
 
     async fn note_object(&mut self, object: &ObjectMeta) -> Result<()> {
@@ -1257,6 +1271,35 @@ impl SweepLock for SqliteSweepLock {
             tracing::warn!(error = %e, lock = %self.name, "could not release the sweep lock");
         }
     }
+}
+
+/// What `reconciler.objects` holds of the object at `key`, read through `executor` (the pool, or
+/// a transaction).
+async fn noted_object<'e>(
+    executor: impl sqlx::Executor<'e, Database = Sqlite>,
+    scope: &str,
+    key: &str,
+) -> Result<Option<ObjectMeta>> {
+    let row = sqlx::query(
+        "SELECT size, etag, last_modified FROM reconciler.objects \
+         WHERE scope = ?2 AND key = ?1",
+    )
+    .bind(key)
+    .bind(scope)
+    .fetch_optional(executor)
+    .await
+    .map_err(|e| Error::database("reading reconciler.objects", e))?;
+    row.map(|row| {
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: row.try_get("size")?,
+            etag: row.try_get("etag")?,
+            last_modified: own_time(&row, "last_modified")?.unwrap_or_default(),
+            linked: false,
+        })
+    })
+    .transpose()
+    .map_err(|e: sqlx::Error| Error::database("reading reconciler.objects", e))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use super::parse::{EventKind, S3Event, compare_sequencers};
 use crate::bucket::Bucket;
 use crate::catalog::{Catalog, KeyEvent};
-use crate::decide::{Decision, Policy, decide};
+use crate::decide::{Decision, Policy, decide, decide_returned};
 use crate::error::Result;
 use crate::execute::{Changed, Executor, Mode};
 use crate::model::{Action, Finding, FindingKind, ObjectMeta};
@@ -73,7 +73,21 @@ impl Effects {
             settle_time: Duration::ZERO,
             ..self.rules.policy.clone()
         };
-        let effect = match decide(record.as_ref(), object.as_ref(), now, &policy) {
+        let mut decision = decide(record.as_ref(), object.as_ref(), now, &policy);
+        if let (
+            Decision::Drift {
+                kind: FindingKind::ObjectReturned,
+                ..
+            },
+            Some(record),
+            Some(object),
+        ) = (&decision, &record, &object)
+        {
+            // A missing record's object is back: processed again if it is the one noted.
+            let noted = tx.noted_object(&event.key).await?;
+            decision = decide_returned(record, object, noted.as_ref());
+        }
+        let effect = match decision {
             // Only what the event itself shows: an object arrived, or an object went away.
             // Grace periods and orphans are the sweep's to judge.
             Decision::Drift {
@@ -82,7 +96,8 @@ impl Effects {
                 detail,
             } if matches!(
                 (event.kind, action),
-                (EventKind::Created, Action::Adopt) | (EventKind::Removed, Action::MarkMissing)
+                (EventKind::Created, Action::Adopt | Action::Readopt)
+                    | (EventKind::Removed, Action::MarkMissing)
             ) =>
             {
                 let kind = as_confirmed_by_its_event(kind);
@@ -103,6 +118,7 @@ impl Effects {
                     bucket: self.bucket.as_ref(),
                     quarantine: &self.rules.quarantine,
                     sweep_id: None,
+                    restore_window: self.rules.policy.restore_window,
                 };
                 match executor.apply_in(tx.as_mut(), &finding).await? {
                     Ok(()) => Effect::Applied { kind, action },

@@ -16,11 +16,13 @@ mod spool;
 
 use crate::bucket::Bucket;
 use crate::catalog::{Catalog, SweepRecord};
-use crate::decide::{Decision, adoptable, decide_key};
+use crate::decide::{Decision, Policy, adoptable, decide_key, decide_missing, decide_returned};
 use crate::error::{Error, Interrupted, Result, SafetyStop};
 use crate::execute::{Executor, Mode};
 use crate::metrics::Metrics;
-use crate::model::{Action, Finding, FindingKind, Outcome, key_of};
+use crate::model::{
+    Action, Finding, FindingKind, MissingAction, ObjectMeta, Outcome, Record, Versioning, key_of,
+};
 use crate::report::{Counts, Footer, Header, Sink, Tally};
 use crate::rules::Rules;
 use chrono::{DateTime, Utc};
@@ -167,6 +169,8 @@ impl Sweep<'_> {
             spool: Spool::new("findings")?,
         };
         let mut abandoned_multipart_bytes = 0;
+        // Asked once, at the first key that needs it.
+        let mut versioning = None;
         while let Some(pair) = merge.next().await? {
             progress.scanned(merge.records_scanned, merge.objects_listed);
             let Pair {
@@ -189,6 +193,21 @@ impl Sweep<'_> {
                 &self.rules.policy,
             );
             let decision = adoptable(decision, &id, self.catalog.id_kind());
+            let seen = Seen {
+                record: record.as_ref(),
+                object: object.as_ref(),
+                key: &key,
+            };
+            let decision = second_look(
+                self.catalog,
+                self.bucket,
+                &self.rules.policy,
+                decision,
+                seen,
+                now,
+                &mut versioning,
+            )
+            .await?;
             for (upload, verdict) in uploads.into_iter().zip(verdicts) {
                 let verdict = match verdict {
                     // What abandoned parts cost is part of the finding (and of its gauge).
@@ -306,6 +325,7 @@ impl Sweep<'_> {
             bucket: self.bucket,
             quarantine: &self.rules.quarantine,
             sweep_id: applying.then_some(sweep_id),
+            restore_window: self.rules.policy.restore_window,
         };
         if applying {
             // After the breaker, so that a safety stop leaves the database exactly as it was.
@@ -420,4 +440,102 @@ impl Sweep<'_> {
         }
         Ok(Summary { header, footer })
     }
+}
+
+/// One key as the merge paired it.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub record: Option<&'a Record>,
+    pub object: Option<&'a ObjectMeta>,
+    pub key: &'a str,
+}
+
+/// What only a second look tells about a missing or a returned object, asked for those keys
+/// alone: what the reconciler noted of the object, and, in a versioned bucket, what lies under
+/// the missing key (its history, never the bucket's). `versioning` is asked of the bucket at
+/// the first key that needs it and kept. The sweep and `explain` both ask this.
+pub async fn second_look(
+    catalog: &dyn Catalog,
+    bucket: &dyn Bucket,
+    policy: &Policy,
+    decision: Decision,
+    seen: Seen<'_>,
+    now: DateTime<Utc>,
+    versioning: &mut Option<Versioning>,
+) -> Result<Decision> {
+    if let Decision::Drift {
+        kind: FindingKind::OrphanObject,
+        action: Action::Delete | Action::Quarantine,
+        ..
+    } = &decision
+    {
+        let versioning = known_versioning(bucket, versioning).await?;
+        return Ok(match decision {
+            Decision::Drift {
+                kind,
+                action,
+                mut detail,
+            } if versioning.keeps_versions() => {
+                detail.push_str(
+                    "; the bucket keeps versions: this leaves a delete marker, and the bytes stay \
+                     billed as a noncurrent version until a lifecycle rule expires them",
+                );
+                Decision::Drift {
+                    kind,
+                    action,
+                    detail,
+                }
+            }
+            other => other,
+        });
+    }
+    let (Decision::Drift { kind, .. }, Some(record)) = (&decision, seen.record) else {
+        return Ok(decision);
+    };
+    match (kind, seen.object) {
+        (FindingKind::ObjectReturned, Some(object)) => {
+            let noted = catalog.noted_object(seen.key).await?;
+            Ok(decide_returned(record, object, noted.as_ref()))
+        }
+        (FindingKind::MissingObject, None) => {
+            if known_versioning(bucket, versioning).await?.keeps_versions() {
+                let history = bucket.versions(seen.key).await?;
+                let noted = catalog.noted_object(seen.key).await?;
+                return Ok(decide_missing(
+                    record,
+                    &history,
+                    noted.as_ref(),
+                    now,
+                    policy,
+                ));
+            }
+            Ok(match decision {
+                Decision::Drift {
+                    kind,
+                    action,
+                    mut detail,
+                } if policy.missing_action == MissingAction::Restore => {
+                    detail.push_str("; the bucket keeps no versions: nothing to restore");
+                    Decision::Drift {
+                        kind,
+                        action,
+                        detail,
+                    }
+                }
+                other => other,
+            })
+        }
+        _ => Ok(decision),
+    }
+}
+
+/// Whether the bucket keeps versions: asked of it once, then kept in `known`.
+async fn known_versioning(
+    bucket: &dyn Bucket,
+    known: &mut Option<Versioning>,
+) -> Result<Versioning> {
+    Ok(match known {
+        Some(versioning) => *versioning,
+        None => *known.insert(bucket.versioning().await?),
+    })
 }

@@ -42,6 +42,7 @@ fn expected(drift: u64, in_grace: u64) -> Vec<(String, u64)> {
         ("stuck_processing", 0),
         ("processing_exhausted", 0),
         ("abandoned_multipart", 0),
+        ("object_returned", 0),
         ("in_grace", in_grace),
     ]
     .map(|(k, n)| (k.to_owned(), n))

@@ -67,6 +67,7 @@ impl World {
             bucket: &self.s3,
             quarantine: &self.rules.quarantine,
             sweep_id: None,
+            restore_window: self.rules.policy.restore_window,
         }
     }
 

@@ -15,6 +15,7 @@ mod explain;
 mod faults;
 mod folder;
 mod folder_events;
+mod heal;
 mod helpers;
 mod housekeeping;
 mod interrupt;

@@ -27,6 +27,10 @@ const NEEDS: &[(&str, &[&str], bool)] = &[
         true,
     ),
     ("list_parts", &["s3:ListMultipartUploadParts"], true),
+    // A missing object: does the bucket keep versions (once per sweep), and what lies under the
+    // missing key (its history only, with the key as prefix); `explain` lists it too.
+    ("get_bucket_versioning", &["s3:GetBucketVersioning"], true),
+    ("list_object_versions", &["s3:ListBucketVersions"], true),
     // Quarantine: the copy reads the source and its tags, writes the target and its tags.
     (
         "copy_object",
@@ -48,8 +52,13 @@ const NEEDS: &[(&str, &[&str], bool)] = &[
         &["s3:AbortMultipartUpload"],
         false,
     ),
-    // Quarantine (after the copy is checked) and orphan_action = "delete".
-    ("delete_object", &["s3:DeleteObject"], false),
+    // Quarantine (after the copy is checked) and orphan_action = "delete"; with a VersionId,
+    // missing_action = "restore" removing a delete marker (s3:DeleteObjectVersion).
+    (
+        "delete_object",
+        &["s3:DeleteObject", "s3:DeleteObjectVersion"],
+        false,
+    ),
     // The daemon's event path: receive, heartbeat, delete after commit, and the queue's
     // redrive policy (maxReceiveCount) for holding messages through outages.
     ("receive_message", &["sqs:ReceiveMessage"], false),

@@ -221,8 +221,9 @@ async fn a_hook_that_always_fails_gives_up_after_exactly_max_attempts_and_retry_
     );
     assert_eq!(hook.calls_for("doomed"), 5);
 
-    // explain lists the key's multipart uploads: the bucket must exist (already made by another
-    // test, or not: either answer will do).
+    // explain lists the key's multipart uploads and asks the bucket whether it keeps versions:
+    // the bucket must exist (any test may have made it already in the shared moto; us-east-1
+    // answers 200 to both).
     let _ = s3_client(&moto_endpoint())
         .create_bucket()
         .bucket("uploads")

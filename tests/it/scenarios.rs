@@ -101,6 +101,15 @@ impl Pair {
         }
     }
 
+    /// Delete an object (a file), as the app or a person would.
+    pub async fn remove(&self, key: &str) {
+        match &self.store {
+            Store::S3(bucket) => bucket.delete(key).await,
+            Store::Folder(folder) => std::fs::remove_file(folder.path().join(key))
+                .unwrap_or_else(|e| panic!("remove {key:?}: {e}")),
+        }
+    }
+
     /// Every object as key and body.
     pub async fn objects(&self) -> BTreeMap<String, String> {
         match &self.store {
@@ -241,6 +250,7 @@ scenarios!(
     quarantine_and_delete_refuse_the_bucket_root_without_consent,
     the_breaker_stops_before_the_first_write_unless_forced,
     hostile_identifiers_are_quoted_never_pasted_into_sql,
+    a_missing_record_whose_file_is_put_back_is_adopted_again_and_nothing_is_restored_unversioned,
 );
 
 /// Ids whose keys break naive key handling (spaces, unicode, `%`, `+`, `..`, a control
@@ -677,4 +687,45 @@ async fn hostile_identifiers_are_quoted_never_pasted_into_sql(pair: Pair) {
         .await;
     let again = pair_run(&reconcile, &["--dry-run", "--format", "json"]).await;
     assert_eq!(again.findings(), vec![], "{}", again.stdout);
+}
+
+/// Issue 21 on every pair: a file deleted from a store without versions is marked missing even
+/// with `missing_action = "restore"` (there is nothing to restore), and once put back its record
+/// is adopted again (`object_returned`), reading what was noted at its first adoption.
+async fn a_missing_record_whose_file_is_put_back_is_adopted_again_and_nothing_is_restored_unversioned(
+    pair: Pair,
+) {
+    pair.doc("doc", "pending", MINUTE).await;
+    pair.put("doc", "the file").await;
+    let reconcile = pair.reconcile().set("sweep.missing_action", "restore");
+    let run = pair_run(&reconcile, &["--format", "json"]).await;
+    assert_eq!(
+        run.findings(),
+        triples(&[("lost_notification", "doc", "adopt")])
+    );
+    pair.remove("doc").await;
+    let run = pair_run(&reconcile, &["--format", "json"]).await;
+    assert_eq!(
+        run.findings(),
+        triples(&[("missing_object", "doc", "mark_missing")])
+    );
+    assert!(
+        run.stdout
+            .contains("the bucket keeps no versions: nothing to restore"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(pair.status("doc").await.as_deref(), Some("missing"));
+    pair.put("doc", "the file").await;
+    let run = pair_run(&reconcile, &["--format", "json"]).await;
+    assert_eq!(
+        run.findings(),
+        triples(&[("object_returned", "doc", "adopt")])
+    );
+    assert_eq!(pair.status("doc").await.as_deref(), Some("processed"));
+    let audited: Vec<String> = pair.audit().await.into_iter().map(|row| row.1).collect();
+    assert_eq!(
+        audited,
+        ["lost_notification", "missing_object", "object_returned"]
+    );
 }

@@ -16,7 +16,7 @@ use upload_reconciler::decide::Policy;
 use upload_reconciler::events::effect::Effects;
 use upload_reconciler::events::parse::{EventKind, S3Event};
 use upload_reconciler::metrics::Metrics;
-use upload_reconciler::model::{Action, Finding, FindingKind, Outcome};
+use upload_reconciler::model::{Action, Finding, FindingKind, MissingAction, Outcome};
 use upload_reconciler::processing::hook::Hook;
 use upload_reconciler::processing::worker::{self, Worker};
 use upload_reconciler::processing::{Clock, ManualClock, RetryPolicy};
@@ -125,6 +125,9 @@ pub fn rules_of(params: &Params) -> Rules {
             multipart_grace: Duration::from_secs(7 * 86_400),
             // The bucket double is S3's: objects appear whole.
             settle_time: Duration::ZERO,
+            // The bucket double keeps no versions: restores are proven on moto (tests/it/heal.rs).
+            missing_action: MissingAction::Mark,
+            restore_window: Duration::from_secs(7 * 86_400),
         },
         quarantine: Quarantine::new(QUARANTINE),
         // Never trips: a history is small, and every change in it is meant.
