@@ -978,6 +978,14 @@ impl Reconcile {
     pub fn on_folder(db: &TestDb, folder: &TestFolder) -> Self {
         Reconcile {
             database_url: db.url(),
+            ..Reconcile::on_folder_url(folder)
+        }
+    }
+
+    /// `reconcile` over a folder bucket; the database is the caller's to set.
+    pub fn on_folder_url(folder: &TestFolder) -> Self {
+        Reconcile {
+            database_url: String::new(),
             bucket: folder.url(),
             endpoint: String::new(),
             // Files the tests write are whole at once; the tests of settling set their own.
