@@ -521,7 +521,10 @@ fn regular_file_id(path: &Path) -> io::Result<Option<FileId>> {
 /// Visit the file each symbolic link anywhere under `root` leads to, while `visit` says go on.
 /// Links that lead nowhere, out of the folder or to a folder reach no file of ours and are
 /// passed over (the listing judges those under the prefix). Folders are read without a `stat`
-/// per entry; only links are followed. An unreadable folder is an error naming it.
+/// per entry; only links are followed. A folder this process may not read is passed over too
+/// (a volume's `lost+found` is root's alone): under the listed prefix the walk itself stops
+/// naming it, elsewhere no doc's link can be in it that the app, which must read its docs, put
+/// there. Any other error is one naming the folder.
 fn visit_link_targets(
     root: &Path,
     mut visit: impl FnMut(FileId) -> std::ops::ControlFlow<()>,
@@ -530,7 +533,8 @@ fn visit_link_targets(
     while let Some(folder) = folders.pop() {
         let reader = match fs::read_dir(&folder) {
             Ok(reader) => reader,
-            Err(e) if absent(&e) => continue, // removed since its parent was read
+            // Removed since its parent was read, or not ours to read.
+            Err(e) if absent(&e) || e.kind() == io::ErrorKind::PermissionDenied => continue,
             Err(e) => return Err(format!("reading {}: {e}", folder.display())),
         };
         for entry in reader {
