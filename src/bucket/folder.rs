@@ -152,7 +152,7 @@ impl FolderBucket {
         }
         let path = self.resolve(&root, key, &context)?;
         match fs::metadata(&path) {
-            Ok(m) if m.is_file() => Ok(Some(object_meta(key.to_owned(), &m))),
+            Ok(m) if m.is_file() => Ok(Some(through_link(&path, object_meta(key.to_owned(), &m)))),
             // S3 has no object at a "folder" key either.
             Ok(m) if m.is_dir() => Ok(None),
             Ok(_) => Err(Error::storage(
@@ -507,6 +507,19 @@ fn arrived(m: &Metadata) -> DateTime<Utc> {
     time(m.mtime(), m.mtime_nsec()).max(time(m.ctime(), m.ctime_nsec()))
 }
 
+/// `object` as found at `path`, which may be a symbolic link: a link made just now to an old
+/// file arrived just now (the app may be about to insert its record), so its arrival is the
+/// later of the file's and the link's own.
+fn through_link(path: &Path, object: ObjectMeta) -> ObjectMeta {
+    match fs::symlink_metadata(path) {
+        Ok(link) if link.file_type().is_symlink() => ObjectMeta {
+            last_modified: object.last_modified.max(arrived(&link)),
+            ..object
+        },
+        _ => object,
+    }
+}
+
 /// The identity of the regular file at `path` (not following a final symbolic link: deleting a
 /// link loses no bytes); `None` for anything else or nothing.
 fn regular_file_id(path: &Path) -> io::Result<Option<FileId>> {
@@ -812,9 +825,13 @@ impl Walk {
                     // A link itself is only a name: deleting it loses no bytes.
                     let reached =
                         entry.kind == EntryKind::File && linked.contains(&(m.dev(), m.ino()));
-                    return Some(Ok(ObjectMeta {
+                    let object = ObjectMeta {
                         linked: reached,
                         ..object_meta(key, &m)
+                    };
+                    return Some(Ok(match entry.kind {
+                        EntryKind::Link => through_link(&path, object),
+                        _ => object,
                     }));
                 }
                 // Deleted since its folder was read (or a link's file since): it is not there,

@@ -406,6 +406,24 @@ mod posix {
         let facts: Vec<(&str, bool)> = listed.iter().map(|o| (o.key.as_str(), o.linked)).collect();
         assert_eq!(facts, [("docs/blobs/sha-abc", true), ("docs/mydoc", false)]);
         assert_eq!(listed[0].etag, listed[1].etag, "one file under two names");
+        // A link made later than its file arrived later: the app may be about to insert its
+        // record. (A file's own arrival cannot be set back: ctime. So the link waits a moment.)
+        std::thread::sleep(Duration::from_millis(50));
+        symlink("blobs/sha-abc", folder.path().join("docs/new-link")).expect("symlink");
+        let head = bucket
+            .head("docs/new-link")
+            .await
+            .expect("head")
+            .expect("present");
+        let listed_link = list(&bucket, "docs/new-link").await.remove(0);
+        assert_eq!(listed_link.last_modified, head.last_modified);
+        assert!(
+            head.last_modified - listed[0].last_modified >= chrono::Duration::milliseconds(50),
+            "the link's arrival {} is not its file's {}",
+            head.last_modified,
+            listed[0].last_modified
+        );
+        fs::remove_file(folder.path().join("docs/new-link")).expect("unlink");
         // Deleting the link removes a name, never the bytes.
         assert_eq!(
             bucket.delete_if(&listed[1]).await.expect("delete"),

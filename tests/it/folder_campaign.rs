@@ -174,8 +174,9 @@ impl World {
         }
     }
 
-    /// (a), (b) and (c) after a sweep that started at `started`.
-    async fn check(&self, started: SystemTime, step: usize) {
+    /// (a), (b) and (c) after a sweep that ended at `ended`: the sweep judged every file at
+    /// some time before, so one still younger than the grace at `ended` was younger then.
+    async fn check(&self, ended: SystemTime, step: usize, report: &str) {
         for (key, bytes) in &self.reached {
             let Some(bytes) = bytes else { continue };
             let now = std::fs::read_to_string(self.path(key));
@@ -190,18 +191,20 @@ impl World {
                 assert_eq!(
                     now.ok().as_deref(),
                     Some(bytes.as_str()),
-                    "step {step}: (a) the bytes of {key}, reached by a record or a link"
+                    "step {step}: (a) the bytes of {key}, reached by a record or a link: {report}"
                 );
             }
         }
         for (key, arrived) in &self.arrivals {
-            let young = started
+            let young = ended
                 .duration_since(*arrived)
                 .map_or(true, |age| age < ORPHAN_GRACE);
             if young {
                 assert!(
                     std::fs::symlink_metadata(self.path(key)).is_ok(),
-                    "step {step}: (b) {key} was touched within orphan_grace of its arrival"
+                    "step {step}: (b) {key} was touched within orphan_grace of its arrival ({:?} before the \
+                     sweep ended): {report}",
+                    ended.duration_since(*arrived)
                 );
             }
         }
@@ -213,7 +216,7 @@ impl World {
                 assert_eq!(
                     status.as_deref(),
                     Some("pending"),
-                    "step {step}: (c) {id} adopted while its file was still written"
+                    "step {step}: (c) {id} adopted while its file was still written: {report}"
                 );
             }
         }
@@ -302,8 +305,8 @@ async fn a_campaign_of_file_operations_racing_sweeps_and_the_watcher_loses_no_do
         }
         // Let some arrivals age past the grace, some not.
         tokio::time::sleep(Duration::from_millis(world.rng.u64(0..1500))).await;
-        let started = SystemTime::now();
         let run = reconcile.run(&["--format", "json"]).await;
+        let ended = SystemTime::now();
         assert_eq!(
             run.code, 0,
             "step {step}: (d) {}\n{}",
@@ -314,7 +317,7 @@ async fn a_campaign_of_file_operations_racing_sweeps_and_the_watcher_loses_no_do
             .iter()
             .filter(|(kind, _, action)| kind == "orphan_object" && action == "delete")
             .count();
-        world.check(started, step).await;
+        world.check(ended, step, &run.stdout).await;
     }
 
     // The writers finish; their docs are then adopted whole, by the watcher or a sweep.
@@ -332,7 +335,7 @@ async fn a_campaign_of_file_operations_racing_sweeps_and_the_watcher_loses_no_do
             "{id} written whole"
         );
     }
-    world.check(SystemTime::now(), steps).await;
+    world.check(SystemTime::now(), steps, &run.stdout).await;
 
     stop_app.store(true, Ordering::SeqCst);
     let writes = app_task.await.expect("the app task");
