@@ -20,7 +20,8 @@
 //! - A symbolic link to a file inside the folder is listed under its own name, with the facts
 //!   of the file it leads to; the file is listed under its own key too, marked
 //!   [`ObjectMeta::linked`]: its bytes are a doc's (a content-addressed layout, `docs/mydoc ->
-//!   blobs/sha-abc`), so it is never an orphan, whatever its own key. Every listing first reads
+//!   blobs/sha-abc`), so it is never an orphan, whatever its own key. The link arrived when
+//!   it was made: its age is the later of its own and its file's arrival. Every listing first reads
 //!   the whole folder's links for that (a folder walk without a `stat` per file; at most
 //!   [`MAX_LINKED_FILES`] files reached by links). A delete looks again, just before it
 //!   unlinks, so a link made after the listing still saves its file.
