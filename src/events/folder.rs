@@ -54,6 +54,20 @@ pub const MAX_WAITING: usize = 4096;
 pub struct Inbox {
     waiting: Mutex<Waiting>,
     ready: Notify,
+    /// Set when `notify` dropped its handler: no notification will come any more.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// Held by `notify`'s handler: closes the inbox when the handler is dropped (its thread ended).
+struct Sender(Arc<Inbox>);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.ready.notify_one();
+    }
 }
 
 #[derive(Default)]
@@ -140,6 +154,11 @@ impl Inbox {
     /// Until something was posted since the last wait.
     pub async fn wait(&self) {
         self.ready.notified().await;
+    }
+
+    /// Whether the notifications ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -229,9 +248,9 @@ impl FolderWatcher {
         let inbox = Arc::new(Inbox::default());
         let waiting = self.metrics.file_notifications_waiting.clone();
         waiting.set(0);
-        let posted = inbox.clone();
+        let sender = Sender(inbox.clone());
         let post = move |event| {
-            let count = posted.post(event);
+            let count = sender.0.post(event);
             waiting.set(i64::try_from(count).unwrap_or(i64::MAX));
         };
         // Setting up a recursive watch walks the whole tree: off the async threads.
@@ -250,6 +269,9 @@ impl FolderWatcher {
             tokio::select! {
                 _ = crate::stop::requested(&mut stop) => break,
                 _ = inbox.wait() => {
+                    if inbox.is_closed() {
+                        return tracing::error!("file notifications ended");
+                    }
                     let drained = inbox.drain();
                     self.metrics.file_notifications_waiting.set(0);
                     self.note(&root, drained, &mut pending).await;
@@ -575,6 +597,16 @@ mod tests {
             5 + 1,
             "past the bound, and inotify's own overflow"
         );
+    }
+
+    #[tokio::test]
+    async fn the_inbox_closes_when_notify_drops_its_handler() {
+        let inbox = Arc::new(Inbox::default());
+        let sender = Sender(inbox.clone());
+        assert!(!inbox.is_closed());
+        drop(sender);
+        inbox.wait().await;
+        assert!(inbox.is_closed());
     }
 
     #[test]

@@ -112,9 +112,7 @@ async fn a_sqlite_app_database_is_audited_then_fixed_then_clean() {
 
     let reconcile = Reconcile {
         database_url: format!("sqlite://{}", app_db.display()),
-        bucket: folder.url(),
-        endpoint: String::new(),
-        env: Vec::new(),
+        ..Reconcile::on_folder_url(&folder)
     }
     .set("storage.prefix", "docs/")
     .set("sweep.orphan_grace", "0s")
