@@ -34,6 +34,9 @@ pub struct Metrics {
     pub records_scanned: IntCounter,
     /// Scheduled sweeps skipped because another replica held the sweep lock.
     pub sweeps_skipped: IntCounter,
+    /// Paths with file notifications the folder watcher has not read yet (collapsed per path,
+    /// bounded by `events::folder::MAX_WAITING`).
+    pub file_notifications_waiting: IntGauge,
 }
 
 /// Every `result` of `reconcile_actions_total`.
@@ -203,6 +206,12 @@ impl Metrics {
         )
         .expect("static metric definition is valid");
         register(Box::new(sweeps_skipped.clone()));
+        let file_notifications_waiting = IntGauge::new(
+            "reconcile_file_notifications_waiting",
+            "Paths whose file notifications the folder watcher has not read yet, one per path.",
+        )
+        .expect("static metric definition is valid");
+        register(Box::new(file_notifications_waiting.clone()));
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "reconcile_build_info",
@@ -224,6 +233,7 @@ impl Metrics {
             objects_listed,
             records_scanned,
             sweeps_skipped,
+            file_notifications_waiting,
             processing_attempts,
             processing_queue_depth,
             registry,

@@ -20,7 +20,8 @@
 //! - A symbolic link to a file inside the folder is listed under its own name, with the facts
 //!   of the file it leads to; the file is listed under its own key too, marked
 //!   [`ObjectMeta::linked`]: its bytes are a doc's (a content-addressed layout, `docs/mydoc ->
-//!   blobs/sha-abc`), so it is never an orphan, whatever its own key. Every listing first reads
+//!   blobs/sha-abc`), so it is never an orphan, whatever its own key. The link arrived when
+//!   it was made: its age is the later of its own and its file's arrival. Every listing first reads
 //!   the whole folder's links for that (a folder walk without a `stat` per file; at most
 //!   [`MAX_LINKED_FILES`] files reached by links). A delete looks again, just before it
 //!   unlinks, so a link made after the listing still saves its file.
@@ -152,7 +153,7 @@ impl FolderBucket {
         }
         let path = self.resolve(&root, key, &context)?;
         match fs::metadata(&path) {
-            Ok(m) if m.is_file() => Ok(Some(object_meta(key.to_owned(), &m))),
+            Ok(m) if m.is_file() => Ok(Some(through_link(&path, object_meta(key.to_owned(), &m)))),
             // S3 has no object at a "folder" key either.
             Ok(m) if m.is_dir() => Ok(None),
             Ok(_) => Err(Error::storage(
@@ -507,6 +508,19 @@ fn arrived(m: &Metadata) -> DateTime<Utc> {
     time(m.mtime(), m.mtime_nsec()).max(time(m.ctime(), m.ctime_nsec()))
 }
 
+/// `object` as found at `path`, which may be a symbolic link: a link made just now to an old
+/// file arrived just now (the app may be about to insert its record), so its arrival is the
+/// later of the file's and the link's own.
+fn through_link(path: &Path, object: ObjectMeta) -> ObjectMeta {
+    match fs::symlink_metadata(path) {
+        Ok(link) if link.file_type().is_symlink() => ObjectMeta {
+            last_modified: object.last_modified.max(arrived(&link)),
+            ..object
+        },
+        _ => object,
+    }
+}
+
 /// The identity of the regular file at `path` (not following a final symbolic link: deleting a
 /// link loses no bytes); `None` for anything else or nothing.
 fn regular_file_id(path: &Path) -> io::Result<Option<FileId>> {
@@ -521,7 +535,10 @@ fn regular_file_id(path: &Path) -> io::Result<Option<FileId>> {
 /// Visit the file each symbolic link anywhere under `root` leads to, while `visit` says go on.
 /// Links that lead nowhere, out of the folder or to a folder reach no file of ours and are
 /// passed over (the listing judges those under the prefix). Folders are read without a `stat`
-/// per entry; only links are followed. An unreadable folder is an error naming it.
+/// per entry; only links are followed. A folder this process may not read is passed over too
+/// (a volume's `lost+found` is root's alone): under the listed prefix the walk itself stops
+/// naming it, elsewhere no doc's link can be in it that the app, which must read its docs, put
+/// there. Any other error is one naming the folder.
 fn visit_link_targets(
     root: &Path,
     mut visit: impl FnMut(FileId) -> std::ops::ControlFlow<()>,
@@ -530,7 +547,8 @@ fn visit_link_targets(
     while let Some(folder) = folders.pop() {
         let reader = match fs::read_dir(&folder) {
             Ok(reader) => reader,
-            Err(e) if absent(&e) => continue, // removed since its parent was read
+            // Removed since its parent was read, or not ours to read.
+            Err(e) if absent(&e) || e.kind() == io::ErrorKind::PermissionDenied => continue,
             Err(e) => return Err(format!("reading {}: {e}", folder.display())),
         };
         for entry in reader {
@@ -808,9 +826,13 @@ impl Walk {
                     // A link itself is only a name: deleting it loses no bytes.
                     let reached =
                         entry.kind == EntryKind::File && linked.contains(&(m.dev(), m.ino()));
-                    return Some(Ok(ObjectMeta {
+                    let object = ObjectMeta {
                         linked: reached,
                         ..object_meta(key, &m)
+                    };
+                    return Some(Ok(match entry.kind {
+                        EntryKind::Link => through_link(&path, object),
+                        _ => object,
                     }));
                 }
                 // Deleted since its folder was read (or a link's file since): it is not there,

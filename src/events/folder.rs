@@ -15,6 +15,11 @@
 //! - A dependency that fails holds the event (and those after it) until it answers, as the SQS
 //!   poller does; a stop while holding, an error of the event's own, or a notification queue that
 //!   overflowed leaves the key to the next sweep, logged and counted.
+//! - Memory is bounded whatever the folder does while an event is held: notifications wait in an
+//!   [`Inbox`] collapsed per path (a file written in a million chunks, or rewritten a million
+//!   times, waits as one path), at most [`MAX_WAITING`] paths; so do the keys waiting their
+//!   debounce. Past the bound a notification is dropped and counted as `notifications_lost`,
+//!   like inotify's own overflow: the next sweep catches up.
 
 use super::effect::Effects;
 use super::gate::Gate;
@@ -29,13 +34,133 @@ use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 /// How long a key stays quiet before its event takes effect.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The most paths whose notifications wait to be read, and the most keys waiting their
+/// debounce: a few hundred bytes each, so about a megabyte at most.
+pub const MAX_WAITING: usize = 4096;
+
+/// Notifications not yet read by the watcher, filled on `notify`'s thread (which must never
+/// block) and drained by the watcher's loop, which reads nothing while an effect is held.
+/// Collapsed per path, the latest change winning (the loop's debounce does the same), in the
+/// order paths first came; bounded by [`MAX_WAITING`] paths.
+#[derive(Default)]
+pub struct Inbox {
+    waiting: Mutex<Waiting>,
+    ready: Notify,
+    /// Set when `notify` dropped its handler: no notification will come any more.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// Held by `notify`'s handler: closes the inbox when the handler is dropped (its thread ended).
+struct Sender(Arc<Inbox>);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.ready.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct Waiting {
+    order: Vec<PathBuf>,
+    /// Path -> landed (else gone).
+    latest: HashMap<PathBuf, bool>,
+    /// Notifications dropped since the last drain: past the bound, or lost by inotify itself.
+    lost: u64,
+    /// The last error `notify` reported since the last drain, and how many there were.
+    errors: Option<(u64, String)>,
+}
+
+/// What one drain of the inbox holds.
+#[derive(Debug, Default, PartialEq)]
+pub struct Drained {
+    pub changes: Vec<Change>,
+    pub lost: u64,
+    pub errors: Option<(u64, String)>,
+}
+
+impl Inbox {
+    /// Note one notification; returns how many paths now wait.
+    pub fn post(&self, event: notify::Result<notify::Event>) -> usize {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Ok(event) => {
+                if event.need_rescan() {
+                    waiting.lost += 1;
+                }
+                for change in changes(&event) {
+                    let (path, landed) = match change {
+                        Change::Landed(path) => (path, true),
+                        Change::Gone(path) => (path, false),
+                    };
+                    if let Some(latest) = waiting.latest.get_mut(&path) {
+                        *latest = landed;
+                    } else if waiting.latest.len() < MAX_WAITING {
+                        waiting.order.push(path.clone());
+                        waiting.latest.insert(path, landed);
+                    } else {
+                        waiting.lost += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                let count = waiting.errors.as_ref().map_or(0, |(n, _)| *n);
+                waiting.errors = Some((count + 1, e.to_string()));
+            }
+        }
+        let count = waiting.latest.len();
+        drop(waiting);
+        self.ready.notify_one();
+        count
+    }
+
+    /// Take everything waiting.
+    pub fn drain(&self) -> Drained {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let Waiting {
+            order,
+            mut latest,
+            lost,
+            errors,
+        } = std::mem::take(&mut *waiting);
+        let changes = order
+            .into_iter()
+            .filter_map(|path| {
+                let landed = latest.remove(&path)?;
+                Some(if landed {
+                    Change::Landed(path)
+                } else {
+                    Change::Gone(path)
+                })
+            })
+            .collect();
+        Drained {
+            changes,
+            lost,
+            errors,
+        }
+    }
+
+    /// Until something was posted since the last wait.
+    pub async fn wait(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Whether the notifications ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 /// What a notification says about one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,11 +245,18 @@ impl FolderWatcher {
     /// Watch until `stop` turns true. Returns early (for the supervisor to restart) when the
     /// watch cannot be set up or the notifications end.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let inbox = Arc::new(Inbox::default());
+        let waiting = self.metrics.file_notifications_waiting.clone();
+        waiting.set(0);
+        let sender = Sender(inbox.clone());
+        let post = move |event| {
+            let count = sender.0.post(event);
+            waiting.set(i64::try_from(count).unwrap_or(i64::MAX));
+        };
         // Setting up a recursive watch walks the whole tree: off the async threads.
         let configured = self.root.clone();
         let (root, _watcher) =
-            match tokio::task::spawn_blocking(move || watch(&configured, tx)).await {
+            match tokio::task::spawn_blocking(move || watch(&configured, post)).await {
                 Ok(Ok(watching)) => watching,
                 Ok(Err(e)) => return tracing::error!(error = %e, "cannot watch the folder"),
                 Err(e) => return tracing::error!(error = %e, "the watch set-up failed"),
@@ -136,12 +268,14 @@ impl FolderWatcher {
             let next_due = pending.values().map(|(_, due)| *due).min();
             tokio::select! {
                 _ = crate::stop::requested(&mut stop) => break,
-                notified = rx.recv() => match notified {
-                    Some(Ok(event)) => self.note(&root, &event, &mut pending).await,
-                    Some(Err(e)) => tracing::warn!(error = %e,
-                        "file notifications failed; the next sweep catches up"),
-                    None => return tracing::error!("file notifications ended"),
-                },
+                _ = inbox.wait() => {
+                    if inbox.is_closed() {
+                        return tracing::error!("file notifications ended");
+                    }
+                    let drained = inbox.drain();
+                    self.metrics.file_notifications_waiting.set(0);
+                    self.note(&root, drained, &mut pending).await;
+                }
                 _ = sleep_until(next_due), if next_due.is_some() => {
                     let now = Instant::now();
                     let mut due: Vec<(String, bool, Instant)> = pending
@@ -167,22 +301,28 @@ impl FolderWatcher {
         }
     }
 
-    /// Note what one notification changes.
+    /// Note what the notifications drained from the inbox change.
     async fn note(
         &self,
         root: &Path,
-        event: &notify::Event,
+        drained: Drained,
         pending: &mut HashMap<String, (bool, Instant)>,
     ) {
-        if event.need_rescan() {
-            self.metrics
-                .events_failed
-                .with_label_values(&["notifications_lost"])
-                .inc();
-            tracing::warn!("file notifications overflowed; the next sweep catches up");
+        if let Some((count, error)) = drained.errors {
+            tracing::warn!(count, error = %error,
+                "file notifications failed; the next sweep catches up");
         }
+        let mut lost = drained.lost;
         let due = Instant::now() + DEBOUNCE;
-        for change in changes(event) {
+        // A key already waiting only moves its due time: the bound is on distinct keys.
+        let mut wait = |key: String, landed: bool, lost: &mut u64| {
+            if pending.len() < MAX_WAITING || pending.contains_key(&key) {
+                pending.insert(key, (landed, due));
+            } else {
+                *lost += 1;
+            }
+        };
+        for change in drained.changes {
             let (path, landed) = match change {
                 Change::Landed(path) => (path, true),
                 Change::Gone(path) => (path, false),
@@ -193,15 +333,30 @@ impl FolderWatcher {
             if landed && self.filter.may_hold(&key) && path.is_dir() {
                 let filter = self.filter.clone();
                 let (root, folder) = (root.to_owned(), path.clone());
-                let found = tokio::task::spawn_blocking(move || files_in(&root, &folder, &filter))
-                    .await
-                    .unwrap_or_default();
+                let (found, more) = tokio::task::spawn_blocking(move || {
+                    files_in(&root, &folder, &filter, MAX_WAITING)
+                })
+                .await
+                .unwrap_or_default();
+                if more {
+                    lost += 1;
+                }
                 for key in found {
-                    pending.insert(key, (true, due));
+                    wait(key, true, &mut lost);
                 }
             } else if self.filter.watches(&key) {
-                pending.insert(key, (landed, due));
+                wait(key, landed, &mut lost);
             }
+        }
+        if lost > 0 {
+            self.metrics
+                .events_failed
+                .with_label_values(&["notifications_lost"])
+                .inc_by(lost);
+            tracing::warn!(
+                lost,
+                "file notifications overflowed; the next sweep catches up"
+            );
         }
     }
 
@@ -271,18 +426,16 @@ impl FolderWatcher {
     }
 }
 
-/// Watch the folder at `root` (resolved), recursively, sending every notification to `tx`.
+/// Watch the folder at `root` (resolved), recursively, handing every notification to `post`
+/// (on `notify`'s thread).
 fn watch(
     root: &Path,
-    tx: mpsc::UnboundedSender<notify::Result<notify::Event>>,
+    post: impl Fn(notify::Result<notify::Event>) + Send + 'static,
 ) -> Result<(PathBuf, notify::RecommendedWatcher)> {
     let context = format!("watching file://{}", root.display());
     let root = std::fs::canonicalize(root).map_err(|e| Error::storage(&context, e.to_string()))?;
-    let mut watcher = notify::recommended_watcher(move |event| {
-        // The receiver is gone only when the watch is being dropped.
-        let _ = tx.send(event);
-    })
-    .map_err(|e| Error::storage(&context, e.to_string()))?;
+    let mut watcher =
+        notify::recommended_watcher(post).map_err(|e| Error::storage(&context, e.to_string()))?;
     watcher
         .watch(&root, RecursiveMode::Recursive)
         .map_err(|e| Error::storage(&context, e.to_string()))?;
@@ -296,8 +449,9 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
-/// The watched keys of the files under `folder`, walked now.
-fn files_in(root: &Path, folder: &Path, filter: &Filter) -> Vec<String> {
+/// The watched keys of the files under `folder`, walked now: at most `limit`, and whether
+/// there were more.
+fn files_in(root: &Path, folder: &Path, filter: &Filter, limit: usize) -> (Vec<String>, bool) {
     let mut found = Vec::new();
     let mut folders = vec![folder.to_owned()];
     while let Some(folder) = folders.pop() {
@@ -315,11 +469,14 @@ fn files_in(root: &Path, folder: &Path, filter: &Filter) -> Vec<String> {
             if kind.is_dir() && filter.may_hold(&key) {
                 folders.push(path);
             } else if kind.is_file() && filter.watches(&key) {
+                if found.len() == limit {
+                    return (found, true);
+                }
                 found.push(key);
             }
         }
     }
-    found
+    (found, false)
 }
 
 #[cfg(test)]
@@ -390,6 +547,66 @@ mod tests {
         for (kind, paths, expected) in cases {
             assert_eq!(changes(&event(kind, &paths)), expected, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn the_inbox_collapses_notifications_per_path_and_bounds_the_paths() {
+        use notify::EventKind as K;
+        let closed = |p: &str| Ok(event(K::Access(AccessKind::Close(AccessMode::Write)), &[p]));
+        let removed = |p: &str| Ok(event(K::Remove(RemoveKind::File), &[p]));
+        let written = |p: &str| {
+            Ok(event(
+                K::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
+                &[p],
+            ))
+        };
+        let inbox = Inbox::default();
+        for _ in 0..10_000 {
+            inbox.post(written("/r/a"));
+            inbox.post(closed("/r/a"));
+        }
+        inbox.post(closed("/r/b"));
+        assert_eq!(inbox.post(removed("/r/a")), 2, "two paths wait");
+        assert_eq!(
+            inbox.drain(),
+            Drained {
+                changes: vec![
+                    Change::Gone(PathBuf::from("/r/a")),
+                    Change::Landed(PathBuf::from("/r/b"))
+                ],
+                lost: 0,
+                errors: None,
+            },
+            "the latest change of each path, in the order the paths came"
+        );
+        assert_eq!(inbox.drain(), Drained::default());
+
+        for n in 0..MAX_WAITING + 5 {
+            inbox.post(closed(&format!("/r/{n}")));
+        }
+        // A path already waiting still takes its latest change past the bound.
+        inbox.post(removed("/r/0"));
+        let mut rescan = notify::Event::new(K::Other);
+        rescan = rescan.set_flag(notify::event::Flag::Rescan);
+        inbox.post(Ok(rescan));
+        let drained = inbox.drain();
+        assert_eq!(drained.changes.len(), MAX_WAITING);
+        assert_eq!(drained.changes[0], Change::Gone(PathBuf::from("/r/0")));
+        assert_eq!(
+            drained.lost,
+            5 + 1,
+            "past the bound, and inotify's own overflow"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_inbox_closes_when_notify_drops_its_handler() {
+        let inbox = Arc::new(Inbox::default());
+        let sender = Sender(inbox.clone());
+        assert!(!inbox.is_closed());
+        drop(sender);
+        inbox.wait().await;
+        assert!(inbox.is_closed());
     }
 
     #[test]

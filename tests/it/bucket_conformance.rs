@@ -635,3 +635,215 @@ mod moto {
         );
     }
 }
+
+/// What POSIX does that S3 does not, written down as the folder bucket's cases: each test
+/// states what the platform does (checked here on this machine's file system) and what the
+/// bucket promises about it.
+mod posix {
+    use super::{keys, list};
+    use crate::helpers::TestFolder;
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, symlink};
+    use std::time::{Duration, SystemTime};
+    use upload_reconciler::bucket::folder::FolderBucket;
+    use upload_reconciler::bucket::{Bucket, CopyOutcome, DeleteOutcome};
+
+    fn folder() -> (TestFolder, FolderBucket) {
+        let folder = TestFolder::new();
+        let bucket = FolderBucket::new(folder.path());
+        (folder, bucket)
+    }
+
+    async fn listing_error(bucket: &FolderBucket, prefix: &str) -> String {
+        match futures::TryStreamExt::try_collect::<Vec<_>>(bucket.list(prefix)).await {
+            Err(e) => e.to_string(),
+            Ok(objects) => panic!("expected a listing error, got {objects:?}"),
+        }
+    }
+
+    fn backdate(path: &std::path::Path, age: Duration) {
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(SystemTime::now() - age))
+            .expect("set the mtime");
+    }
+
+    const TWO_YEARS: Duration = Duration::from_secs(730 * 86_400);
+
+    #[tokio::test]
+    async fn a_link_inside_lists_under_its_name_and_marks_its_file_as_a_docs_bytes() {
+        let (folder, bucket) = folder();
+        folder.put("docs/blobs/sha-abc", "bytes");
+        symlink("blobs/sha-abc", folder.path().join("docs/mydoc")).expect("symlink");
+        let listed = list(&bucket, "docs/").await;
+        let facts: Vec<(&str, bool)> = listed.iter().map(|o| (o.key.as_str(), o.linked)).collect();
+        assert_eq!(facts, [("docs/blobs/sha-abc", true), ("docs/mydoc", false)]);
+        assert_eq!(listed[0].etag, listed[1].etag, "one file under two names");
+        // A link made later than its file arrived later: the app may be about to insert its
+        // record. (A file's own arrival cannot be set back: ctime. So the link waits a moment.)
+        std::thread::sleep(Duration::from_millis(50));
+        symlink("blobs/sha-abc", folder.path().join("docs/new-link")).expect("symlink");
+        let head = bucket
+            .head("docs/new-link")
+            .await
+            .expect("head")
+            .expect("present");
+        let listed_link = list(&bucket, "docs/new-link").await.remove(0);
+        assert_eq!(listed_link.last_modified, head.last_modified);
+        assert!(
+            head.last_modified - listed[0].last_modified >= chrono::Duration::milliseconds(50),
+            "the link's arrival {} is not its file's {}",
+            head.last_modified,
+            listed[0].last_modified
+        );
+        fs::remove_file(folder.path().join("docs/new-link")).expect("unlink");
+        // Deleting the link removes a name, never the bytes.
+        assert_eq!(
+            bucket.delete_if(&listed[1]).await.expect("delete"),
+            DeleteOutcome::Deleted
+        );
+        assert_eq!(folder.read("docs/blobs/sha-abc").as_deref(), Some("bytes"));
+    }
+
+    #[tokio::test]
+    async fn a_link_out_of_the_folder_or_to_a_folder_stops_the_listing_naming_it() {
+        let outside = TestFolder::new();
+        outside.put("secret", "not the app's");
+        let (folder, bucket) = folder();
+        folder.put("docs/a", "a");
+        symlink(
+            outside.path().join("secret"),
+            folder.path().join("docs/out"),
+        )
+        .expect("symlink");
+        let error = listing_error(&bucket, "docs/").await;
+        assert!(
+            error.contains("docs/out") && error.contains("out of the folder"),
+            "{error}"
+        );
+        fs::remove_file(folder.path().join("docs/out")).expect("unlink");
+        fs::create_dir_all(folder.path().join("elsewhere")).expect("folder");
+        symlink("../elsewhere", folder.path().join("docs/dir")).expect("symlink");
+        let error = listing_error(&bucket, "docs/").await;
+        assert!(
+            error.contains("docs/dir") && error.contains("to a folder"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dangling_link_is_an_absent_object_to_the_listing_and_head() {
+        let (folder, bucket) = folder();
+        folder.put("docs/a", "a");
+        symlink("gone", folder.path().join("docs/dangling")).expect("symlink");
+        assert_eq!(keys(&bucket, "docs/").await, ["docs/a"]);
+        assert_eq!(bucket.head("docs/dangling").await.expect("head"), None);
+    }
+
+    #[tokio::test]
+    async fn hard_links_are_one_file_under_names_each_listed_and_deleting_one_keeps_the_bytes() {
+        let (folder, bucket) = folder();
+        folder.put("docs/one", "shared");
+        fs::hard_link(
+            folder.path().join("docs/one"),
+            folder.path().join("docs/two"),
+        )
+        .expect("hard link");
+        let listed = list(&bucket, "docs/").await;
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].etag, listed[1].etag, "same size, mtime and inode");
+        assert_eq!(
+            bucket.delete_if(&listed[1]).await.expect("delete"),
+            DeleteOutcome::Deleted
+        );
+        assert_eq!(folder.read("docs/one").as_deref(), Some("shared"));
+        assert_eq!(
+            fs::metadata(folder.path().join("docs/one"))
+                .expect("stat")
+                .nlink(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn rename_keeps_mtime_and_sets_ctime_so_a_file_is_as_old_as_its_arrival() {
+        let (folder, bucket) = folder();
+        let fresh = |o: &upload_reconciler::model::ObjectMeta| {
+            chrono::Utc::now() - o.last_modified < chrono::Duration::minutes(5)
+        };
+        // mv: the platform keeps mtime and sets ctime (ext4 here; xfs, btrfs, tmpfs alike).
+        folder.put("incoming/a", "a");
+        backdate(&folder.path().join("incoming/a"), TWO_YEARS);
+        let before = fs::metadata(folder.path().join("incoming/a")).expect("stat");
+        std::thread::sleep(Duration::from_millis(20));
+        fs::create_dir_all(folder.path().join("docs")).expect("folder");
+        fs::rename(
+            folder.path().join("incoming/a"),
+            folder.path().join("docs/a"),
+        )
+        .expect("mv");
+        let after = fs::metadata(folder.path().join("docs/a")).expect("stat");
+        assert_eq!(after.mtime(), before.mtime(), "rename keeps mtime");
+        assert!(
+            (after.ctime(), after.ctime_nsec()) > (before.ctime(), before.ctime_nsec()),
+            "rename sets ctime"
+        );
+        // cp -p, rsync -a, tar x: a new file given an old mtime; its ctime is now.
+        folder.put("docs/b", "b");
+        backdate(&folder.path().join("docs/b"), TWO_YEARS);
+        // touch -d on a file in place: ctime is the touch.
+        folder.put("docs/c", "c");
+        backdate(&folder.path().join("docs/c"), TWO_YEARS);
+        let listed = list(&bucket, "docs/").await;
+        assert_eq!(listed.len(), 3);
+        assert!(listed.iter().all(fresh), "{listed:?}");
+        let head = bucket.head("docs/a").await.expect("head").expect("present");
+        assert!(fresh(&head), "{head:?}");
+    }
+
+    #[tokio::test]
+    async fn a_file_being_written_is_visible_with_the_bytes_so_far() {
+        use std::io::Write;
+        let (folder, bucket) = folder();
+        fs::create_dir_all(folder.path().join("docs")).expect("folder");
+        let mut writer = fs::File::create(folder.path().join("docs/partial")).expect("create");
+        writer.write_all(&[b'x'; 1000]).expect("write");
+        // No close, no rename: a listing (and a HEAD) already see 1000 bytes. Hence
+        // storage.settle_time: the sweep does not judge it until it has been left alone.
+        let listed = list(&bucket, "docs/").await;
+        assert_eq!(listed[0].size, 1000);
+        writer.write_all(&[b'x'; 1000]).expect("write");
+        let head = bucket
+            .head("docs/partial")
+            .await
+            .expect("head")
+            .expect("present");
+        assert_eq!(head.size, 2000);
+        assert_ne!(head.etag, listed[0].etag, "a grown file is another object");
+    }
+
+    #[tokio::test]
+    async fn a_file_replaced_under_its_name_is_another_object_to_copy_and_delete() {
+        let (folder, bucket) = folder();
+        folder.put("docs/a", "v1");
+        let seen = list(&bucket, "docs/").await.remove(0);
+        // The app's atomic replace: write beside, rename over. Same size, a new inode.
+        folder.put("docs/.a.tmp", "v2");
+        fs::rename(
+            folder.path().join("docs/.a.tmp"),
+            folder.path().join("docs/a"),
+        )
+        .expect("mv");
+        assert_eq!(
+            bucket.copy_new(&seen, "quarantine/a").await.expect("copy"),
+            CopyOutcome::SourceChanged
+        );
+        assert_eq!(
+            bucket.delete_if(&seen).await.expect("delete"),
+            DeleteOutcome::Changed
+        );
+        assert_eq!(folder.read("docs/a").as_deref(), Some("v2"));
+        assert_eq!(folder.read("quarantine/a"), None);
+    }
+}

@@ -1,6 +1,7 @@
 //! What only a folder bucket (`storage.bucket = "file:///..."`) has, through the binary: keys
-//! that would leave it, its configuration errors. The scenarios it shares with S3 are in
-//! `scenarios.rs`.
+//! that would leave it, symbolic and hard links, files moved in with old mtimes, files still
+//! being written, permissions, its configuration errors. The scenarios it shares with S3 are in
+//! `scenarios.rs`; the platform's semantics, case by case, in `bucket_conformance::posix`.
 
 use crate::helpers::*;
 use std::time::Duration;
@@ -251,4 +252,73 @@ async fn a_file_bucket_with_s3_settings_or_a_relative_path_is_a_configuration_er
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("storage.bucket"), "{}", run.stderr);
     assert!(run.stderr.contains("absolute path"), "{}", run.stderr);
+}
+
+/// Tests run as root, which reads every file whatever its mode (CAP_DAC_OVERRIDE): the binary
+/// runs as `nobody` through `setpriv`, so the modes apply.
+const AS_NOBODY: [&str; 5] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+];
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[tokio::test]
+async fn an_unreadable_folder_stops_the_listing_naming_it_and_an_unreadable_orphan_stays() {
+    let db = TestDb::with_docs(None).await;
+    let folder = TestFolder::new();
+    folder.put("docs/a", "a");
+    folder.put("docs/locked/b", "b");
+    folder.put("docs/orphan", "nobody's, unreadable");
+    // Outside the prefix, as a volume's lost+found: no business of the listing's.
+    folder.put("lost+found/x", "root's");
+    db.doc("a", "processed", HOUR).await;
+    db.doc("locked/b", "processed", HOUR).await;
+    // World-writable so that nobody may quarantine (the test's temporary folder is root's 0700).
+    for (path, mode) in [("", 0o777), ("docs", 0o777), ("lost+found", 0o700)] {
+        chmod(&folder.path().join(path), mode);
+    }
+    chmod(&folder.path().join("docs/locked"), 0o000);
+    let reconcile = Reconcile::on_folder(&db, &folder)
+        .set("storage.prefix", "docs/")
+        .set("sweep.orphan_action", "quarantine")
+        .set("sweep.orphan_grace", "0s");
+
+    // The folder it cannot read: an error naming it, never a listing without locked/b.
+    let run = reconcile
+        .run_through(&AS_NOBODY, &["--dry-run", "--format", "json"])
+        .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let error = run.stderr.trim();
+    assert_eq!(error.lines().count(), 1, "{error}");
+    assert!(error.contains("docs/locked"), "{error}");
+    assert!(error.contains("Permission denied"), "{error}");
+    assert_eq!(db.status("locked/b").await.as_deref(), Some("processed"));
+
+    // A file it cannot read is still listed (its facts need no read); copying it fails, naming
+    // it, and the original stays.
+    chmod(&folder.path().join("docs/locked"), 0o755);
+    chmod(&folder.path().join("docs/orphan"), 0o000);
+    let run = reconcile
+        .run_through(&AS_NOBODY, &["--format", "json"])
+        .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let finding = &run.json()["findings"][0];
+    assert_eq!(finding["id"], "orphan", "{}", run.stdout);
+    assert_eq!(finding["result"], "failed", "{}", run.stdout);
+    let reason = finding["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("docs/orphan"), "{reason}");
+    assert!(reason.contains("Permission denied"), "{reason}");
+    chmod(&folder.path().join("docs/orphan"), 0o644);
+    assert_eq!(
+        folder.read("docs/orphan").as_deref(),
+        Some("nobody's, unreadable")
+    );
+    assert_eq!(db.status("a").await.as_deref(), Some("processed"));
 }

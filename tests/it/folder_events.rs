@@ -16,17 +16,29 @@ fn daemon_on(db: &TestDb, folder: &TestFolder, schedule: &str) -> Reconcile {
         .set("sweep.schedule", schedule)
 }
 
-/// A daemon started with `-v`, once its watch is in place: the process and its address.
-async fn watching(reconcile: &Reconcile, log: &std::path::Path) -> (tokio::process::Child, String) {
-    let daemon = reconcile.spawn(&["daemon", "-v"], log);
-    let addr = daemon_address(log).await;
+/// The daemon started, once its watch is in place: its log's folder, the process, its address.
+async fn watching(reconcile: &Reconcile) -> (tempfile::TempDir, tokio::process::Child, String) {
+    let logs = tempfile::tempdir().expect("temp dir");
+    let log = logs.path().join("daemon.log");
+    let daemon = reconcile.spawn(&["daemon", "-v"], &log);
+    let addr = daemon_address(&log).await;
     eventually(Duration::from_secs(30), "the watch to start", || async {
-        std::fs::read_to_string(log)
+        std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("watching the folder")
     })
     .await;
-    (daemon, addr)
+    (logs, daemon, addr)
+}
+
+/// `reconcile_events_failed_total{reason}` as the daemon serves it now.
+async fn events_failed(addr: &str, reason: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    metric_value(
+        &body,
+        &format!("reconcile_events_failed_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(0.0)
 }
 
 async fn created_events(addr: &str) -> f64 {
@@ -51,9 +63,7 @@ async fn files_landing_in_the_folder_move_their_records_and_a_removed_file_marks
     db.doc("kept", "processed", HOUR).await;
     folder.put("docs/kept", "kept");
     let reconcile = daemon_on(&db, &folder, NO_SWEEP);
-    let logs = tempfile::tempdir().expect("temp dir");
-    let log = logs.path().join("daemon.log");
-    let (mut daemon, addr) = watching(&reconcile, &log).await;
+    let (_logs, mut daemon, addr) = watching(&reconcile).await;
 
     // Files that must change nothing: outside the prefix, in quarantine, a copy's temporary file.
     folder.put("plain", "outside the prefix");
@@ -178,27 +188,12 @@ async fn a_file_that_lands_while_the_database_is_down_takes_effect_once_it_answe
     let postgres = FaultProxy::tcp("127.0.0.1:5432").await;
     let mut reconcile = daemon_on(&db, &folder, NO_SWEEP);
     reconcile.database_url = postgres.url_of(&db);
-    let logs = tempfile::tempdir().expect("temp dir");
-    let log = logs.path().join("daemon.log");
-    let mut daemon = reconcile.spawn(&["daemon", "-v"], &log);
-    let addr = daemon_address(&log).await;
-    eventually(Duration::from_secs(30), "the watch to start", || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("watching the folder")
-    })
-    .await;
+    let (_logs, mut daemon, addr) = watching(&reconcile).await;
 
     postgres.set(Fault::Reset);
     folder.put("docs/during", "landed during the outage");
     eventually(Duration::from_secs(30), "the event held", || async {
-        let (_, body) = http_get(&addr, "/metrics").await;
-        metric_value(
-            &body,
-            "reconcile_events_failed_total{reason=\"dependency_down\"}",
-        )
-        .unwrap_or(0.0)
-            >= 1.0
+        events_failed(&addr, "dependency_down").await >= 1.0
     })
     .await;
     assert_ne!(
@@ -223,9 +218,124 @@ async fn a_file_confirmed_by_its_own_notification_is_an_upload_confirmed_never_a
     let db = TestDb::with_docs(None).await;
     let folder = TestFolder::new();
     db.doc("confirmed", "pending", MINUTE).await;
-    let logs = tempfile::tempdir().expect("temp dir");
-    let log = logs.path().join("daemon.log");
-    let (mut daemon, addr) = watching(&daemon_on(&db, &folder, NO_SWEEP), &log).await;
+    let (_logs, mut daemon, addr) = watching(&daemon_on(&db, &folder, NO_SWEEP)).await;
     folder.put("docs/confirmed", "a healthy upload");
     assert_upload_confirmed_then_stop(&db, &mut daemon, &addr, "confirmed").await;
+}
+
+/// While an event waits for the database (the app holds SQLite's write lock), the notifications
+/// that keep coming wait collapsed per path and bounded: a file written in thousands of chunks
+/// and files rewritten hundreds of times each wait as one path apiece, and past the bound the
+/// rest are counted lost, never queued. Measured by the daemon's own gauge, not by time.
+#[tokio::test]
+async fn notifications_wait_collapsed_per_path_and_bounded_while_an_event_is_held() {
+    let db = TestSqlite::with_docs().await;
+    let folder = TestFolder::new();
+    let rewritten: Vec<String> = (0..40).map(|n| format!("k{n:02}")).collect();
+    for id in rewritten
+        .iter()
+        .map(String::as_str)
+        .chain(["first", "chunked"])
+    {
+        db.doc(id, "pending", MINUTE).await;
+    }
+    let reconcile = Reconcile {
+        database_url: db.url(),
+        ..Reconcile::on_folder_url(&folder)
+    }
+    .set("storage.prefix", "docs/")
+    .set("sweep.schedule", NO_SWEEP);
+    // Both folders exist before the watch: files made in a folder before its watch is in place
+    // give no notification (the folder's own is walked instead), and the counts below are exact.
+    for folder_key in ["docs", "other"] {
+        std::fs::create_dir_all(folder.path().join(folder_key)).expect("folder");
+    }
+    let (_logs, mut daemon, addr) = watching(&reconcile).await;
+    let gauge = |body: &str| metric_value(body, "reconcile_file_notifications_waiting");
+
+    // The app holds the database; the first file's event waits for it.
+    let mut app = db.pool.acquire().await.expect("a connection");
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *app)
+        .await
+        .expect("lock the database");
+    folder.put("docs/first", "first");
+    eventually(Duration::from_secs(60), "the first event held", || async {
+        events_failed(&addr, "dependency_down").await >= 1.0
+    })
+    .await;
+
+    // 20 000 small writes to one file, 40 files rewritten (open, write, close) 100 times each.
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(folder.path().join("docs/chunked")).expect("create");
+        for _ in 0..20_000 {
+            file.write_all(b"0123456789").expect("write a chunk");
+        }
+    }
+    for round in 0..100 {
+        for id in &rewritten {
+            folder.put(&format!("docs/{id}"), &format!("round {round}"));
+        }
+    }
+    folder.put("docs/zz-sentinel", "the last notification");
+    // 42 paths: the 40, the chunked file and the sentinel (the held one was taken already).
+    eventually(
+        Duration::from_secs(30),
+        "the notifications read",
+        || async { gauge(&http_get(&addr, "/metrics").await.1) == Some(42.0) },
+    )
+    .await;
+
+    // Past the bound: more distinct paths than the inbox holds (outside the prefix: the inbox
+    // holds any path, the watcher then drops these unapplied).
+    for n in 0..5000 {
+        folder.put(&format!("other/many-{n}"), "x");
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the inbox at its bound",
+        || async { gauge(&http_get(&addr, "/metrics").await.1) == Some(4096.0) },
+    )
+    .await;
+    folder.put("docs/zz-past-the-bound", "dropped");
+    let (_, body) = http_get(&addr, "/metrics").await;
+    assert_eq!(gauge(&body), Some(4096.0), "the bound");
+
+    // The app lets go: the held event and the collapsed ones take effect, with the files' last
+    // contents.
+    sqlx::query("COMMIT")
+        .execute(&mut *app)
+        .await
+        .expect("unlock");
+    drop(app);
+    // What the bound dropped is counted once the watcher reads again, and left to the sweep.
+    eventually(
+        Duration::from_secs(60),
+        "the dropped ones counted",
+        || async {
+            let (_, body) = http_get(&addr, "/metrics").await;
+            metric_value(
+                &body,
+                "reconcile_events_failed_total{reason=\"notifications_lost\"}",
+            )
+            .unwrap_or(0.0)
+                >= (42 + 5000 + 1 - 4096) as f64
+        },
+    )
+    .await;
+    for id in rewritten
+        .iter()
+        .map(String::as_str)
+        .chain(["first", "chunked"])
+    {
+        eventually(
+            Duration::from_secs(60),
+            &format!("{id} processed"),
+            || async { db.status(id).await.as_deref() == Some("processed") },
+        )
+        .await;
+    }
+    signal(&daemon, "TERM");
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(30)).await, 0);
 }

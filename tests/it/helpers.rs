@@ -464,8 +464,22 @@ impl Reconcile {
     /// The binary with this database, bucket and settings; everything else of the test's
     /// environment is cleared, so nothing of the developer's leaks in.
     fn command(&self, args: &[&str]) -> tokio::process::Command {
+        self.command_through(&[], args)
+    }
+
+    /// [`command`](Self::command) run through `wrapper` (a program and its arguments, which
+    /// then runs the binary), e.g. `setpriv` to run it as another user.
+    fn command_through(&self, wrapper: &[&str], args: &[&str]) -> tokio::process::Command {
         let target = s3_target();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile"));
+        let binary = env!("CARGO_BIN_EXE_reconcile");
+        let mut cmd = match wrapper {
+            [] => tokio::process::Command::new(binary),
+            [program, wrapper_args @ ..] => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(wrapper_args).arg(binary);
+                cmd
+            }
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", &self.database_url)
@@ -490,7 +504,12 @@ impl Reconcile {
     }
 
     pub async fn run(&self, args: &[&str]) -> Run {
-        let mut cmd = self.command(args);
+        self.run_through(&[], args).await
+    }
+
+    /// [`run`](Self::run) through `wrapper` (see `command_through`).
+    pub async fn run_through(&self, wrapper: &[&str], args: &[&str]) -> Run {
+        let mut cmd = self.command_through(wrapper, args);
         let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
             .await
             .expect("reconcile finished within 120 s (likely hung)")
@@ -1036,6 +1055,14 @@ impl Reconcile {
     pub fn on_folder(db: &TestDb, folder: &TestFolder) -> Self {
         Reconcile {
             database_url: db.url(),
+            ..Reconcile::on_folder_url(folder)
+        }
+    }
+
+    /// `reconcile` over a folder bucket; the database is the caller's to set.
+    pub fn on_folder_url(folder: &TestFolder) -> Self {
+        Reconcile {
+            database_url: String::new(),
             bucket: folder.url(),
             endpoint: String::new(),
             // Files the tests write are whole at once; the tests of settling set their own.

@@ -14,6 +14,7 @@ mod execute;
 mod explain;
 mod faults;
 mod folder;
+mod folder_campaign;
 mod folder_events;
 mod heal;
 mod helpers;
