@@ -65,7 +65,7 @@ pub struct Truth {
     pub landed: Vec<DateTime<Utc>>,
     pub deleted: Vec<DateTime<Utc>>,
     /// Objects the engine destroyed while a crash cut its transaction at the commit: their audit
-    /// row went with the transaction (the window `Executor::apply_in` documents).
+    /// row went with the transaction (the window `Executor::change_bucket` documents).
     pub unaudited_destroys: u64,
 }
 
