@@ -1,4 +1,4 @@
-"""Which conditional S3 requests a server honours (the README's table "Conditional writes").
+"""Which conditional S3 requests a server honours (the table "Conditional writes" in docs/findings.md).
 Usage: .venv/bin/python scripts/measure-conditional-writes.py ENDPOINT ACCESS_KEY SECRET_KEY REGION
 (moto: any keys, region us-east-1; garage: the key scripts/test-garage creates)."""
 import sys, uuid, boto3, botocore

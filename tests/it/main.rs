@@ -9,6 +9,7 @@ mod crash;
 mod daemon;
 mod demo;
 mod deployments;
+mod docs;
 mod events;
 mod execute;
 mod explain;

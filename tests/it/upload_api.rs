@@ -15,7 +15,7 @@ const PENDING_TTL: Duration = Duration::from_secs(3);
 
 /// The API's binary: cargo builds examples beside the test binary's folder (`scripts/test` runs
 /// `cargo build --example upload_api` first, since `cargo test --test it` alone does not).
-fn example_binary() -> PathBuf {
+pub fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let debug = exe
         .parent()
