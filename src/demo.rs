@@ -254,7 +254,7 @@ pub fn legend(sandbox: &Path, quarantine_prefix: &str) -> String {
         ),
         (
             "orphan_object",
-            "a file no record names, older than sweep.orphan_grace (24h): quarantined here (tmp/unclaimed.bin)",
+            "a file no record names, past sweep.orphan_grace (24h by default; 0s in this sandbox, whose files all arrived just now): quarantined here (tmp/unclaimed.bin)",
         ),
         (
             "missing_object",
@@ -273,8 +273,12 @@ pub fn legend(sandbox: &Path, quarantine_prefix: &str) -> String {
             "an S3 multipart upload nobody completed: aborted (not on a folder)",
         ),
         (
+            "object_returned",
+            "a missing record whose file is back (put back, or its delete marker removed): adopted again",
+        ),
+        (
             "in_grace",
-            "younger than its grace period: counted, never touched (slides.key, pending 5 minutes; just-landed.txt, a file of an hour with no record yet)",
+            "younger than its grace period: counted, never touched (slides.key and draft.docx, pending 5 and 10 minutes)",
         ),
     ];
     let mut text = String::from("\nWhat the kinds mean:\n");

@@ -178,6 +178,11 @@ impl<C: Catalog> Catalog for Deadline<C> {
             .await
     }
 
+    async fn noted_object(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        self.within("reading a noted object", self.inner.noted_object(key))
+            .await
+    }
+
     async fn note_intent(&self, intent: &Intent) -> Result<()> {
         self.within("noting an intent", self.inner.note_intent(intent))
             .await
@@ -271,6 +276,16 @@ impl Transaction for DeadlineTransaction<'_> {
             self.limit,
             "creating a record",
             self.inner.create_record(id, status),
+        )
+        .await
+    }
+
+    async fn noted_object(&mut self, key: &str) -> Result<Option<ObjectMeta>> {
+        within(
+            self.database,
+            self.limit,
+            "reading a noted object",
+            self.inner.noted_object(key),
         )
         .await
     }

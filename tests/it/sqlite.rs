@@ -39,9 +39,7 @@ async fn sqlite_shell(path: &Path, sql: &str) {
 fn on_folder_with_sqlite(url: &str, folder: &TestFolder) -> Reconcile {
     Reconcile {
         database_url: url.to_owned(),
-        bucket: folder.url(),
-        endpoint: String::new(),
-        env: Vec::new(),
+        ..Reconcile::on_folder_url(folder)
     }
     .set("storage.prefix", "docs/")
 }
