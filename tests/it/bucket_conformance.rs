@@ -369,6 +369,13 @@ async fn hostile_keys_round_trip(backend: Backend) {
 /// S3, the adapter must not rely on it: each case says which behaviour the adapter's safety
 /// rests on and checks the adapter's outcome over this server. (They run on the tests' S3
 /// server: pointed at another one, they say where it differs from moto.)
+///
+/// Run on garage 2.5.0 (`scripts/test-garage bucket_conformance::moto`, 2026-12-04), every case
+/// fails where garage differs: listings carry milliseconds (`.822`); ListMultipartUploads honours
+/// MaxUploads (a page of 2: `docs/b`, `docs/a`, upload-id order); DeleteObject ignores a wrong
+/// If-Match (it deletes); PutObject ignores If-None-Match: * (it overwrites); CopyObject honours
+/// x-amz-copy-source-if-match (412). The sweep over garage's upload order passes there
+/// (`multipart::uploads_listed_out_of_key_order_are_swept_as_if_listed_by_key`).
 mod moto {
     use super::*;
     use aws_sdk_s3::error::SdkError;
