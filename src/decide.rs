@@ -359,13 +359,7 @@ pub fn may_restore(
             span(window)
         ));
     }
-    let beneath = ObjectMeta {
-        key: under.version.key.clone(),
-        size: under.version.size,
-        etag: under.version.etag.clone(),
-        last_modified: under.version.last_modified,
-        linked: false,
-    };
+    let beneath = under.version.as_object();
     match noted {
         Some(noted) if !same_bytes(noted, &beneath) => Err(format!(
             "it is not the object noted for the doc ({} bytes, etag {}): not restored",

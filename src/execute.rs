@@ -7,7 +7,7 @@ use crate::catalog::{AuditEntry, BucketChange, Catalog, Intent, Transaction};
 use crate::decide::{may_restore, same_bytes, under_marker};
 use crate::error::Result;
 use crate::model::{
-    Action, Finding, JobState, MultipartUpload, ObjectMeta, ObjectVersion, Outcome, Record, Status,
+    Action, Finding, JobState, MultipartUpload, ObjectMeta, Outcome, Record, Status,
 };
 use crate::rules::Quarantine;
 use chrono::Utc;
@@ -362,7 +362,7 @@ impl Executor<'_> {
                 .bucket
                 .head(intent.key())
                 .await?
-                .is_some_and(|now| same_bytes(&now, &meta_of(version))));
+                .is_some_and(|now| same_bytes(&now, &version.as_object())));
         }
         if self.bucket.head(intent.key()).await?.is_some() {
             return Ok(false);
@@ -603,7 +603,7 @@ impl Executor<'_> {
             return Ok(Err(Changed(format!("changed since the sweep: {why}"))));
         }
         let (marker, version) = (under.marker.clone(), under.version.clone());
-        let mut entry = self.entry(finding, None, None, Some(&meta_of(&version)));
+        let mut entry = self.entry(finding, None, None, Some(&version.as_object()));
         entry
             .detail
             .push_str(&format!("; removed delete marker {}", marker.version_id));
@@ -718,17 +718,6 @@ impl Executor<'_> {
                 "the object was overwritten before its delete; kept".into()
             )),
         }
-    }
-}
-
-/// What a listed version describes, as an object.
-fn meta_of(version: &ObjectVersion) -> ObjectMeta {
-    ObjectMeta {
-        key: version.key.clone(),
-        size: version.size,
-        etag: version.etag.clone(),
-        last_modified: version.last_modified,
-        linked: false,
     }
 }
 

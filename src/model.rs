@@ -146,6 +146,19 @@ pub struct ObjectVersion {
     pub last_modified: DateTime<Utc>,
 }
 
+impl ObjectVersion {
+    /// The object this version holds, as a listing would show it current.
+    pub fn as_object(&self) -> ObjectMeta {
+        ObjectMeta {
+            key: self.key.clone(),
+            size: self.size,
+            etag: self.etag.clone(),
+            last_modified: self.last_modified,
+            linked: false,
+        }
+    }
+}
+
 /// Whether a bucket keeps the versions of its objects (GetBucketVersioning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
