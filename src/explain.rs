@@ -81,7 +81,11 @@ pub async fn explain(
         record = catalog.record(&id).await?;
     }
     let key = key_of(prefix, &id);
-    let object = bucket.head(&key).await?;
+    let mut object = bucket.head(&key).await?;
+    if let Some(object) = object.as_mut() {
+        // As the listing marks it: a file a link leads to is a doc's bytes, never an orphan.
+        object.linked = bucket.reached_by_link(&key).await?;
+    }
     let uploads = uploads_at(bucket, &key).await?;
     let audit_trail = catalog.audit_trail(&id, &key).await?;
     let job = catalog.job(&id).await?;

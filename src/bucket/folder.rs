@@ -231,6 +231,16 @@ impl FolderBucket {
         }
     }
 
+    fn reached_by_link_now(&self, key: &str) -> Result<bool> {
+        let context = format!("looking for links to {}", self.object_url(key));
+        let root = self.real_root()?;
+        let path = self.resolve(&root, key, &context)?;
+        match regular_file_id(&path).map_err(|e| Error::storage(&context, e.to_string()))? {
+            Some(file) => links_reach(&root, file).map_err(|e| Error::storage(&context, e)),
+            None => Ok(false),
+        }
+    }
+
     fn ping_now(&self) -> Result<()> {
         let root = self.real_root()?;
         fs::read_dir(&root)
@@ -287,6 +297,15 @@ impl Bucket for FolderBucket {
         self.blocking(format!("HEAD {}", self.object_url(&key)), move |f| {
             f.head_now(&key)
         })
+        .await
+    }
+
+    async fn reached_by_link(&self, key: &str) -> Result<bool> {
+        let key = key.to_owned();
+        self.blocking(
+            format!("looking for links to {}", self.object_url(&key)),
+            move |f| f.reached_by_link_now(&key),
+        )
         .await
     }
 

@@ -61,6 +61,13 @@ pub trait Bucket: Send + Sync {
     /// Check that the bucket exists and these credentials reach it.
     async fn ping(&self) -> Result<()>;
 
+    /// Whether another key leads to the object at `key` (a folder's symbolic link), so that its
+    /// bytes are a doc's whatever its own key: what a listing marks as `ObjectMeta::linked`,
+    /// asked of one key (`explain`). Always false on S3.
+    async fn reached_by_link(&self, _key: &str) -> Result<bool> {
+        Ok(false)
+    }
+
     /// The multipart uploads in progress under `prefix`, in the server's order: S3 lists them by
     /// key, garage by upload id, so the sweep sorts them itself. A store without multipart
     /// uploads (a folder) has none.

@@ -62,6 +62,21 @@ async fn a_file_a_symbolic_link_leads_to_is_no_orphan_and_a_dangling_link_is_a_m
     db.doc("hard", "processed", 3 * HOUR).await;
     let reconcile = deleting_orphans(&db, &folder);
 
+    // explain sees what the sweep sees: the blob is no orphan, the stray one is.
+    for (key, finding) in [
+        ("docs/blobs/sha-abc", serde_json::Value::Null),
+        ("docs/stray", "orphan_object".into()),
+    ] {
+        let explained = reconcile.run(&["explain", key, "--format", "json"]).await;
+        assert_eq!(explained.code, 0, "{}", explained.stderr);
+        assert_eq!(
+            explained.json()["decision"]["finding"],
+            finding,
+            "{key}: {}",
+            explained.stdout
+        );
+    }
+
     let run = reconcile.run(&["--format", "json"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
