@@ -23,7 +23,7 @@ use sqlx::postgres::PgPoolOptions;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upload_reconciler::catalog::Catalog;
-use upload_reconciler::catalog::postgres::PgCatalog;
+use upload_reconciler::catalog::sql::SqlCatalog;
 use upload_reconciler::config::Config;
 use upload_reconciler::events::effect::Effects;
 use upload_reconciler::events::sqs::{Poller, Queue};
@@ -163,7 +163,7 @@ async fn main() {
     let (mut daemon, mut bare) = (vec![], vec![]);
     for _ in 0..rounds {
         common::seed(DB, EVENTS, "'uploaded'").await;
-        let catalog = PgCatalog::connect(
+        let catalog = SqlCatalog::connect(
             &config.database,
             upload_reconciler::adapters::scope(&config),
         )

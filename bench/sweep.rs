@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, BoxStream, StreamExt};
 use std::time::Instant;
 use upload_reconciler::bucket::{Bucket, CopyOutcome, DeleteOutcome};
-use upload_reconciler::catalog::postgres::PgCatalog;
+use upload_reconciler::catalog::sql::SqlCatalog;
 use upload_reconciler::config::Config;
 use upload_reconciler::model::ObjectMeta;
 use upload_reconciler::report::{self, Format};
@@ -105,7 +105,7 @@ async fn main() {
         common::database_url(DB)
     ))
     .expect("bench config");
-    let catalog = PgCatalog::connect(
+    let catalog = SqlCatalog::connect(
         &config.database,
         upload_reconciler::adapters::scope(&config),
     )

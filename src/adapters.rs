@@ -8,8 +8,7 @@ use crate::bucket::folder::FolderBucket;
 #[cfg(feature = "s3")]
 use crate::bucket::s3::S3Bucket;
 use crate::catalog::deadline::Deadline;
-use crate::catalog::postgres::PgCatalog;
-use crate::catalog::sqlite::SqliteCatalog;
+use crate::catalog::sql::SqlCatalog;
 use crate::catalog::{Catalog, Scope};
 use crate::config::{BucketLocation, Config};
 use crate::error::{Error, Result};
@@ -26,12 +25,12 @@ pub async fn connect(config: &Config) -> Result<(Arc<dyn Catalog>, Arc<dyn Bucke
 pub async fn connect_catalog(config: &Config) -> Result<Arc<dyn Catalog>> {
     let url = config.database.url.as_deref().unwrap_or_default();
     Ok(if url.starts_with("sqlite:") {
-        Arc::new(SqliteCatalog::connect(&config.database, scope(config)).await?)
+        Arc::new(SqlCatalog::connect(&config.database, scope(config)).await?)
     } else {
         // A networked database can go silent: every call gets a deadline.
         let limit = config.database.query_timeout;
         let catalog =
-            tokio::time::timeout(limit, PgCatalog::connect(&config.database, scope(config)))
+            tokio::time::timeout(limit, SqlCatalog::connect(&config.database, scope(config)))
                 .await
                 .map_err(|_| {
                     Error::database(

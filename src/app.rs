@@ -113,8 +113,22 @@ pub async fn run(cli: Cli) -> Result<i32> {
             Ok(OK)
         }
         Command::CheckConfig => {
-            let (_catalog, bucket) = connect(&config).await?;
+            let (catalog, bucket) = connect(&config).await?;
             bucket.ping().await?;
+            let gaps = catalog.adoption_gaps();
+            if config.sweep.orphan_action == crate::model::OrphanAction::Adopt && !gaps.is_empty() {
+                // Found now rather than by the first adoption's INSERT failing at apply time.
+                return Err(Error::config(
+                    "database.adopt_values",
+                    format!(
+                        "orphan_action = \"adopt\" creates rows in {}, and these NOT NULL \
+                         columns have no default: {}; give each a value in \
+                         [database.adopt_values]",
+                        config.database.table.quoted(),
+                        gaps.join(", ")
+                    ),
+                ));
+            }
             println!(
                 "ok: database {} (table {}), bucket {} (prefix {:?})",
                 redact::url(config.database.url.as_deref().unwrap_or_default()),

@@ -101,6 +101,10 @@ pub struct DatabaseConfig {
     /// The app table, optionally schema-qualified (`app.docs`).
     pub table: TableName,
     pub id_column: Ident,
+    /// The column that holds the object's key below `storage.prefix`, when it is not the id
+    /// (Django's `FileField`, Laravel's `path`, ActiveStorage's `key`); `None`: the id is the key.
+    #[serde(deserialize_with = "optional_ident")]
+    pub key_column: Option<Ident>,
     pub status_column: Ident,
     pub created_at_column: Ident,
     /// Touched on every status change when set; `""` when the table has no such column.
@@ -115,6 +119,29 @@ pub struct DatabaseConfig {
     /// drops packets, a hung proxy) must not hold a sweep, an event or a job forever.
     #[serde(deserialize_with = "duration")]
     pub query_timeout: Duration,
+    /// MySQL/MariaDB: the database that holds the reconciler's own tables (default
+    /// `<the app's database>_reconciler`).
+    pub reconciler_database: Option<String>,
+    /// `[database.adopt_values]`: literal values for other columns of a row that
+    /// `orphan_action = "adopt"` creates (`title = "recovered upload"`).
+    pub adopt_values: std::collections::BTreeMap<String, AdoptValue>,
+}
+
+/// A literal of `[database.adopt_values]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum AdoptValue {
+    Bool(bool),
+    Integer(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl DatabaseConfig {
+    /// The column that pairs rows with objects: the key column, or the id.
+    pub fn pairing_column(&self) -> &Ident {
+        self.key_column.as_ref().unwrap_or(&self.id_column)
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -126,12 +153,15 @@ impl Default for DatabaseConfig {
                 name: Ident("docs".into()),
             },
             id_column: Ident("id".into()),
+            key_column: None,
             status_column: Ident("status".into()),
             created_at_column: Ident("created_at".into()),
             updated_at_column: Some(Ident("updated_at".into())),
             statuses: StatusWords::default(),
             max_connections: 4,
             query_timeout: Duration::from_secs(60),
+            reconciler_database: None,
+            adopt_values: Default::default(),
         }
     }
 }
@@ -522,6 +552,31 @@ fn optional_ident<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option
     Ident::new(&raw).map(Some).map_err(serde::de::Error::custom)
 }
 
+/// The file a `sqlite://` URL names: `sqlite://app.db` (relative), `sqlite:///srv/app.db`.
+pub fn sqlite_path(url: &str) -> std::result::Result<PathBuf, String> {
+    // Shown redacted, as every database URL: the options refused here may hold a password.
+    let shown = || crate::redact::url(url);
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| format!("{:?} is not a sqlite:// URL", shown()))?;
+    if path.contains('?') {
+        return Err(format!(
+            "{:?} has URL options; give only the path of the database file",
+            shown()
+        ));
+    }
+    if path.is_empty() || path == ":memory:" {
+        return Err(format!("{:?} names no database file", shown()));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// `mariadb://` is the same as `mysql://`.
+pub fn is_mysql_url(url: &str) -> bool {
+    url.starts_with("mysql:") || url.starts_with("mariadb:")
+}
+
 /// `table` or `schema.table`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableName {
@@ -677,16 +732,31 @@ impl Config {
             }
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {}
             Some(url) if url.starts_with("sqlite:") => {
-                crate::catalog::sqlite::path_of(url)
-                    .map_err(|message| Error::config("database.url", message))?;
+                sqlite_path(url).map_err(|message| Error::config("database.url", message))?;
             }
+            Some(url) if is_mysql_url(url) => {}
             Some(url) => {
                 return Err(Error::config(
                     "database.url",
                     format!(
-                        "{:?} is neither a postgres:// nor a sqlite:// URL",
+                        "{:?} is not a postgres://, mysql://, mariadb:// or sqlite:// URL",
                         crate::redact::url(url)
                     ),
+                ));
+            }
+        }
+        for column in db.adopt_values.keys() {
+            let key = format!("database.adopt_values.{column}");
+            Ident::new(column).map_err(|message| Error::config(key.clone(), message))?;
+            let mapped = [
+                Some(&db.id_column),
+                db.key_column.as_ref(),
+                Some(&db.status_column),
+            ];
+            if mapped.into_iter().flatten().any(|c| c.as_str() == column) {
+                return Err(Error::config(
+                    key,
+                    "is a mapped column: the reconciler writes it itself",
                 ));
             }
         }
@@ -1203,7 +1273,7 @@ mod tests {
             (
                 Config::from_toml("[database]\nurl = \"x\\ny\"\n[storage]\nbucket = \"b\""),
                 "database.url",
-                r#""x\ny" is neither"#,
+                r#""x\ny" is not a postgres://"#,
             ),
             (
                 Config::from_toml(
@@ -1296,7 +1366,10 @@ mod tests {
         for url in ["sqlite:///srv/app.db", "sqlite://app.db"] {
             assert!(with_url(url).is_ok(), "{url}");
         }
-        for url in ["sqlite://app.db?mode=ro", "sqlite://", "mysql://x/y"] {
+        for url in ["mysql://x/y", "mariadb://root@127.0.0.1:3306/app"] {
+            assert!(with_url(url).is_ok(), "{url}");
+        }
+        for url in ["sqlite://app.db?mode=ro", "sqlite://", "oracle://x/y"] {
             assert_eq!(key_of(with_url(url)), "database.url", "{url}");
         }
     }

@@ -113,6 +113,19 @@ fn decide_settled(
     }
 }
 
+/// A record without a key (its key column NULL or empty, a file field never filled): no object
+/// can be its, so only what its status says alone holds. A pending one past its grace is stale;
+/// one that says its object is there (uploaded, processed) never named one that could go missing.
+pub fn decide_keyless(record: &Record, now: DateTime<Utc>, policy: &Policy) -> Decision {
+    match decide(Some(record), None, now, policy) {
+        Decision::Drift {
+            kind: FindingKind::MissingObject,
+            ..
+        } => Decision::Consistent,
+        decision => decision,
+    }
+}
+
 /// An orphan that `orphan_action = "adopt"` would make a record of, when its id (its key less
 /// the prefix) is no id of the column's kind: it cannot be adopted (the INSERT would fail, or
 /// the database would store another spelling, whose object the next sweep would miss), so it is
@@ -566,6 +579,7 @@ mod tests {
     fn record(status: Status, age: Duration) -> Record {
         Record {
             id: "doc".into(),
+            key: Some("doc".into()),
             raw_status: status.as_str().into(),
             status: Some(status),
             created_at: now() - age,

@@ -73,7 +73,24 @@ struct Checked {
     old_status: Option<String>,
     new_status: Option<Status>,
     object: Option<ObjectMeta>,
+    /// The id of the record an adoption created: the database's, where the key has a column of
+    /// its own (the finding only knew the key).
+    created: Option<String>,
 }
+
+/// Whether an intent's change happened, as the bucket shows it afterwards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Happened {
+    No,
+    Yes,
+    /// The object it saw is gone and its key holds another: the change happened and a new
+    /// object came since, or the object was overwritten before it.
+    OrOverwritten,
+}
+
+/// The end of the detail of an intent audited as [`Happened::OrOverwritten`].
+pub const OVERWRITTEN_SINCE: &str = "; its key holds another object now: it was put after \
+                                     this change, or overwrote the object before it";
 
 /// Why an action did not go through; becomes `Outcome::Skipped`.
 #[derive(Debug, Clone, PartialEq)]
@@ -284,6 +301,8 @@ impl Executor<'_> {
         match finding.action {
             // A failed job is decided by the job, not the object.
             Action::Fail => Ok(None),
+            // A record without a key has no object to look at.
+            _ if finding.key.is_empty() => Ok(None),
             _ => self.bucket.head(&finding.key).await,
         }
     }
@@ -334,18 +353,22 @@ impl Executor<'_> {
         for intent in self.catalog.intents().await? {
             let happened = self.happened(&intent).await?;
             let mut tx = self.catalog.begin_own().await?;
-            if happened {
+            if happened != Happened::No {
                 let mut entry = intent.entry.clone();
                 entry.detail.push_str(
                     "; recorded by a later sweep: the process that made this change ended \
                      before recording it",
                 );
+                if happened == Happened::OrOverwritten {
+                    entry.detail.push_str(OVERWRITTEN_SINCE);
+                }
                 tx.audit(&entry).await?;
                 audited += 1;
             }
             tx.clear_intent(&intent.id).await?;
             tx.commit().await?;
-            tracing::warn!(key = %intent.key(), action = %intent.entry.action, happened,
+            tracing::warn!(key = %intent.key(), action = %intent.entry.action,
+                happened = ?happened,
                 "settled a bucket change left unrecorded by a process that ended");
         }
         Ok(audited)
@@ -353,40 +376,62 @@ impl Executor<'_> {
 
     /// Whether an intent's change took place: the object it saw is gone from its key and, for a
     /// quarantine, its copy is there; an upload is no longer in progress and left no object (it
-    /// was not completed instead). An object at the key (the same one, or another uploaded since)
-    /// means it did not, or not by this action: the sweep judges that key afresh.
-    async fn happened(&self, intent: &Intent) -> Result<bool> {
-        if let BucketChange::Restore { version, .. } = &intent.change {
-            // A restore's change is the version being current again.
-            return Ok(self
-                .bucket
-                .head(intent.key())
-                .await?
-                .is_some_and(|now| same_bytes(&now, &version.as_object())));
-        }
-        if self.bucket.head(intent.key()).await?.is_some() {
-            return Ok(false);
-        }
+    /// was not completed instead). The object it saw still at the key means it did not: the
+    /// sweep judges that key afresh. Another object at the key is the one case the bucket cannot
+    /// settle: the change happened and a new object was put since, or the object was overwritten
+    /// before the change (which, conditional on the object, then changed nothing). Either way the
+    /// bytes the intent saw are gone, and it is audited saying so: a destroyed file must never go
+    /// unaudited.
+    async fn happened(&self, intent: &Intent) -> Result<Happened> {
+        let now = self.bucket.head(intent.key()).await?;
+        let gone = |seen: &ObjectMeta| match &now {
+            None => Happened::Yes,
+            Some(now) if same_bytes(now, seen) => Happened::No,
+            Some(_) => Happened::OrOverwritten,
+        };
         Ok(match &intent.change {
-            BucketChange::Quarantine { object, target } => self
-                .bucket
-                .head(target)
-                .await?
-                .is_some_and(|copy| copy.size == object.size),
-            BucketChange::Delete { .. } => true,
-            BucketChange::Abort { upload } => !self.bucket.multipart_in_progress(upload).await?,
-            BucketChange::Restore { .. } => false,
+            // A restore's change is the version being current again.
+            BucketChange::Restore { version, .. } => {
+                match now
+                    .as_ref()
+                    .is_some_and(|now| same_bytes(now, &version.as_object()))
+                {
+                    true => Happened::Yes,
+                    false => Happened::No,
+                }
+            }
+            BucketChange::Quarantine { object, target } => match gone(object) {
+                Happened::No => Happened::No,
+                happened => {
+                    let copied = self.bucket.head(target).await?;
+                    match copied.is_some_and(|copy| copy.size == object.size) {
+                        true => happened,
+                        false => Happened::No,
+                    }
+                }
+            },
+            BucketChange::Delete { object } => gone(object),
+            BucketChange::Abort { upload } => {
+                match now.is_none() && !self.bucket.multipart_in_progress(upload).await? {
+                    true => Happened::Yes,
+                    false => Happened::No,
+                }
+            }
         })
     }
 
     /// The audit row of `finding`'s action, as its re-check found the world.
     fn checked_entry(&self, finding: &Finding, checked: Checked) -> AuditEntry {
-        self.entry(
+        let mut entry = self.entry(
             finding,
             checked.old_status,
             checked.new_status,
             checked.object.as_ref(),
-        )
+        );
+        if let Some(id) = checked.created {
+            entry.doc_id = id;
+        }
+        entry
     }
 
     /// The audit row of `finding`'s action.
@@ -468,8 +513,19 @@ impl Executor<'_> {
         finding: &Finding,
         seen: Seen,
     ) -> Result<Result<Checked, Changed>> {
-        let now = tx.lock_record(&finding.id).await?;
-        let object = self.bucket.head(&finding.key).await?;
+        // A record's action re-reads its record; an orphan's looks for a record at its key (an
+        // orphan's finding names it by the key below the prefix).
+        let now = if finding.record.is_some() {
+            tx.lock_record(&finding.id).await?
+        } else {
+            tx.lock_record_at(&finding.id).await?
+        };
+        // A record without a key has no object to look at.
+        let object = match finding.key.is_empty() {
+            true => None,
+            false => self.bucket.head(&finding.key).await?,
+        };
+        let mut created = None;
         let (old_status, new_status, object) = match finding.action {
             Action::Report => (None, None, None),
             Action::Expire | Action::Fail | Action::MarkMissing => {
@@ -562,14 +618,19 @@ impl Executor<'_> {
                 };
                 if finding.action == Action::CreateRecord {
                     // The sweep reports such an orphan instead (`decide::adoptable`).
-                    if let Some(why) = self.catalog.id_kind().refusal(&finding.id) {
+                    if let Some(why) = self.catalog.key_kind().refusal(&finding.id) {
                         return Ok(Err(Changed(format!("cannot be adopted: {why}"))));
                     }
-                    if !tx.create_record(&finding.id, Status::Uploaded).await? {
+                    let Some(id) = tx.create_record(&finding.id, Status::Uploaded).await? else {
                         return Ok(Err("a record was created concurrently".into()));
-                    }
+                    };
                     tx.note_object(&object).await?;
-                    let new = self.uploaded(tx, finding, &object).await?;
+                    let adopted = Finding {
+                        id: id.clone(),
+                        ..finding.clone()
+                    };
+                    let new = self.uploaded(tx, &adopted, &object).await?;
+                    created = Some(id);
                     (None, Some(new), Some(object))
                 } else {
                     (None, None, Some(object))
@@ -580,6 +641,7 @@ impl Executor<'_> {
             old_status,
             new_status,
             object,
+            created,
         }))
     }
 
@@ -684,7 +746,7 @@ impl Executor<'_> {
                 return Ok(Err("the object was overwritten since the listing".into()));
             }
         }
-        if self.catalog.record(&finding.id).await?.is_some() {
+        if self.catalog.record_at(&finding.id).await?.is_some() {
             return Ok(Err(Changed(format!(
                 "a record was created during the copy; the object stays, and a copy of it at \
                  {target}"

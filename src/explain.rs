@@ -2,7 +2,7 @@
 
 use crate::bucket::Bucket;
 use crate::catalog::{AuditEntry, Catalog};
-use crate::decide::{Decision, Policy, adoptable, decide, decide_key};
+use crate::decide::{Decision, Policy, adoptable, decide, decide_key, decide_keyless};
 use crate::error::{Error, Result};
 use crate::model::{Job, MultipartUpload, ObjectMeta, ObjectVersion, Record, key_of};
 use crate::report::Format;
@@ -70,51 +70,71 @@ pub async fn explain(
     id_or_key: &str,
     now: DateTime<Utc>,
 ) -> Result<Explanation> {
-    let mut id = id_or_key.to_owned();
-    let mut record = catalog.record(&id).await?;
-    if record.is_none()
-        && let Some(stripped) = id_or_key
-            .strip_prefix(prefix)
-            .filter(|_| !prefix.is_empty())
-    {
-        id = stripped.to_owned();
-        record = catalog.record(&id).await?;
+    // By id; failing that, as a key (under the prefix, or below it: a key column holds keys
+    // below the prefix).
+    let below = id_or_key
+        .strip_prefix(prefix)
+        .filter(|_| !prefix.is_empty())
+        .unwrap_or(id_or_key);
+    let mut record = catalog.record(id_or_key).await?;
+    if record.is_none() {
+        record = catalog.record_at(below).await?;
     }
-    let key = key_of(prefix, &id);
-    let mut object = bucket.head(&key).await?;
-    if let Some(object) = object.as_mut() {
+    // The doc's id and its key below the prefix: the record's, or for an object without one,
+    // the key asked for. A record without a key (its key column empty) has no object.
+    let (id, name) = match &record {
+        Some(record) => (record.id.clone(), record.key.clone()),
+        None => (below.to_owned(), Some(below.to_owned())),
+    };
+    let key = name.as_deref().map(|name| key_of(prefix, name));
+    let mut object = match &key {
+        Some(key) => bucket.head(key).await?,
+        None => None,
+    };
+    if let (Some(object), Some(key)) = (object.as_mut(), &key) {
         // As the listing marks it: a file a link leads to is a doc's bytes, never an orphan.
-        object.linked = bucket.reached_by_link(&key).await?;
+        object.linked = bucket.reached_by_link(key).await?;
     }
-    let uploads = uploads_at(bucket, &key).await?;
+    let uploads = match &key {
+        Some(key) => uploads_at(bucket, key).await?,
+        None => Vec::new(),
+    };
+    let key = key.unwrap_or_default();
     let audit_trail = catalog.audit_trail(&id, &key).await?;
     let job = catalog.job(&id).await?;
     let versioning = bucket.versioning().await?;
-    let versions = match versioning.keeps_versions() {
+    let versions = match versioning.keeps_versions() && name.is_some() {
         true => Some(bucket.versions(&key).await?),
         false => None,
     };
-    // The sweep's decision: a pending record whose upload is in progress is in grace.
-    let (decision, upload_decisions) =
-        decide_key(record.as_ref(), object.as_ref(), &uploads, now, policy);
-    // An orphan whose name is no id of the id column's type is reported, as the sweep does.
-    let decision = adoptable(decision, &id, catalog.id_kind());
-    // And its second look: a missing object's versions, a returned object's noted facts.
-    let seen = Seen {
-        record: record.as_ref(),
-        object: object.as_ref(),
-        key: &key,
+    let (decision, upload_decisions) = match (&record, &name) {
+        (Some(record), None) => (decide_keyless(record, now, policy), Vec::new()),
+        _ => {
+            // The sweep's decision: a pending record whose upload is in progress is in grace.
+            let (decision, upload_decisions) =
+                decide_key(record.as_ref(), object.as_ref(), &uploads, now, policy);
+            // An orphan whose name is no key of the column's type is reported, as the sweep
+            // does.
+            let decision = adoptable(decision, below, catalog.key_kind());
+            // And its second look: a missing object's versions, a returned object's noted facts.
+            let seen = Seen {
+                record: record.as_ref(),
+                object: object.as_ref(),
+                key: &key,
+            };
+            let decision = second_look(
+                catalog,
+                bucket,
+                policy,
+                decision,
+                seen,
+                now,
+                &mut Some(versioning),
+            )
+            .await?;
+            (decision, upload_decisions)
+        }
     };
-    let decision = second_look(
-        catalog,
-        bucket,
-        policy,
-        decision,
-        seen,
-        now,
-        &mut Some(versioning),
-    )
-    .await?;
     let consistent = match (&record, &object) {
         (None, None) if uploads.is_empty() => "no record and no object by that id or key",
         _ => "record and object agree",

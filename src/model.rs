@@ -49,6 +49,11 @@ impl fmt::Display for Status {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub id: String,
+    /// The object's key below `storage.prefix`: the id, or the value of `database.key_column`.
+    /// `None` when that column is NULL or empty (a file field never filled): no object pairs
+    /// with the record, which is judged by its status alone.
+    #[serde(default)]
+    pub key: Option<String>,
     /// The status word exactly as stored, so a write can check that nothing changed since.
     pub raw_status: String,
     /// `None` when the word maps to none of the six statuses: such rows are never touched.

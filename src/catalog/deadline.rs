@@ -86,6 +86,15 @@ impl<C: Catalog> Catalog for Deadline<C> {
         self.within("reading a record", self.inner.record(id)).await
     }
 
+    async fn record_at(&self, key: &str) -> Result<Option<Record>> {
+        self.within("reading a record", self.inner.record_at(key))
+            .await
+    }
+
+    fn adoption_gaps(&self) -> Vec<String> {
+        self.inner.adoption_gaps()
+    }
+
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>> {
         let tx = self
             .within("starting a transaction", self.inner.begin())
@@ -155,8 +164,8 @@ impl<C: Catalog> Catalog for Deadline<C> {
             .await
     }
 
-    fn id_kind(&self) -> IdKind {
-        self.inner.id_kind()
+    fn key_kind(&self) -> IdKind {
+        self.inner.key_kind()
     }
 
     fn concurrent_writes(&self) -> usize {
@@ -270,12 +279,22 @@ impl Transaction for DeadlineTransaction<'_> {
         .await
     }
 
-    async fn create_record(&mut self, id: &str, status: Status) -> Result<bool> {
+    async fn lock_record_at(&mut self, key: &str) -> Result<Option<Record>> {
+        within(
+            self.database,
+            self.limit,
+            "locking a record",
+            self.inner.lock_record_at(key),
+        )
+        .await
+    }
+
+    async fn create_record(&mut self, key: &str, status: Status) -> Result<Option<String>> {
         within(
             self.database,
             self.limit,
             "creating a record",
-            self.inner.create_record(id, status),
+            self.inner.create_record(key, status),
         )
         .await
     }

@@ -3,8 +3,7 @@
 //! fits without touching it.
 
 pub mod deadline;
-pub mod postgres;
-pub mod sqlite;
+pub mod sql;
 
 use crate::error::Result;
 use crate::model::{IdKind, Job, MultipartUpload, ObjectMeta, ObjectVersion, Record, Status};
@@ -15,12 +14,23 @@ use uuid::Uuid;
 
 #[async_trait::async_trait]
 pub trait Catalog: Send + Sync {
-    /// Every record, ordered by id in byte order (UTF-8 bytes, as S3 orders keys). The stream
-    /// ends with an error, never early, when the query fails.
+    /// Every record: first those without a key (`Record::key` is `None`), then the others in
+    /// byte order of their keys (UTF-8 bytes, as S3 orders keys). The stream ends with an
+    /// error, never early, when the query fails.
     fn records(&self) -> BoxStream<'_, Result<Record>>;
 
     /// One record by id.
     async fn record(&self, id: &str) -> Result<Option<Record>>;
+
+    /// The record whose key below the prefix is `key` (the id, or `database.key_column`).
+    async fn record_at(&self, key: &str) -> Result<Option<Record>>;
+
+    /// The NOT NULL columns without a default that a record created by adoption would leave
+    /// without a value (none are written but its key, status, unfilled times and
+    /// `[database.adopt_values]`).
+    fn adoption_gaps(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// A write transaction; dropping it without `commit` rolls it back.
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>>;
@@ -70,8 +80,9 @@ pub trait Catalog: Send + Sync {
     /// The ids of every record in `status`.
     async fn ids_with_status(&self, status: Status) -> Result<Vec<String>>;
 
-    /// What the id column holds, learned from the database: which keys can name a record.
-    fn id_kind(&self) -> IdKind {
+    /// What the key column (the id, unless `database.key_column`) holds, learned from the
+    /// database: which keys below the prefix can name a record.
+    fn key_kind(&self) -> IdKind {
         IdKind::Text
     }
 
@@ -229,8 +240,12 @@ pub trait Transaction: Send {
         Ok(())
     }
 
-    /// Create a record; `false` when one with that id exists already.
-    async fn create_record(&mut self, id: &str, status: Status) -> Result<bool>;
+    /// [`Catalog::record_at`], locked like `lock_record`.
+    async fn lock_record_at(&mut self, key: &str) -> Result<Option<Record>>;
+
+    /// Create the record of the object at `key` (below the prefix); its id, or `None` when one
+    /// with that id exists already.
+    async fn create_record(&mut self, key: &str, status: Status) -> Result<Option<String>>;
 
     /// [`Catalog::noted_object`], read in this transaction.
     async fn noted_object(&mut self, key: &str) -> Result<Option<ObjectMeta>> {

@@ -66,7 +66,7 @@ impl Effects {
                 Ordering::Less => return Ok(Effect::Ignored("out_of_order")),
             }
         }
-        let record = tx.lock_record(id).await?;
+        let record = tx.lock_record_at(id).await?;
         // An event says its object is whole (S3: the PUT completed; a folder: the writer closed
         // the file or renamed it into place): nothing to wait for.
         let policy = Policy {
@@ -103,7 +103,10 @@ impl Effects {
                 let kind = as_confirmed_by_its_event(kind);
                 let finding = Finding {
                     kind,
-                    id: id.to_owned(),
+                    // The doc's id; for an object without a record, the key it would have.
+                    id: record
+                        .as_ref()
+                        .map_or_else(|| id.to_owned(), |r| r.id.clone()),
                     key: event.key.clone(),
                     action,
                     detail: format!("{detail} (S3 event)"),

@@ -109,7 +109,12 @@ pub async fn retry(
                 }
             }
         }
-        let key = key_of(key_prefix, id);
+        let Some(name) = record.key.as_deref() else {
+            return Err(Error::Usage(format!(
+                "doc {id:?} has no key (its key column is empty): no object to process"
+            )));
+        };
+        let key = key_of(key_prefix, name);
         let now = Utc::now();
         let new = match after_upload {
             AfterUpload::MarkProcessed => {

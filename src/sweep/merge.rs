@@ -1,8 +1,10 @@
-//! The streaming merge: the table's rows (ordered by id) against the bucket's listing (ordered by
-//! key) and its multipart uploads in progress (ordered by key, several per key possible: put in
-//! that order by [`super::sort`], as servers list them otherwise), all in byte order, one key at
-//! a time. Memory stays constant whatever the size of any side (one key's uploads at a time). An out-of-order stream is an error: a merge over it would report false
-//! findings.
+//! The streaming merge: the table's rows (ordered by their key below the prefix: the id, or the
+//! key column) against the bucket's listing (ordered by key) and its multipart uploads in
+//! progress (ordered by key, several per key possible: put in that order by [`super::sort`], as
+//! servers list them otherwise), all in byte order, one key at a time. Memory stays constant
+//! whatever the size of any side (one key's uploads at a time). An out-of-order stream is an
+//! error: a merge over it would report false findings. A row without a key (its key column
+//! NULL or empty) pairs with nothing: it is a pair of its own, whenever it comes.
 
 use crate::error::{Error, Result};
 use crate::model::{MultipartUpload, ObjectMeta, Record};
@@ -12,7 +14,8 @@ use std::pin::Pin;
 /// What both sides hold for one key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pair {
-    pub id: String,
+    /// The key below the prefix; empty for a record without a key.
+    pub name: String,
     pub record: Option<Record>,
     pub object: Option<ObjectMeta>,
     /// The multipart uploads in progress at the key, oldest first.
@@ -61,11 +64,25 @@ impl<'a> Merge<'a> {
 
     /// The next key, or `None` when every side is done.
     pub async fn next(&mut self) -> Result<Option<Pair>> {
+        if let Some(Ok(record)) = Pin::new(&mut self.records).peek().await
+            && record.key.is_none()
+        {
+            let record = self.records.next().await.expect("peeked")?;
+            self.records_scanned += 1;
+            return Ok(Some(Pair {
+                name: String::new(),
+                record: Some(record),
+                object: None,
+                uploads: Vec::new(),
+            }));
+        }
         let Some(id) = self.next_id().await? else {
             return Ok(None);
         };
         let record = match Pin::new(&mut self.records).peek().await {
-            Some(Ok(record)) if record.id == id => Some(self.take_record().await?),
+            Some(Ok(record)) if record.key.as_deref() == Some(id.as_str()) => {
+                Some(self.take_record().await?)
+            }
             _ => None,
         };
         let object = match Pin::new(&mut self.objects).peek().await {
@@ -82,7 +99,7 @@ impl<'a> Merge<'a> {
             uploads.push(self.take_upload().await?);
         }
         Ok(Some(Pair {
-            id,
+            name: id,
             record,
             object,
             uploads,
@@ -99,7 +116,8 @@ impl<'a> Merge<'a> {
             }
         };
         match Pin::new(&mut self.records).peek().await {
-            Some(Ok(record)) => consider(&record.id),
+            // A keyless record is taken before the heads are compared (`next`).
+            Some(Ok(record)) => consider(record.key.as_deref().unwrap_or_default()),
             Some(Err(_)) => return Err(self.take_record().await.err().unwrap_or_else(broken)),
             None => {}
         }
@@ -118,7 +136,19 @@ impl<'a> Merge<'a> {
 
     async fn take_record(&mut self) -> Result<Record> {
         let record = self.records.next().await.expect("peeked")?;
-        check_order("the table", &mut self.last_id, &record.id)?;
+        let key = record.key.as_deref().unwrap_or_default();
+        if self.last_id.as_deref() == Some(key) {
+            // Two rows naming one object: which of them is the object's doc?
+            return Err(Error::database(
+                "reading the table",
+                sqlx::Error::Protocol(format!(
+                    "two records have the key {key:?} (the second is {:?}): an object is one \
+                     doc's only",
+                    record.id
+                )),
+            ));
+        }
+        check_order("the table", &mut self.last_id, key)?;
         self.records_scanned += 1;
         Ok(record)
     }
@@ -190,6 +220,7 @@ mod tests {
             .map(|id| {
                 Ok(Record {
                     id: id.to_string(),
+                    key: Some(id.to_string()),
                     raw_status: "pending".into(),
                     status: None,
                     created_at: Utc::now(),
@@ -221,7 +252,7 @@ mod tests {
     async fn run(mut merge: Merge<'_>) -> Result<Vec<(String, bool, bool)>> {
         let mut out = Vec::new();
         while let Some(pair) = merge.next().await? {
-            out.push((pair.id, pair.record.is_some(), pair.object.is_some()));
+            out.push((pair.name, pair.record.is_some(), pair.object.is_some()));
         }
         Ok(out)
     }
@@ -282,7 +313,7 @@ mod tests {
         let mut seen = Vec::new();
         while let Some(pair) = merge.next().await.expect("ordered") {
             let ids: Vec<String> = pair.uploads.iter().map(|u| u.upload_id.clone()).collect();
-            seen.push((pair.id, pair.record.is_some(), pair.object.is_some(), ids));
+            seen.push((pair.name, pair.record.is_some(), pair.object.is_some(), ids));
         }
         let expected: Vec<(String, bool, bool, Vec<String>)> = vec![
             ("a".into(), true, true, vec![]),

@@ -16,7 +16,9 @@ mod spool;
 
 use crate::bucket::Bucket;
 use crate::catalog::{Catalog, SweepRecord};
-use crate::decide::{Decision, Policy, adoptable, decide_key, decide_missing, decide_returned};
+use crate::decide::{
+    Decision, Policy, adoptable, decide_key, decide_keyless, decide_missing, decide_returned,
+};
 use crate::error::{Error, Interrupted, Result, SafetyStop};
 use crate::execute::{Executor, Mode};
 use crate::metrics::Metrics;
@@ -174,17 +176,36 @@ impl Sweep<'_> {
         while let Some(pair) = merge.next().await? {
             progress.scanned(merge.records_scanned, merge.objects_listed);
             let Pair {
-                id,
+                name,
                 record,
                 object,
                 uploads,
             } = pair;
-            let key = key_of(self.prefix, &id);
-            // The prefix's own key is an empty id, which names no doc (on S3 it is most often
-            // the prefix's folder marker); quarantined objects are no docs either.
-            if id.is_empty() || self.rules.quarantine.contains(&key) {
+            if let Some(record) = record.as_ref().filter(|r| r.key.is_none()) {
+                // No key, no object: judged by its status alone, nothing to look at.
+                let decision = decide_keyless(record, now, &self.rules.policy);
+                findings.add(decision, || Finding {
+                    kind: FindingKind::InGrace,
+                    id: record.id.clone(),
+                    key: String::new(),
+                    action: Action::Report,
+                    detail: String::new(),
+                    record: Some(record.clone()),
+                    object: None,
+                    upload: None,
+                })?;
                 continue;
             }
+            let key = key_of(self.prefix, &name);
+            // The prefix's own key is an empty name, which names no doc (on S3 it is most often
+            // the prefix's folder marker); quarantined objects are no docs either.
+            if name.is_empty() || self.rules.quarantine.contains(&key) {
+                continue;
+            }
+            // The doc's id: its record's, or for an object without one, the name it would have.
+            let id = record
+                .as_ref()
+                .map_or_else(|| name.clone(), |r| r.id.clone());
             let (decision, verdicts) = decide_key(
                 record.as_ref(),
                 object.as_ref(),
@@ -192,7 +213,7 @@ impl Sweep<'_> {
                 now,
                 &self.rules.policy,
             );
-            let decision = adoptable(decision, &id, self.catalog.id_kind());
+            let decision = adoptable(decision, &name, self.catalog.key_kind());
             let seen = Seen {
                 record: record.as_ref(),
                 object: object.as_ref(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use upload_reconciler::bucket::s3::S3Bucket;
 use upload_reconciler::catalog::Catalog;
-use upload_reconciler::catalog::postgres::PgCatalog;
+use upload_reconciler::catalog::sql::SqlCatalog;
 use upload_reconciler::config::Config;
 use upload_reconciler::events::effect::Effects;
 use upload_reconciler::events::sqs::{Batch, Poller};
@@ -34,7 +34,7 @@ async fn event_world_with(queue: TestQueue, prefix: &str, after_upload: AfterUpl
         bucket.name
     ))
     .expect("valid config");
-    let catalog = PgCatalog::connect(
+    let catalog = SqlCatalog::connect(
         &config.database,
         upload_reconciler::adapters::scope(&config),
     )

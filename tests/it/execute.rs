@@ -5,7 +5,7 @@ use crate::helpers::*;
 use std::collections::BTreeMap;
 use upload_reconciler::bucket::s3::S3Bucket;
 use upload_reconciler::catalog::Catalog;
-use upload_reconciler::catalog::postgres::PgCatalog;
+use upload_reconciler::catalog::sql::SqlCatalog;
 use upload_reconciler::config::Config;
 use upload_reconciler::execute::{Executor, Mode};
 use upload_reconciler::model::{Finding, Outcome};
@@ -17,7 +17,7 @@ struct World {
     bucket: TestBucket,
     config: Config,
     rules: Rules,
-    catalog: PgCatalog,
+    catalog: SqlCatalog,
     s3: S3Bucket,
 }
 
@@ -30,7 +30,7 @@ async fn world(sweep_settings: &str) -> World {
         bucket.name
     ))
     .expect("valid config");
-    let catalog = PgCatalog::connect(
+    let catalog = SqlCatalog::connect(
         &config.database,
         upload_reconciler::adapters::scope(&config),
     )

@@ -536,7 +536,7 @@ async fn explain_lists_a_keys_versions_and_a_delete_says_what_it_leaves_in_a_ver
 async fn catalog_of(
     db: &TestDb,
     bucket: &TestBucket,
-) -> upload_reconciler::catalog::postgres::PgCatalog {
+) -> upload_reconciler::catalog::sql::SqlCatalog {
     use upload_reconciler::catalog::Catalog;
     let config = upload_reconciler::config::Config::from_toml(&format!(
         "[database]\nurl = \"{}\"\n[storage]\nbucket = \"{}\"",
@@ -544,7 +544,7 @@ async fn catalog_of(
         bucket.name
     ))
     .expect("valid config");
-    let catalog = upload_reconciler::catalog::postgres::PgCatalog::connect(
+    let catalog = upload_reconciler::catalog::sql::SqlCatalog::connect(
         &config.database,
         upload_reconciler::adapters::scope(&config),
     )

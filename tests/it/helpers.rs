@@ -1280,6 +1280,181 @@ impl TestSqlite {
     }
 }
 
+pub const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/mysql";
+
+/// A MariaDB database of its own (and the reconciler's beside it), dropped when the test ends.
+/// `docs` is the reference table in the server's default collation (`utf8mb4_general_ci`: case-
+/// and accent-insensitive), as a framework's migration makes it.
+pub struct TestMaria {
+    pub name: String,
+    pub pool: sqlx::MySqlPool,
+}
+
+impl TestMaria {
+    pub async fn with_docs() -> TestMaria {
+        Self::with_table(
+            "CREATE TABLE docs (
+               id          VARCHAR(255) PRIMARY KEY,
+               title       VARCHAR(255) NOT NULL DEFAULT '',
+               status      VARCHAR(32) NOT NULL DEFAULT 'pending',
+               created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+               updated_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+             ) DEFAULT CHARSET = utf8mb4",
+        )
+        .await
+    }
+
+    /// A new database holding the table `create` makes.
+    pub async fn with_table(create: &str) -> TestMaria {
+        let name = format!("reconcile_test_{}", Uuid::new_v4().simple());
+        let admin = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect(MARIADB_ADMIN)
+            .await
+            .expect("MariaDB at 127.0.0.1:3306 answers (scripts/test starts it)");
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        // Identifiers quoted as on the other databases (`"docs"`), as the reconciler's sessions
+        // quote them.
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')")
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                })
+            })
+            .connect(&format!("mysql://root@127.0.0.1:3306/{name}"))
+            .await
+            .expect("connect to test database");
+        sqlx::query(AssertSqlSafe(create.to_owned()))
+            .execute(&pool)
+            .await
+            .expect("create the app's table");
+        TestMaria { name, pool }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:3306/{}", self.name)
+    }
+
+    /// Run one statement on the app's database.
+    pub async fn execute(&self, sql: &str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(&self.pool)
+            .await
+            .map(drop)
+    }
+
+    /// Whether the reconciler has created its database beside the app's.
+    pub async fn reconciler_database_exists(&self) -> bool {
+        let found: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = ?",
+        )
+        .bind(format!("{}_reconciler", self.name))
+        .fetch_one(&self.pool)
+        .await
+        .expect("read information_schema");
+        found > 0
+    }
+
+    /// The audit log as (doc_id, finding, action, old_status, new_status).
+    pub async fn audit(&self) -> Vec<(String, String, String, Option<String>, Option<String>)> {
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT CONVERT(doc_id USING utf8mb4), finding, action, old_status, new_status \
+             FROM {}_reconciler.audit_log ORDER BY doc_id, seq",
+            self.name
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .expect("read audit log")
+    }
+
+    /// The sweep history as (outcome, records_scanned).
+    pub async fn sweeps(&self) -> Vec<(String, i64)> {
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT outcome, records_scanned FROM {}_reconciler.sweeps ORDER BY started_at",
+            self.name
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .expect("read sweep history")
+    }
+
+    /// Insert a doc created `age` ago (UTC, as the app's sessions write it here).
+    pub async fn doc(&self, id: &str, status: &str, age: Duration) {
+        let created_at = Utc::now() - chrono::Duration::from_std(age).expect("small age");
+        sqlx::query("INSERT INTO docs (id, status, created_at, updated_at) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(status)
+            .bind(created_at.naive_utc())
+            .bind(created_at.naive_utc())
+            .execute(&self.pool)
+            .await
+            .expect("insert doc");
+    }
+
+    pub async fn status(&self, id: &str) -> Option<String> {
+        // The exact id: the column's collation would match `A` to `a`.
+        sqlx::query_scalar("SELECT status FROM docs WHERE BINARY id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .expect("read status")
+    }
+}
+
+impl Drop for TestMaria {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(admin) = sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(1)
+                    .connect(MARIADB_ADMIN)
+                    .await
+                {
+                    let own = format!("{name}_reconciler");
+                    // The test's sessions may still hold locks (a transaction dropped as the
+                    // test ended is rolled back only when its connection is next used): end
+                    // them, as Postgres's DROP DATABASE ... WITH (FORCE) does.
+                    let sessions: Vec<i64> = sqlx::query_scalar(
+                        "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB IN (?, ?) \
+                         AND ID <> CONNECTION_ID()",
+                    )
+                    .bind(&name)
+                    .bind(&own)
+                    .fetch_all(&admin)
+                    .await
+                    .unwrap_or_default();
+                    for session in sessions {
+                        let _ = sqlx::query(AssertSqlSafe(format!("KILL {session}")))
+                            .execute(&admin)
+                            .await;
+                    }
+                    for db in [name.clone(), own] {
+                        let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+                            .execute(&admin)
+                            .await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 /// What a [`FaultProxy`] does to what it carries; switched at run time with [`FaultProxy::set`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fault {

@@ -17,6 +17,7 @@ mod faults;
 mod folder;
 mod folder_campaign;
 mod folder_events;
+mod frameworks;
 mod heal;
 mod helpers;
 mod housekeeping;

@@ -6,7 +6,7 @@ use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
 use upload_reconciler::catalog::Catalog;
-use upload_reconciler::catalog::postgres::PgCatalog;
+use upload_reconciler::catalog::sql::SqlCatalog;
 use upload_reconciler::config::Config;
 use upload_reconciler::metrics::Metrics;
 use upload_reconciler::processing::hook::Hook;
@@ -15,7 +15,7 @@ use upload_reconciler::processing::{ManualClock, RetryPolicy};
 
 struct Jobs {
     db: TestDb,
-    catalog: Arc<PgCatalog>,
+    catalog: Arc<SqlCatalog>,
     clock: Arc<ManualClock>,
     metrics: Arc<Metrics>,
 }
@@ -28,7 +28,7 @@ async fn jobs(ids: &[&str]) -> Jobs {
     ))
     .expect("valid config");
     let catalog = Arc::new(
-        PgCatalog::connect(
+        SqlCatalog::connect(
             &config.database,
             upload_reconciler::adapters::scope(&config),
         )

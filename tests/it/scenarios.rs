@@ -1,6 +1,7 @@
-//! The engine's scenarios through the binary, each run on both backend pairs from this one
-//! suite: Postgres with S3 (moto), and the embedded default, SQLite with a local folder. A case
-//! is written once against [`Pair`]; `scenarios!` makes one test per pair of it.
+//! The engine's scenarios through the binary, each run on the three backend pairs from this one
+//! suite: Postgres with S3 (moto), MariaDB with S3 (moto), and the embedded default, SQLite with
+//! a local folder. A case is written once against [`Pair`]; `scenarios!` makes one test per pair
+//! of it.
 //!
 //! What only one backend has (a Postgres role that may only SELECT, a locale collation, a listing
 //! cut by a proxy, keys that would leave a folder, SQLite's text timestamps) is tested beside
@@ -21,6 +22,7 @@ pub struct Pair {
 enum Db {
     Postgres(TestDb),
     Sqlite(TestSqlite),
+    Maria(TestMaria),
 }
 
 enum Store {
@@ -41,6 +43,13 @@ impl Pair {
         }
     }
 
+    pub async fn mariadb_s3() -> Pair {
+        Pair {
+            catalog: Db::Maria(TestMaria::with_docs().await),
+            store: Store::S3(TestBucket::new().await),
+        }
+    }
+
     pub async fn sqlite_folder() -> Pair {
         Pair {
             catalog: Db::Sqlite(TestSqlite::with_docs().await),
@@ -53,6 +62,7 @@ impl Pair {
         let database_url = match &self.catalog {
             Db::Postgres(db) => db.url(),
             Db::Sqlite(db) => db.url(),
+            Db::Maria(db) => db.url(),
         };
         let (bucket, endpoint, env) = match &self.store {
             Store::S3(bucket) => (bucket.name.clone(), bucket.endpoint.clone(), Vec::new()),
@@ -84,6 +94,7 @@ impl Pair {
         match &self.catalog {
             Db::Postgres(db) => db.doc(id, status, age).await,
             Db::Sqlite(db) => db.doc(id, status, age).await,
+            Db::Maria(db) => db.doc(id, status, age).await,
         }
     }
 
@@ -91,6 +102,7 @@ impl Pair {
         match &self.catalog {
             Db::Postgres(db) => db.status(id).await,
             Db::Sqlite(db) => db.status(id).await,
+            Db::Maria(db) => db.status(id).await,
         }
     }
 
@@ -142,15 +154,41 @@ impl Pair {
             .fetch_all(&db.pool)
             .await
             .expect("read docs"),
+            Db::Maria(db) => sqlx::query_as(
+                "SELECT id, status, CAST(created_at AS CHAR), CAST(updated_at AS CHAR) \
+                 FROM docs ORDER BY BINARY id",
+            )
+            .fetch_all(&db.pool)
+            .await
+            .expect("read docs"),
         }
     }
 
-    /// Run SQL that both databases understand on the app's database.
+    /// Run SQL that the databases understand on the app's database (on MariaDB with
+    /// Postgres's type names taken to its own, a statement at a time).
     pub async fn execute(&self, sql: &str) {
-        let sql = sqlx::AssertSqlSafe(sql.to_owned());
         match &self.catalog {
-            Db::Postgres(db) => sqlx::raw_sql(sql).execute(&db.pool).await.map(drop),
-            Db::Sqlite(db) => sqlx::raw_sql(sql).execute(&db.pool).await.map(drop),
+            Db::Postgres(db) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&db.pool)
+                .await
+                .map(drop),
+            Db::Sqlite(db) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&db.pool)
+                .await
+                .map(drop),
+            Db::Maria(db) => {
+                let sql = sql
+                    .replace("text PRIMARY KEY", "VARCHAR(255) PRIMARY KEY")
+                    .replace("timestamptz", "DATETIME(6)");
+                let mut done = Ok(());
+                for statement in sql.split(";\n").filter(|s| !s.trim().is_empty()) {
+                    done = db.execute(statement).await;
+                    if done.is_err() {
+                        break;
+                    }
+                }
+                done
+            }
         }
         .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -160,12 +198,13 @@ impl Pair {
         match &self.catalog {
             Db::Postgres(db) => db.reconciler_schema_exists().await,
             Db::Sqlite(_) => self.side_file().is_some_and(|f| f.exists()),
+            Db::Maria(db) => db.reconciler_database_exists().await,
         }
     }
 
     fn side_file(&self) -> Option<PathBuf> {
         match &self.catalog {
-            Db::Postgres(_) => None,
+            Db::Postgres(_) | Db::Maria(_) => None,
             Db::Sqlite(db) => {
                 let mut name = db.path().into_os_string();
                 name.push(".reconciler.db");
@@ -180,6 +219,7 @@ impl Pair {
                            FROM audit_log ORDER BY doc_id, seq";
         match (&self.catalog, self.side_file()) {
             (Db::Postgres(db), _) => db.audit().await,
+            (Db::Maria(db), _) => db.audit().await,
             (Db::Sqlite(_), Some(side)) => {
                 let mut conn = read_only(&side).await;
                 sqlx::query(SQL)
@@ -204,6 +244,7 @@ impl Pair {
             .fetch_all(&db.pool)
             .await
             .expect("read sweep history"),
+            (Db::Maria(db), _) => db.sweeps().await,
             (Db::Sqlite(_), Some(side)) => sqlx::query_as(SQL)
                 .fetch_all(&mut read_only(&side).await)
                 .await
@@ -228,6 +269,11 @@ macro_rules! scenarios {
             #[tokio::test]
             async fn postgres_s3() {
                 super::$case(super::Pair::postgres_s3().await).await
+            }
+
+            #[tokio::test]
+            async fn mariadb_s3() {
+                super::$case(super::Pair::mariadb_s3().await).await
             }
 
             #[tokio::test]

@@ -440,7 +440,7 @@ async fn an_orphan_that_is_no_integer_id_is_reported_not_adopted_on_sqlite() {
 // code promises, on a real database file, through the catalog.
 
 /// The catalog over the app database of `app`, deployment `uploads`/`docs/`, migrated.
-async fn sqlite_catalog(app: &TestSqlite) -> upload_reconciler::catalog::sqlite::SqliteCatalog {
+async fn sqlite_catalog(app: &TestSqlite) -> upload_reconciler::catalog::sql::SqlCatalog {
     use upload_reconciler::catalog::Catalog;
     let config = upload_reconciler::config::DatabaseConfig {
         url: Some(app.url()),
@@ -451,7 +451,7 @@ async fn sqlite_catalog(app: &TestSqlite) -> upload_reconciler::catalog::sqlite:
         bucket: "uploads".into(),
         prefix: "docs/".into(),
     };
-    let catalog = upload_reconciler::catalog::sqlite::SqliteCatalog::connect(&config, scope)
+    let catalog = upload_reconciler::catalog::sql::SqlCatalog::connect(&config, scope)
         .await
         .expect("connect");
     catalog.migrate().await.expect("migrate");

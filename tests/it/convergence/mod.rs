@@ -288,4 +288,43 @@ mod by_hand {
         assert_eq!(totals.redelivered.load(Ordering::Relaxed), 1);
         assert_eq!(changes(&world, "doc0"), [change("pending", "processed")]);
     }
+
+    /// Found by `histories_converge` and shrunk: a sweep killed between an orphan's delete and
+    /// its audit (its intent noted, the object gone), then another object put at the same key
+    /// before the next sweep. That sweep's settling of the intent must still audit the delete:
+    /// the object the intent saw is gone, though its key holds another now. (It took the new
+    /// object for the old one, forgot the intent, and the delete was never audited.)
+    #[tokio::test]
+    async fn an_orphan_deleted_by_a_killed_sweep_is_audited_though_another_object_took_its_key() {
+        let history = History {
+            params: Params {
+                prefix: "docs/",
+                lifetime: 60,
+                ttl_beyond_lifetime: 0,
+                orphan_grace: 60,
+                processing_timeout: 60,
+                orphan_action: OrphanAction::Delete,
+                after_upload: AfterUpload::MarkProcessed,
+                max_attempts: 1,
+                lease: 30,
+            },
+            fates: vec![DELIVERED],
+            steps: vec![
+                Step::World(Move::Create(vec![])),
+                Step::World(Move::Create(vec![])),
+                Step::Advance(2),
+                create_then_upload(0, 0),
+                Step::Advance(2),
+                Step::World(Move::Stray(None)),
+                Step::Advance(120),
+                Step::Deliver(Pick(0), Trouble::Calm),
+                Step::Sweep(Trouble::Crash(11)),
+                Step::World(Move::Stray(Some(Pick(0)))),
+            ],
+            seed: 0,
+        };
+        run(&history, Metrics::new(), Arc::new(Totals::default()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 }

@@ -222,6 +222,7 @@ impl MemoryCatalog {
             .map(|stored| stored.job.state);
         Record {
             id: id.to_owned(),
+            key: Some(id.to_owned()).filter(|id| !id.is_empty()),
             raw_status: row.raw_status.clone(),
             status: self.db.inner.statuses.status(&row.raw_status),
             created_at: row.created_at,
@@ -272,6 +273,11 @@ impl Catalog for MemoryCatalog {
             .app
             .get(id)
             .map(|row| self.record_from(&state, id, row)))
+    }
+
+    async fn record_at(&self, key: &str) -> Result<Option<Record>> {
+        // The double's key is its id.
+        self.record(key).await
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction + '_>> {
@@ -630,17 +636,21 @@ impl Transaction for MemoryTransaction<'_> {
         Ok(())
     }
 
-    async fn create_record(&mut self, id: &str, status: Status) -> Result<bool> {
+    async fn lock_record_at(&mut self, key: &str) -> Result<Option<Record>> {
+        self.lock_record(key).await
+    }
+
+    async fn create_record(&mut self, id: &str, status: Status) -> Result<Option<String>> {
         self.enter("create_record")?;
         if self.view().app.contains_key(id) {
-            return Ok(false);
+            return Ok(None);
         }
         let raw = self.catalog.db.inner.statuses.word(status).to_owned();
         self.writes.push(Write::Create {
             id: id.to_owned(),
             raw,
         });
-        Ok(true)
+        Ok(Some(id.to_owned()))
     }
 
     async fn note_object(&mut self, object: &ObjectMeta) -> Result<()> {
