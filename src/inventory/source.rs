@@ -233,11 +233,17 @@ impl Inventory {
             md5.update(&chunk);
             out.write_all(&chunk).map_err(local)?;
         }
-        if size != file.size {
+        if size > file.size {
+            return Err(self.data_error(
+                file,
+                format!("more than the {} bytes manifest.json says", file.size),
+            ));
+        }
+        if size < file.size {
             return Err(self.data_error(
                 file,
                 format!(
-                    "{size} bytes or more where manifest.json says {}",
+                    "cut short: {size} bytes where manifest.json says {}",
                     file.size
                 ),
             ));

@@ -190,22 +190,13 @@ impl Sweep<'_> {
             if id.is_empty() || self.rules.quarantine.contains(&key) {
                 continue;
             }
-            let mut object = object;
-            let (mut decision, verdicts) = self
-                .judge(
-                    &id,
-                    record.as_ref(),
-                    object.as_ref(),
-                    &uploads,
-                    now,
-                    &mut versioning,
-                )
-                .await?;
             // An inventory is a day or two old: what it says of an object's presence is
-            // confirmed by a HEAD before a finding rests on it, dry run or not.
-            if inventory.is_some() && rests_on_presence(&decision) {
-                object = self.bucket.head(&key).await?;
-                decision = self
+            // confirmed by a HEAD before a finding rests on it (dry run or not), and the key is
+            // judged again on what the HEAD saw.
+            let mut object = object;
+            let mut looked = inventory.is_none();
+            let (decision, verdicts) = loop {
+                let judged = self
                     .judge(
                         &id,
                         record.as_ref(),
@@ -214,9 +205,13 @@ impl Sweep<'_> {
                         now,
                         &mut versioning,
                     )
-                    .await?
-                    .0;
-            }
+                    .await?;
+                if looked || !rests_on_presence(&judged.0) {
+                    break judged;
+                }
+                object = self.bucket.head(&key).await?;
+                looked = true;
+            };
             for (upload, verdict) in uploads.into_iter().zip(verdicts) {
                 let verdict = match verdict {
                     // What abandoned parts cost is part of the finding (and of its gauge).

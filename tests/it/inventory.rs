@@ -498,7 +498,7 @@ async fn a_truncated_data_file_is_refused() {
                 .await;
         },
         1,
-        "where manifest.json says",
+        "cut short: ",
     )
     .await;
 }
@@ -577,4 +577,28 @@ async fn an_inventory_many_times_the_sort_memory_is_read_whole_and_leaves_no_fil
         .expect("read temp dir")
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn check_config_names_the_newest_report_after_checking_it() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let destination = Destination::new(&bucket).await;
+    let now = Utc::now();
+    let line = [object(&format!("{PREFIX}a"), now)];
+    destination
+        .write(Kind::Csv, now - chrono::Duration::hours(30), &line, 1)
+        .await;
+    let newest = now - chrono::Duration::hours(2);
+    destination.write(Kind::Parquet, newest, &line, 2).await;
+    let run = from_inventory(Reconcile::new(&db, &bucket), &destination)
+        .run(&["check-config"])
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let expected = format!(
+        "ok: inventory {}: newest report {} (Parquet, 2 data files)",
+        destination.url(),
+        newest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert!(run.stdout.contains(&expected), "{expected}\n{}", run.stdout);
 }
