@@ -127,7 +127,9 @@ impl Inventory {
     pub async fn manifest(&self, now: DateTime<Utc>) -> Result<Checked> {
         let folder = self.newest_folder().await?;
         let json_key = format!("{folder}manifest.json");
-        let missing = |name: &str| self.fail(format!("{folder}{name} is missing"));
+        // The report as errors name it, after the inventory's URL: `2026-12-04T00-00Z/`.
+        let report = folder.strip_prefix(self.folder.as_str()).unwrap_or(&folder);
+        let missing = |name: &str| self.fail(format!("report {report}: {name} is missing"));
         let json = self
             .small(&json_key, MAX_MANIFEST_BYTES)
             .await?
@@ -138,7 +140,7 @@ impl Inventory {
             .ok_or_else(|| missing("manifest.checksum"))?;
         let checksum = String::from_utf8_lossy(&checksum);
         check(&json, &checksum, &self.source_bucket, now, self.max_age)
-            .map_err(|refused| self.fail(format!("{folder}: {refused}")))
+            .map_err(|refused| self.fail(format!("report {report}: {refused}")))
     }
 
     /// Every object under `prefix` the newest report lists, in key order (one per key).
