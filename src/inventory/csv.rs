@@ -259,4 +259,19 @@ mod tests {
         assert!(Layout::of("Bucket, Key, Size").is_err());
         assert!(Layout::of("Bucket, Size, LastModifiedDate").is_err());
     }
+    proptest::proptest! {
+        /// Any fields, quoted as AWS quotes them (every field, quotes doubled), read back as
+        /// they were; and any line at all is read or refused, never a panic.
+        #[test]
+        fn quoted_fields_read_back_and_no_line_panics(
+            values in proptest::collection::vec(".*", 1..8),
+            line in ".*",
+        ) {
+            let quoted: Vec<String> =
+                values.iter().map(|v| format!("\"{}\"", v.replace('"', "\"\""))).collect();
+            proptest::prop_assert_eq!(fields(&quoted.join(",")), Ok(values));
+            let _ = fields(&line);
+            let _ = Layout::of(SCHEMA).map(|layout| layout.row(&line));
+        }
+    }
 }
