@@ -62,7 +62,24 @@ pub async fn connect_bucket(config: &Config) -> Result<Arc<dyn Bucket>> {
         .map_err(|message| Error::config("storage.bucket", message))?;
     Ok(match location {
         #[cfg(feature = "s3")]
-        BucketLocation::S3(_) => Arc::new(S3Bucket::connect(&config.storage).await?),
+        BucketLocation::S3(_) => {
+            let live: Arc<dyn Bucket> = Arc::new(S3Bucket::connect(&config.storage).await?);
+            match &config.storage.inventory {
+                // The sweep lists the inventory; everything else goes to the live bucket.
+                Some(inventory) => {
+                    let client = crate::bucket::s3::client(&config.storage).await;
+                    let inventory = crate::inventory::source::Inventory::new(
+                        client,
+                        &config.storage,
+                        inventory,
+                    )?;
+                    Arc::new(crate::inventory::source::InventoryBucket::new(
+                        live, inventory,
+                    ))
+                }
+                None => live,
+            }
+        }
         #[cfg(not(feature = "s3"))]
         BucketLocation::S3(name) => {
             return Err(Error::config(

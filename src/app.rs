@@ -137,6 +137,21 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 config.storage.prefix
             );
             #[cfg(feature = "s3")]
+            if let Some(inventory) = &config.storage.inventory {
+                // The newest report, checked as a sweep would check it.
+                let client = crate::bucket::s3::client(&config.storage).await;
+                let inventory =
+                    crate::inventory::source::Inventory::new(client, &config.storage, inventory)?;
+                let newest = inventory.manifest(chrono::Utc::now()).await?;
+                println!(
+                    "ok: inventory {}: newest report {} ({:?}, {} data files)",
+                    inventory.url(),
+                    crate::inventory::shown(newest.created),
+                    newest.format,
+                    newest.manifest.files.len()
+                );
+            }
+            #[cfg(feature = "s3")]
             if let Some(queue_url) = config.events.queue_url.as_deref().filter(|u| !u.is_empty()) {
                 let queue = crate::events::sqs::Queue::connect(
                     &config.events,

@@ -244,6 +244,8 @@ pub struct StorageConfig {
     /// default [`DEFAULT_SETTLE_TIME`]. S3 objects appear whole: an S3 setting it is not.
     #[serde(deserialize_with = "some_duration")]
     pub settle_time: Option<Duration>,
+    /// `[storage.inventory]`: sweep from an S3 Inventory instead of listing the bucket.
+    pub inventory: Option<InventoryConfig>,
 }
 
 impl Default for StorageConfig {
@@ -260,6 +262,7 @@ impl Default for StorageConfig {
             read_timeout: None,
             upload_url_lifetime: Duration::from_secs(300),
             settle_time: None,
+            inventory: None,
         }
     }
 }
@@ -311,6 +314,126 @@ impl StorageConfig {
             )),
         }
     }
+}
+
+/// `[storage.inventory]`: the sweep reads the newest S3 Inventory report of the bucket instead
+/// of listing it (see docs/inventory.md). Multipart uploads are still listed live, and every
+/// finding that rests on an object's presence or absence is confirmed by a HEAD.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryConfig {
+    /// The inventory configuration's destination as AWS lays it out:
+    /// `s3://dest-bucket/prefix/source-bucket/config-id/`.
+    pub url: String,
+    /// The oldest inventory the sweep uses; an older newest report stops the sweep.
+    #[serde(default = "default_inventory_max_age", deserialize_with = "duration")]
+    pub max_age: Duration,
+    /// The memory the external sort of the inventory may hold (`64MiB`, `512KiB`, or bytes).
+    #[serde(default = "default_inventory_memory", deserialize_with = "byte_size")]
+    pub memory: u64,
+}
+
+const fn default_inventory_max_age() -> Duration {
+    Duration::from_secs(48 * 3600)
+}
+
+const fn default_inventory_memory() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// The least `storage.inventory.memory`: the merge's own buffers take half a megabyte.
+pub const MIN_INVENTORY_MEMORY: u64 = 1024 * 1024;
+
+impl InventoryConfig {
+    /// The destination's bucket and key prefix (ending in `/`).
+    pub fn location(&self) -> std::result::Result<(&str, String), String> {
+        let rest = self.url.strip_prefix("s3://").ok_or_else(|| {
+            format!(
+                "{:?} is not an s3:// URL like s3://inventory-bucket/prefix/source-bucket/config-id/",
+                self.url
+            )
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() || prefix.trim_matches('/').is_empty() {
+            return Err(format!(
+                "{:?} names no bucket and folder: write the inventory's destination, like \
+                 s3://inventory-bucket/prefix/source-bucket/config-id/",
+                self.url
+            ));
+        }
+        Ok((bucket, format!("{}/", prefix.trim_end_matches('/'))))
+    }
+}
+
+impl StorageConfig {
+    fn validate_inventory(&self) -> Result<()> {
+        let Some(inventory) = &self.inventory else {
+            return Ok(());
+        };
+        if let Ok(BucketLocation::Folder(_)) = self.location() {
+            return Err(Error::config(
+                "storage.inventory.url",
+                "is set, but storage.bucket names a local folder: an inventory describes an S3 \
+                 bucket",
+            ));
+        }
+        if cfg!(not(feature = "s3")) {
+            return Err(Error::config(
+                "storage.inventory.url",
+                "this reconcile was built without S3 support (cargo's `s3` feature)",
+            ));
+        }
+        inventory
+            .location()
+            .map_err(|message| Error::config("storage.inventory.url", message))?;
+        if inventory.max_age.is_zero() {
+            return Err(Error::config(
+                "storage.inventory.max_age",
+                "must be more than 0s",
+            ));
+        }
+        if inventory.memory < MIN_INVENTORY_MEMORY {
+            return Err(Error::config(
+                "storage.inventory.memory",
+                format!("{} bytes is less than the least, 1MiB", inventory.memory),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A size in bytes: a number, or a string with a binary unit (`64MiB`, `512KiB`, `1GiB`).
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Number(n) => return Ok(n),
+        Raw::Text(text) => text,
+    };
+    let trimmed = text.trim();
+    let digits = trimmed.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = match trimmed[digits.len()..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        "GiB" => 1024 * 1024 * 1024,
+        _ => 0,
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|_| unit > 0)
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a size like 64MiB, 512KiB or a number of bytes"
+            ))
+        })
 }
 
 /// `[sweep]`: grace periods, what to do about orphans, and the safety limits.
@@ -783,6 +906,7 @@ impl Config {
         }
 
         let storage = &self.storage;
+        storage.validate_inventory()?;
         if storage.bucket.is_empty() {
             return Err(Error::config(
                 "storage.bucket",
@@ -1499,5 +1623,55 @@ mod tests {
             key_of(toml("file:///srv", "settle_time = \"soon\"")),
             "storage.settle_time"
         );
+    }
+    #[test]
+    fn the_inventory_section_has_defaults_and_names_each_bad_key() {
+        let url = "url = \"s3://inv/daily/uploads/all/\"";
+        let c = with(&format!("[storage.inventory]\n{url}")).expect("valid");
+        let inventory = c.storage.inventory.as_ref().expect("set");
+        assert_eq!(inventory.max_age, Duration::from_secs(48 * 3600));
+        assert_eq!(inventory.memory, 64 * 1024 * 1024);
+        assert_eq!(
+            inventory.location(),
+            Ok(("inv", "daily/uploads/all/".to_owned()))
+        );
+        let c = with(&format!(
+            "[storage.inventory]\n{url}\nmemory = \"2MiB\"\nmax_age = \"3d\""
+        ))
+        .expect("valid");
+        let inventory = c.storage.inventory.expect("set");
+        assert_eq!(inventory.memory, 2 * 1024 * 1024);
+        assert_eq!(inventory.max_age, Duration::from_secs(3 * 86400));
+        for (extra, key) in [
+            ("url = \"inv/daily\"", "storage.inventory.url"),
+            ("url = \"s3://inv\"", "storage.inventory.url"),
+            ("url = \"s3://inv/\"", "storage.inventory.url"),
+            (
+                &format!("{url}\nmemory = \"lots\""),
+                "storage.inventory.memory",
+            ),
+            (&format!("{url}\nmemory = 1000"), "storage.inventory.memory"),
+            (
+                &format!("{url}\nmax_age = \"0s\""),
+                "storage.inventory.max_age",
+            ),
+            (
+                &format!("{url}\nmax_age = \"old\""),
+                "storage.inventory.max_age",
+            ),
+            (&format!("{url}\ncolour = 1"), "storage.inventory.colour"),
+        ] {
+            assert_eq!(
+                key_of(with(&format!("[storage.inventory]\n{extra}"))),
+                key,
+                "{extra}"
+            );
+        }
+        // An inventory describes an S3 bucket, never a folder.
+        let folder = Config::from_toml(&format!(
+            "[database]\nurl = \"sqlite://a.db\"\n[storage]\nbucket = \"file:///srv\"\n\
+             [storage.inventory]\n{url}"
+        ));
+        assert_eq!(key_of(folder), "storage.inventory.url");
     }
 }

@@ -18,6 +18,8 @@ pub mod error;
 pub mod events;
 pub mod execute;
 pub mod explain;
+#[cfg(feature = "s3")]
+pub mod inventory;
 pub mod metrics;
 pub mod model;
 pub mod processing;

@@ -74,6 +74,8 @@ pub struct Header {
     pub location: String,
     pub prefix: String,
     pub started_at: DateTime<Utc>,
+    /// When the S3 Inventory the objects came from was taken; `None` for a live listing.
+    pub inventory: Option<DateTime<Utc>>,
     pub objects_listed: u64,
     pub records_scanned: u64,
     pub counts: Counts,
@@ -173,9 +175,14 @@ fn time(t: DateTime<Utc>) -> String {
 
 /// The summary fields, in the contract's order, without the braces around them.
 fn header_fields(h: &Header) -> Result<String> {
+    // Only a sweep from an inventory says so: a live listing's report is as it always was.
+    let inventory = match h.inventory {
+        Some(date) => format!("\"inventory\":{},", json(&time(date))?),
+        None => String::new(),
+    };
     Ok(format!(
         "\"sweep_id\":{},\"dry_run\":{},\"bucket\":{},\"prefix\":{},\"started_at\":{},\
-         \"objects_listed\":{},\"records_scanned\":{},\"counts\":{}",
+         {inventory}\"objects_listed\":{},\"records_scanned\":{},\"counts\":{}",
         json(&h.sweep_id)?,
         h.dry_run,
         json(h.shown_bucket())?,
@@ -251,8 +258,12 @@ struct Table<'w> {
 impl Sink for Table<'_> {
     fn begin(&mut self, h: &Header) -> Result<()> {
         let mode = if h.dry_run { "Dry run" } else { "Sweep" };
+        let source = match h.inventory {
+            Some(date) => format!(" (from the S3 Inventory of {})", time(date)),
+            None => String::new(),
+        };
         let mut text = format!(
-            "{mode} of {} (prefix {:?}) at {}\n{} objects listed, {} records scanned\n\n",
+            "{mode} of {} (prefix {:?}) at {}\n{} objects listed{source}, {} records scanned\n\n",
             h.location,
             h.prefix,
             time(h.started_at),
@@ -329,6 +340,7 @@ mod tests {
             location: "s3://uploads".into(),
             prefix: "".into(),
             started_at: DateTime::from_timestamp(1_795_000_000, 0).expect("valid time"),
+            inventory: None,
             objects_listed: 4,
             records_scanned: 3,
             counts,

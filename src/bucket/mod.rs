@@ -47,6 +47,17 @@ pub trait Bucket: Send + Sync {
         self.list(prefix)
     }
 
+    /// For a bucket whose listing is a snapshot (an S3 Inventory): read, check and sort it now,
+    /// before the sweep's merge starts, and say when it was taken; the next
+    /// [`list`](Bucket::list) of `prefix` yields it. `None`: the listing is live.
+    async fn snapshot(
+        &self,
+        _prefix: &str,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(None)
+    }
+
     /// A fresh look at one object; `None` when it does not exist.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
 

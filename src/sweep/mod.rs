@@ -11,7 +11,7 @@
 //! reported skipped (`shutdown`) and the history row says `interrupted`.
 
 pub mod merge;
-mod sort;
+pub mod sort;
 mod spool;
 
 use crate::bucket::Bucket;
@@ -56,6 +56,8 @@ pub struct Options {
 /// The scan's result: what was found, waiting to be executed.
 pub struct Plan {
     pub started_at: DateTime<Utc>,
+    /// When the S3 Inventory the objects came from was taken; `None` for a live listing.
+    pub inventory: Option<DateTime<Utc>>,
     pub objects_listed: u64,
     pub records_scanned: u64,
     pub multipart_uploads_listed: u64,
@@ -157,6 +159,9 @@ impl Sweep<'_> {
                 .collect(),
             None => Vec::new(),
         };
+        // An inventory is read, checked and sorted before anything else: any fault in it ends
+        // the sweep here, before a single finding.
+        let inventory = self.bucket.snapshot(self.prefix, now).await?;
         // Listed whole first, and put in key order: the server's order need not be.
         let uploads = sort::by_key(self.bucket.multipart_uploads(self.prefix), sort::RUN).await?;
         let mut merge = Merge::new(
@@ -206,29 +211,28 @@ impl Sweep<'_> {
             let id = record
                 .as_ref()
                 .map_or_else(|| name.clone(), |r| r.id.clone());
-            let (decision, verdicts) = decide_key(
-                record.as_ref(),
-                object.as_ref(),
-                &uploads,
-                now,
-                &self.rules.policy,
-            );
-            let decision = adoptable(decision, &name, self.catalog.key_kind());
-            let seen = Seen {
-                record: record.as_ref(),
-                object: object.as_ref(),
-                key: &key,
+            // An inventory is a day or two old: what it says of an object's presence is
+            // confirmed by a HEAD before a finding rests on it (dry run or not), and the key is
+            // judged again on what the HEAD saw.
+            let mut object = object;
+            let mut looked = inventory.is_none();
+            let (decision, verdicts) = loop {
+                let judged = self
+                    .judge(
+                        &name,
+                        record.as_ref(),
+                        object.as_ref(),
+                        &uploads,
+                        now,
+                        &mut versioning,
+                    )
+                    .await?;
+                if looked || !rests_on_presence(&judged.0) {
+                    break judged;
+                }
+                object = self.bucket.head(&key).await?;
+                looked = true;
             };
-            let decision = second_look(
-                self.catalog,
-                self.bucket,
-                &self.rules.policy,
-                decision,
-                seen,
-                now,
-                &mut versioning,
-            )
-            .await?;
             for (upload, verdict) in uploads.into_iter().zip(verdicts) {
                 let verdict = match verdict {
                     // What abandoned parts cost is part of the finding (and of its gauge).
@@ -272,6 +276,7 @@ impl Sweep<'_> {
         progress.done();
         Ok(Plan {
             started_at: now,
+            inventory,
             objects_listed: merge.objects_listed,
             records_scanned: merge.records_scanned,
             multipart_uploads_listed: merge.uploads_listed,
@@ -280,6 +285,38 @@ impl Sweep<'_> {
             state_changes: findings.state_changes,
             spool: findings.spool,
         })
+    }
+
+    /// Decide one key (`name`, below the prefix) as the merge paired it: the key itself, whether
+    /// an orphan can be adopted, its second look, then each multipart upload at it.
+    async fn judge(
+        &self,
+        name: &str,
+        record: Option<&Record>,
+        object: Option<&ObjectMeta>,
+        uploads: &[crate::model::MultipartUpload],
+        now: DateTime<Utc>,
+        versioning: &mut Option<Versioning>,
+    ) -> Result<(Decision, Vec<Decision>)> {
+        let key = key_of(self.prefix, name);
+        let (decision, verdicts) = decide_key(record, object, uploads, now, &self.rules.policy);
+        let decision = adoptable(decision, name, self.catalog.key_kind());
+        let seen = Seen {
+            record,
+            object,
+            key: &key,
+        };
+        let decision = second_look(
+            self.catalog,
+            self.bucket,
+            &self.rules.policy,
+            decision,
+            seen,
+            now,
+            versioning,
+        )
+        .await?;
+        Ok((decision, verdicts))
     }
 
     /// The breaker's verdict on a plan: stop before writing anything when it trips.
@@ -317,6 +354,7 @@ impl Sweep<'_> {
             location: self.bucket.url(),
             prefix: self.prefix.to_owned(),
             started_at: plan.started_at,
+            inventory: plan.inventory,
             objects_listed: plan.objects_listed,
             records_scanned: plan.records_scanned,
             counts: plan.counts.clone(),
@@ -548,6 +586,23 @@ pub async fn second_look(
         }
         _ => Ok(decision),
     }
+}
+
+/// Whether a finding says something of an object's presence or absence: what a snapshot of the
+/// bucket (an inventory) cannot know for now.
+fn rests_on_presence(decision: &Decision) -> bool {
+    matches!(
+        decision,
+        Decision::Drift {
+            kind: FindingKind::StalePending
+                | FindingKind::LostNotification
+                | FindingKind::LateUpload
+                | FindingKind::OrphanObject
+                | FindingKind::MissingObject
+                | FindingKind::ObjectReturned,
+            ..
+        }
+    )
 }
 
 /// Whether the bucket keeps versions: asked of it once, then kept in `known`.

@@ -1288,6 +1288,8 @@ pub const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/mysql";
 pub struct TestMaria {
     pub name: String,
     pub pool: sqlx::MySqlPool,
+    /// Users made for this test (users are the server's): dropped with the database.
+    users: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestMaria {
@@ -1336,7 +1338,26 @@ impl TestMaria {
             .execute(&pool)
             .await
             .expect("create the app's table");
-        TestMaria { name, pool }
+        TestMaria {
+            name,
+            pool,
+            users: Default::default(),
+        }
+    }
+
+    /// The URL of a new user that may only read `docs`.
+    pub async fn read_only_url(&self) -> String {
+        let user = format!("ro_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        for sql in [
+            format!("CREATE USER '{user}'@'%'"),
+            format!("GRANT SELECT ON {}.docs TO '{user}'@'%'", self.name),
+        ] {
+            self.execute(&sql).await.expect("set up a read-only user");
+        }
+        if let Ok(mut users) = self.users.lock() {
+            users.push(user.clone());
+        }
+        format!("mysql://{user}@127.0.0.1:3306/{}", self.name)
     }
 
     pub fn url(&self) -> String {
@@ -1412,6 +1433,7 @@ impl TestMaria {
 impl Drop for TestMaria {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let users = self.users.lock().map(|u| u.clone()).unwrap_or_default();
         let cleanup = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -1445,6 +1467,11 @@ impl Drop for TestMaria {
                     }
                     for db in [name.clone(), own] {
                         let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+                            .execute(&admin)
+                            .await;
+                    }
+                    for user in users {
+                        let _ = sqlx::query(AssertSqlSafe(format!("DROP USER IF EXISTS '{user}'@'%'")))
                             .execute(&admin)
                             .await;
                     }

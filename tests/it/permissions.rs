@@ -19,6 +19,8 @@ const NEEDS: &[(&str, &[&str], bool)] = &[
     ("head_bucket", &["s3:ListBucket"], true),
     // The re-check before every action, and `explain`.
     ("head_object", &["s3:GetObject"], true),
+    // An S3 Inventory's manifest and data files ([storage.inventory]), in its destination bucket.
+    ("get_object", &["s3:GetObject"], true),
     // Resumable uploads: the multipart uploads in progress under the prefix, and the bytes the
     // parts of an abandoned one hold.
     (
