@@ -21,6 +21,7 @@ mod heal;
 mod helpers;
 mod housekeeping;
 mod interrupt;
+mod listing;
 mod lookups;
 mod memory;
 mod multipart;
