@@ -92,20 +92,14 @@ pub fn parse(body: &[u8]) -> Result<ListPage, Refused> {
 /// The characters XML 1.0 refuses (C0 controls but tab and line feed, U+FFFE, U+FFFF; a `str`
 /// holds no surrogates), and carriage returns, which XML would turn into line feeds.
 fn check_chars(text: &str) -> Result<(), Refused> {
-    let bytes = text.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        let refused = match b {
-            b'\t' | b'\n' => false,
-            0..0x20 => true,
-            // U+FFFE and U+FFFF are EF BF BE and EF BF BF.
-            0xEF => {
-                bytes.get(i + 1) == Some(&0xBF) && matches!(bytes.get(i + 2), Some(0xBE | 0xBF))
-            }
-            _ => false,
-        };
-        if refused {
-            return Err(Refused::Unread("a character XML does not allow"));
-        }
+    // A fold without an early exit: the compiler vectorizes it (a page is ~200 KB, and a byte
+    // loop with a branch each was 15% of a sweep's instructions).
+    let control = text.bytes().fold(false, |found, b| {
+        found | ((b < 0x20) & (b != b'\t') & (b != b'\n'))
+    });
+    // One memchr pass each (on the character's last byte).
+    if control || text.contains('\u{FFFE}') || text.contains('\u{FFFF}') {
+        return Err(Refused::Unread("a character XML does not allow"));
     }
     Ok(())
 }
@@ -348,7 +342,7 @@ fn time(text: &str) -> Result<SmithyTime, Refused> {
 /// Text with XML's five entities and character references (`&#65;`, `&#x41;`) replaced; any
 /// other `&` is refused, and so is a reference to a character XML does not allow.
 fn unescape(raw: &str) -> Result<Cow<'_, str>, Refused> {
-    if raw.contains("]]>") {
+    if raw.as_bytes().contains(&b'>') && raw.contains("]]>") {
         return Err(Refused::Unread("]]> in text"));
     }
     let Some(first) = raw.find('&') else {
@@ -560,6 +554,10 @@ mod tests {
             (
                 "carriage return",
                 "<ListBucketResult><Name>a\r\nb</Name></ListBucketResult>",
+            ),
+            (
+                "noncharacter",
+                "<ListBucketResult><Name>a\u{FFFE}</Name></ListBucketResult>",
             ),
             (
                 "unknown entity",
