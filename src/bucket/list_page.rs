@@ -59,6 +59,7 @@ pub fn parse(body: &[u8]) -> Result<ListPage, Refused> {
         text,
         pos: 0,
         depth: 0,
+        empty: false,
     };
     reader.prolog()?;
     let mut page = ListPage::default();
@@ -109,6 +110,8 @@ struct Reader<'a> {
     text: &'a str,
     pos: usize,
     depth: usize,
+    /// The element just opened was written empty (`<A/>`).
+    empty: bool,
 }
 
 /// The declarations the servers send (AWS, moto, garage), and nothing else.
@@ -174,8 +177,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The next child element's name (its start tag read, but for the `/>` of an empty one,
-    /// which [`closed_empty`](Self::closed_empty) takes), or `None` at the end tag of `parent`
+    /// The next child element's name (its start tag read; an empty one, `<A/>`, is told by
+    /// [`closed_empty`](Self::closed_empty)), or `None` at the end tag of `parent`
     /// (consumed). Only space may stand between children.
     fn child(&mut self, parent: &str) -> Result<Option<&'a str>, Refused> {
         self.skip_space();
@@ -191,7 +194,9 @@ impl<'a> Reader<'a> {
             return Err(Refused::Unread("elements nested too deep"));
         }
         self.depth += 1;
-        if self.rest().starts_with("/>") || self.eat(">") {
+        // `/>` only right after the name: the same two bytes in the text are text.
+        self.empty = self.eat("/>");
+        if self.empty || self.eat(">") {
             Ok(Some(name))
         } else {
             Err(Refused::Unread("a start tag with attributes"))
@@ -212,7 +217,7 @@ impl<'a> Reader<'a> {
     /// Whether the element just opened by [`child`](Self::child) was written empty (`<A/>`);
     /// consumes the `/>`.
     fn closed_empty(&mut self) -> bool {
-        let empty = self.eat("/>");
+        let empty = std::mem::take(&mut self.empty);
         if empty {
             self.depth -= 1;
         }
@@ -614,6 +619,10 @@ mod tests {
                 lean(xml)
             );
         }
+        // Found by the fuzz target: `/>` in an unknown element's text is no empty element.
+        let text =
+            "<ListBucketResult><Presix>\n/><IsTruncated>false</IsTruncated></ListBucketResult>";
+        assert!(lean(text).is_err(), "{:?}", lean(text));
         let deep = format!(
             "<ListBucketResult>{}{}</ListBucketResult>",
             "<A>".repeat(20),
