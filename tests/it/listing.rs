@@ -140,6 +140,22 @@ async fn listing_pages_from_the_server_read_the_same_through_the_sdk_and_the_lea
     }
 }
 
+/// A proxy in front of `endpoint` that passes ListObjectsV2 answers' bodies through `rewrite`.
+async fn rewriting_listings(endpoint: &str, rewrite: fn(Vec<u8>) -> Vec<u8>) -> FaultProxy {
+    FaultProxy::rewriting(
+        endpoint,
+        |_| Box::pin(async {}),
+        move |request, body| {
+            if request.target.contains("list-type=2") {
+                rewrite(body)
+            } else {
+                body
+            }
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_page_the_lean_parser_does_not_read_is_read_by_the_sdk_with_the_same_findings() {
     let db = TestDb::with_docs(None).await;
@@ -151,18 +167,11 @@ async fn a_page_the_lean_parser_does_not_read_is_read_by_the_sdk_with_the_same_f
     db.doc("gone", "uploaded", HOUR).await;
     bucket.put("docs/orphan+x", "x").await;
     // A comment in every page: well-formed XML the lean parser leaves to the SDK.
-    let proxy = FaultProxy::rewriting(
-        &bucket.endpoint,
-        |_| Box::pin(async {}),
-        |request, body| {
-            if !request.target.contains("list-type=2") {
-                return body;
-            }
-            String::from_utf8_lossy(&body)
-                .replacen("<Contents>", "<!-- a comment --><Contents>", 1)
-                .into_bytes()
-        },
-    )
+    let proxy = rewriting_listings(&bucket.endpoint, |body| {
+        String::from_utf8_lossy(&body)
+            .replacen("<Contents>", "<!-- a comment --><Contents>", 1)
+            .into_bytes()
+    })
     .await;
     let reconcile = || {
         Reconcile::new(&db, &bucket)
@@ -193,18 +202,11 @@ async fn an_error_document_in_a_successful_answer_aborts_the_sweep_as_before() {
     db.doc("a", "pending", 2 * HOUR).await;
     // S3 may answer 200 with an error document; the SDK turns that into an error, and the
     // sweep must not read it as an empty bucket (every pending record would expire).
-    let proxy = FaultProxy::rewriting(
-        &bucket.endpoint,
-        |_| Box::pin(async {}),
-        |request, body| {
-            if !request.target.contains("list-type=2") {
-                return body;
-            }
-            b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>\
-              <Message>Access Denied</Message></Error>"
-                .to_vec()
-        },
-    )
+    let proxy = rewriting_listings(&bucket.endpoint, |_| {
+        b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>\
+          <Message>Access Denied</Message></Error>"
+            .to_vec()
+    })
     .await;
     let mut reconcile = Reconcile::new(&db, &bucket);
     reconcile.endpoint = proxy.endpoint.clone();
