@@ -17,6 +17,10 @@
 //! mark_missing actions (a tenth of the rows: 1k at 10k, 10k at 100k); its actions a second count
 //! the time beyond the dry run's median.
 //!
+//! `BENCH_SWEEP_ONLY=1` runs the dry-run sweeps alone (no rclone, floor or apply), and
+//! `BENCH_CALLGRIND=DIR` first runs one dry-run sweep under `valgrind --tool=callgrind`, printing
+//! the instructions it executed and leaving the profile in DIR.
+//!
 //! Wall time, CPU time and peak RSS come from `/usr/bin/time`; beside them garage's CPU time over
 //! the same command, from `/proc` (scripts/bench passes its pid as `BENCH_SERVER_PID`): both share
 //! the machine's cores. Each figure printed is the median of the
@@ -368,6 +372,20 @@ async fn size(garage: &Garage, tools: &Tools, rows: u64, rounds: usize) {
         keys.len()
     );
 
+    if let Some(dir) = std::env::var_os("BENCH_CALLGRIND") {
+        callgrind(tools, &config, rows, Path::new(&dir));
+    }
+    if std::env::var("BENCH_SWEEP_ONLY").is_ok_and(|v| v == "1") {
+        let sweeps: Vec<Run> = (0..rounds).map(|_| tools.sweep(&config, true).0).collect();
+        show_runs("dry-run sweep", &sweeps);
+        show(
+            "sweep CPU (user+sys)",
+            &sweeps.iter().map(|r| r.cpu).collect::<Vec<_>>(),
+            "s",
+        );
+        return;
+    }
+
     let (mut sweep, mut rclone, mut floor) = (vec![], vec![], vec![]);
     for _ in 0..rounds {
         let (run, summary) = tools.sweep(&config, true);
@@ -415,6 +433,39 @@ async fn size(garage: &Garage, tools: &Tools, rows: u64, rounds: usize) {
     );
     // Leave the table as the next run's dry run expects it.
     seed(rows).await;
+}
+
+/// One dry-run sweep under callgrind: instructions executed are stable where CPU seconds on
+/// a shared machine are not. The profile is left in `dir` for `callgrind_annotate`.
+fn callgrind(tools: &Tools, config: &Path, rows: u64, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("callgrind output folder");
+    let out = dir.join(format!("callgrind.{rows}.out"));
+    let status = Command::new("valgrind")
+        .args(["--tool=callgrind", "--quiet"])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&tools.reconcile)
+        .arg("--config")
+        .arg(config)
+        .args(["-q", "sweep", "--dry-run", "--format", "jsonl"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run valgrind (Debian package `valgrind`)");
+    assert!(status.success(), "the sweep under callgrind failed");
+    let profile = std::fs::read_to_string(&out).expect("read the callgrind profile");
+    let total = profile
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("summary: ")
+                .or_else(|| l.strip_prefix("totals: "))
+        })
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .expect("callgrind's instruction total");
+    println!(
+        "  {:<40} {:>9.3} G instructions ({})",
+        "dry-run sweep under callgrind",
+        total as f64 / 1e9,
+        out.display()
+    );
 }
 
 #[tokio::main]

@@ -389,6 +389,10 @@ impl Outcome {
 /// Keys in S3 notifications and URL-encoded listings are form-encoded: `+` is a space (AWS's
 /// spelling; others write `%20`), a real `+` is `%2B`. `None` when the bytes are not UTF-8.
 pub fn decode_form(raw: &str) -> Option<String> {
+    // Most listed keys hold neither: one copy instead of two (a sweep decodes every key).
+    if !raw.bytes().any(|b| b == b'+' || b == b'%') {
+        return Some(raw.to_owned());
+    }
     let spaced = raw.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()

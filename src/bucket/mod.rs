@@ -5,6 +5,8 @@
 //! existing object, and a delete only removes the very object the caller describes.
 
 pub mod folder;
+#[cfg(feature = "s3-listing")]
+pub mod list_page;
 pub mod ranges;
 #[cfg(feature = "s3")]
 pub mod s3;

@@ -1,5 +1,6 @@
 //! The bucket on S3 or any S3-compatible server (custom endpoint, path-style addressing).
 
+use super::list_page::{self, ListPage, sdk_deserializer, sdk_page, to_chrono, undecodable};
 use super::ranges::{self, KeyRange};
 use super::{Bucket, CopyOutcome, DeleteOutcome, MAX_HISTORY};
 use crate::config::StorageConfig;
@@ -7,15 +8,22 @@ use crate::error::{Error, Result, describe_sdk};
 use crate::model::{MultipartUpload, ObjectMeta, ObjectVersion, Versioning, decode_form};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::interceptors::BeforeSerializationInterceptorContextRef;
 use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_sdk_s3::config::{ConfigBag, Intercept};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use aws_sdk_s3::types::{
     BucketVersioningStatus, CompletedMultipartUpload, CompletedPart, EncodingType,
     ServerSideEncryption,
 };
-use chrono::{DateTime, Utc};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::{Output, OutputOrError};
+use aws_smithy_runtime_api::client::orchestrator::OrchestratorError;
+use aws_smithy_runtime_api::client::ser_de::{DeserializeResponse, SharedResponseDeserializer};
 use futures::stream::{self, BoxStream, StreamExt};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub struct S3Bucket {
     client: Client,
@@ -764,21 +772,9 @@ impl Lister {
                     Page::Next(token) => (Some(token), None),
                 };
                 let context = &lister.context;
-                // URL encoding: keys may hold characters XML 1.0 cannot carry.
-                let out = lister
-                    .client
-                    .list_objects_v2()
-                    .bucket(&lister.bucket)
-                    .prefix(&lister.prefix)
-                    .encoding_type(EncodingType::Url)
-                    .set_max_keys(lister.page_size)
-                    .set_start_after(start_after)
-                    .set_continuation_token(token)
-                    .send()
-                    .await
-                    .map_err(|e| Error::storage(context, describe_sdk(&e)))?;
-                let mut next = match (out.is_truncated(), out.next_continuation_token()) {
-                    (Some(true), Some(token)) => Page::Next(token.to_owned()),
+                let page = lister.page(token, start_after).await?;
+                let mut next = match (page.is_truncated, page.next_continuation_token) {
+                    (Some(true), Some(token)) => Page::Next(token),
                     (Some(true), None) => {
                         return Err(Error::storage(
                             context,
@@ -787,24 +783,123 @@ impl Lister {
                     }
                     _ => Page::Done,
                 };
-                let mut objects = Vec::with_capacity(out.contents().len());
-                for o in out.contents() {
-                    let key = decode_key(o.key().unwrap_or_default(), context)?;
-                    if range.past_end(&key) {
-                        next = Page::Done;
-                        break;
-                    }
-                    objects.push(ObjectMeta {
-                        key,
-                        size: o.size().unwrap_or(0),
-                        etag: o.e_tag().map(str::to_owned),
-                        last_modified: to_chrono(o.last_modified()),
-                        linked: false,
-                    });
+                let mut objects = page.objects;
+                if let Some(end) = objects.iter().position(|o| range.past_end(&o.key)) {
+                    objects.truncate(end);
+                    next = Page::Done;
                 }
                 Ok(Some((objects, next)))
             }
         })
+    }
+}
+
+impl Lister {
+    /// One ListObjectsV2 request, its answer read by [`list_page::parse`] where that parser
+    /// reads it, else by the SDK (see [`LeanListing`]).
+    async fn page(&self, token: Option<String>, start_after: Option<String>) -> Result<ListPage> {
+        let slot = LeanSlot::default();
+        // URL encoding: keys may hold characters XML 1.0 cannot carry.
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .encoding_type(EncodingType::Url)
+            .set_max_keys(self.page_size)
+            .set_start_after(start_after)
+            .set_continuation_token(token)
+            .customize()
+            .interceptor(LeanListing(slot.clone()))
+            .send()
+            .await
+            .map_err(|e| Error::storage(&self.context, describe_sdk(&e)))?;
+        match slot.take() {
+            Some(page) => Ok(page),
+            None => sdk_page(&out).map_err(|key| Error::storage(&self.context, undecodable(&key))),
+        }
+    }
+}
+
+/// The page the lean decoder read during one request, if it did.
+#[derive(Debug, Clone, Default)]
+struct LeanSlot(Arc<Mutex<Option<ListPage>>>);
+
+impl LeanSlot {
+    fn put(&self, page: Option<ListPage>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = page;
+    }
+
+    fn take(&self) -> Option<ListPage> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// Reads a ListObjectsV2 answer with [`list_page::parse`] instead of the SDK's XML decoder, over
+/// half of a sweep's CPU (BENCHMARKS.md). The request itself stays the SDK's: signing,
+/// endpoints, credentials, retries and timeouts, and so do errors: only a success (2xx) whose
+/// body the parser reads is taken by it, its page left in the slot and the SDK handed an empty
+/// output; any other answer goes to the SDK's deserializer as before (an error status, S3's
+/// "200 with an error document", a page the parser refuses).
+#[derive(Debug)]
+struct LeanListing(LeanSlot);
+
+impl Intercept for LeanListing {
+    fn name(&self) -> &'static str {
+        "LeanListing"
+    }
+
+    // Once per request, before the first attempt: every attempt loads the deserializer stored
+    // here, which the operation's own configuration put in the bag before.
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(SharedResponseDeserializer::new(LeanDeserializer(
+                self.0.clone(),
+            )));
+        Ok(())
+    }
+}
+
+/// The lean parser first, the SDK's ListObjectsV2 deserializer for whatever it does not read.
+#[derive(Debug)]
+struct LeanDeserializer(LeanSlot);
+
+impl DeserializeResponse for LeanDeserializer {
+    fn deserialize_streaming_with_config(
+        &self,
+        response: &mut HttpResponse,
+        cfg: &ConfigBag,
+    ) -> Option<OutputOrError> {
+        sdk_deserializer()?.deserialize_streaming_with_config(response, cfg)
+    }
+
+    fn deserialize_nonstreaming_with_config(
+        &self,
+        response: &HttpResponse,
+        cfg: &ConfigBag,
+    ) -> OutputOrError {
+        // An earlier attempt's page is not this one's.
+        self.0.put(None);
+        let lean = response
+            .status()
+            .is_success()
+            .then(|| response.body().bytes())
+            .flatten()
+            .and_then(|body| list_page::parse(body).ok());
+        if let Some(page) = lean {
+            self.0.put(Some(page));
+            return Ok(Output::erase(ListObjectsV2Output::builder().build()));
+        }
+        match sdk_deserializer() {
+            Some(sdk) => sdk.deserialize_nonstreaming_with_config(response, cfg),
+            None => Err(OrchestratorError::other(
+                "ListObjectsV2 has no deserializer",
+            )),
+        }
     }
 }
 
@@ -889,12 +984,6 @@ fn part_ranges(size: u64, part: u64) -> impl Iterator<Item = (u64, u64)> {
     (0..size.div_ceil(part)).map(move |i| (i * part, ((i + 1) * part).min(size) - 1))
 }
 
-/// An object without a modification time cannot be judged old: it stays in grace.
-fn to_chrono(time: Option<&aws_smithy_types::DateTime>) -> DateTime<Utc> {
-    time.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
 /// The AWS chain's timeouts (its connect timeout) with `read` as the time to the first byte of
 /// an answer, for each try: S3 and SQS alike.
 pub fn with_read_timeout(
@@ -946,7 +1035,7 @@ mod tests {
             key: "docs/a".into(),
             size,
             etag: Some(etag.into()),
-            last_modified: DateTime::UNIX_EPOCH,
+            last_modified: chrono::DateTime::UNIX_EPOCH,
             linked: false,
         }
     }

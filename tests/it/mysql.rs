@@ -28,15 +28,14 @@ async fn dry_run_works_with_a_user_that_can_only_select() {
             ("stale_pending", "stale", "expire")
         ])
     );
-    assert!(!db.reconciler_database_exists().await, "the dry run made it");
+    assert!(
+        !db.reconciler_database_exists().await,
+        "the dry run made it"
+    );
     // The same user cannot apply: creating the reconciler's database is refused, in one line.
     let apply = reconcile.run(&["--format", "json"]).await;
     assert_eq!(apply.code, 1, "{}", apply.stderr);
-    assert!(
-        apply.stderr.contains("denied"),
-        "{}",
-        apply.stderr
-    );
+    assert!(apply.stderr.contains("denied"), "{}", apply.stderr);
     assert_eq!(apply.stderr.trim().lines().count(), 1, "{}", apply.stderr);
     assert_eq!(db.status("stale").await.as_deref(), Some("pending"));
 }
