@@ -36,11 +36,11 @@ impl Effects {
         if event.bucket != self.bucket.name() {
             return Ok(Effect::Ignored("other_bucket"));
         }
-        // The prefix's own key (an empty id, an S3 folder marker) names no doc.
-        let Some(id) = event
+        // The prefix's own key (an empty name, an S3 folder marker) names no doc.
+        let Some(name) = event
             .key
             .strip_prefix(&self.prefix)
-            .filter(|id| !id.is_empty() && !self.rules.quarantine.contains(&event.key))
+            .filter(|name| !name.is_empty() && !self.rules.quarantine.contains(&event.key))
         else {
             return Ok(Effect::Ignored("outside_prefix"));
         };
@@ -66,7 +66,7 @@ impl Effects {
                 Ordering::Less => return Ok(Effect::Ignored("out_of_order")),
             }
         }
-        let record = tx.lock_record_at(id).await?;
+        let record = tx.lock_record_at(name).await?;
         // An event says its object is whole (S3: the PUT completed; a folder: the writer closed
         // the file or renamed it into place): nothing to wait for.
         let policy = Policy {
@@ -106,7 +106,7 @@ impl Effects {
                     // The doc's id; for an object without a record, the key it would have.
                     id: record
                         .as_ref()
-                        .map_or_else(|| id.to_owned(), |r| r.id.clone()),
+                        .map_or_else(|| name.to_owned(), |r| r.id.clone()),
                     key: event.key.clone(),
                     action,
                     detail: format!("{detail} (S3 event)"),

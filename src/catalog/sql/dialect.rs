@@ -34,8 +34,11 @@ pub trait Dialect: Send + Sync {
     /// How the driver writes parameters.
     fn placeholders(&self) -> Placeholders;
 
-    /// Where the reconciler's own tables are, as statements name it (`reconciler`, quoted).
-    fn own_schema(&self) -> &str;
+    /// Where the reconciler's own tables are, as statements name it: `reconciler` (a schema on
+    /// Postgres, an attached file on SQLite), or a quoted database name.
+    fn own_schema(&self) -> &str {
+        "reconciler"
+    }
 
     /// `expr` as text (a UTF-8 string of the value: `42` for an integer).
     fn text(&self, expr: &str) -> String;
@@ -86,17 +89,26 @@ pub trait Dialect: Send + Sync {
 
     /// The clause of an INSERT that updates the row with the same `conflict` columns instead
     /// (followed by `column = …` assignments).
-    fn upsert(&self, conflict: &[&str]) -> String;
+    /// (Postgres and SQLite share the `ON CONFLICT` form; MySQL has its own.)
+    fn upsert(&self, conflict: &[&str]) -> String {
+        format!("ON CONFLICT ({}) DO UPDATE SET", conflict.join(", "))
+    }
 
     /// In an upsert's assignments, the value the INSERT would have written to `column`.
-    fn excluded(&self, column: &str) -> String;
+    fn excluded(&self, column: &str) -> String {
+        format!("excluded.{column}")
+    }
 
     /// What an INSERT ends with to do nothing when the row exists; empty where the database has
     /// no such clause (the duplicate key error is then taken as "exists").
-    fn insert_or_nothing(&self) -> &'static str;
+    fn insert_or_nothing(&self) -> &'static str {
+        "ON CONFLICT DO NOTHING"
+    }
 
     /// Whether UPDATE and INSERT … ON CONFLICT can return rows (`RETURNING`).
-    fn returning(&self) -> bool;
+    fn returning(&self) -> bool {
+        true
+    }
 
     /// A DELETE of at most `$limit` rows of `table` (the reconciler's) where `condition`.
     fn delete_some(&self, table: &str, condition: &str, limit: &str) -> String;

@@ -876,7 +876,7 @@ impl Transaction for SqlTransaction<'_> {
             Utc::now().into(),
         ];
         args.extend(catalog.adopt_values.iter().cloned());
-        let created = if catalog.with_jobs.keyless.is_none() {
+        let created = if sql.keyless.is_none() {
             // The key is the id.
             self.execute(&sql.insert, &args)
                 .await

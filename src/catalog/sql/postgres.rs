@@ -100,10 +100,6 @@ impl Dialect for PgDialect {
         Placeholders::Dollar
     }
 
-    fn own_schema(&self) -> &str {
-        "reconciler"
-    }
-
     fn text(&self, expr: &str) -> String {
         format!("CAST({expr} AS text)")
     }
@@ -162,22 +158,6 @@ impl Dialect for PgDialect {
 
     fn skip_locked(&self) -> &'static str {
         " FOR UPDATE SKIP LOCKED"
-    }
-
-    fn upsert(&self, conflict: &[&str]) -> String {
-        format!("ON CONFLICT ({}) DO UPDATE SET", conflict.join(", "))
-    }
-
-    fn excluded(&self, column: &str) -> String {
-        format!("EXCLUDED.{column}")
-    }
-
-    fn insert_or_nothing(&self) -> &'static str {
-        "ON CONFLICT DO NOTHING"
-    }
-
-    fn returning(&self) -> bool {
-        true
     }
 
     fn delete_some(&self, table: &str, condition: &str, limit: &str) -> String {

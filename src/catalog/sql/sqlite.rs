@@ -215,10 +215,6 @@ impl Dialect for SqliteDialect {
         Placeholders::Question
     }
 
-    fn own_schema(&self) -> &str {
-        "reconciler"
-    }
-
     fn text(&self, expr: &str) -> String {
         format!("CAST({expr} AS TEXT)")
     }
@@ -268,22 +264,6 @@ impl Dialect for SqliteDialect {
 
     fn skip_locked(&self) -> &'static str {
         ""
-    }
-
-    fn upsert(&self, conflict: &[&str]) -> String {
-        format!("ON CONFLICT ({}) DO UPDATE SET", conflict.join(", "))
-    }
-
-    fn excluded(&self, column: &str) -> String {
-        format!("excluded.{column}")
-    }
-
-    fn insert_or_nothing(&self) -> &'static str {
-        "ON CONFLICT DO NOTHING"
-    }
-
-    fn returning(&self) -> bool {
-        true
     }
 
     fn delete_some(&self, table: &str, condition: &str, limit: &str) -> String {
