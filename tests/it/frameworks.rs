@@ -140,6 +140,38 @@ impl App {
         .expect("read the documents")
     }
 
+    /// Sets a row's status word, as the app's processing would.
+    async fn set_state(&self, id: &str, state: &str) {
+        const SQL: &str = "UPDATE documents_document SET state = ";
+        match self {
+            App::Postgres(db) => sqlx::query(AssertSqlSafe(format!(
+                "{SQL}$1 WHERE CAST(id AS text) = $2"
+            )))
+            .bind(state)
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .map(drop),
+            App::Sqlite(db) => sqlx::query(AssertSqlSafe(format!(
+                "{SQL}?1 WHERE CAST(id AS TEXT) = ?2"
+            )))
+            .bind(state)
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .map(drop),
+            App::Maria(db) => {
+                sqlx::query(AssertSqlSafe(format!("{SQL}? WHERE CAST(id AS CHAR) = ?")))
+                    .bind(state)
+                    .bind(id)
+                    .execute(&db.pool)
+                    .await
+                    .map(drop)
+            }
+        }
+        .expect("set a document's state");
+    }
+
     /// The audit log's doc ids.
     async fn audited_ids(&self) -> Vec<String> {
         match self {
@@ -411,6 +443,27 @@ async fn a_django_table_is_audited_healed_and_clean(app: App) {
         .await;
     assert_eq!(by_key.code, 0, "{}", by_key.stderr);
     assert!(by_key.stdout.contains(report.as_str()), "{}", by_key.stdout);
+
+    // A doc whose processing failed is retried by its id (with no hook: marked processed);
+    // its key is no id.
+    app.set_state(report, "error").await;
+    let by_path = reconcile
+        .run(&["retry", "documents/2026/12/04/report.pdf"])
+        .await;
+    assert_eq!(by_path.code, 2, "{}{}", by_path.stdout, by_path.stderr);
+    let retried = reconcile.run(&["retry", report]).await;
+    assert_eq!(retried.code, 0, "{}{}", retried.stdout, retried.stderr);
+    assert_eq!(
+        app.rows()
+            .await
+            .into_iter()
+            .find(|(id, ..)| id == report)
+            .map(|(.., state)| state),
+        Some("ready".to_owned())
+    );
+    let audited = app.audited_ids().await;
+    assert_eq!(audited.len(), expected.len() + 1, "{audited:?}");
+    assert!(audited.contains(report), "{audited:?}");
 }
 
 mod a_django_table_is_audited_healed_and_clean {
@@ -428,4 +481,102 @@ mod a_django_table_is_audited_healed_and_clean {
     async fn mariadb() {
         super::a_django_table_is_audited_healed_and_clean(super::App::mariadb().await).await
     }
+}
+
+/// A Laravel app on MariaDB, as README's Laravel section maps it: the table its migration
+/// (`$table->id(); $table->string('path')->nullable(); $table->string('status');
+/// $table->timestamps();`) makes in Laravel's collation, `utf8mb4_unicode_ci` (case- and
+/// accent-insensitive, padding spaces), with the whole key in `path` and the default status
+/// words. A row whose path is NULL is judged by its status alone.
+#[tokio::test]
+async fn a_laravel_table_with_null_paths_is_audited_and_healed_on_mariadb() {
+    let app = TestMaria::with_table(
+        "CREATE TABLE `documents` (`id` bigint unsigned NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         `path` varchar(255) NULL, `status` varchar(255) NOT NULL, `created_at` timestamp NULL, \
+         `updated_at` timestamp NULL) DEFAULT CHARACTER SET utf8mb4 COLLATE 'utf8mb4_unicode_ci'",
+    )
+    .await;
+    let bucket = TestBucket::new().await;
+    let old = (Utc::now() - chrono::Duration::days(2)).naive_utc();
+    for (path, status) in [
+        (Some("documents/x.pdf"), "pending"),
+        (None, "pending"),
+        (None, "processed"),
+        (Some("documents/Résumé.pdf"), "processed"),
+        (Some("documents/ok.pdf"), "processed"),
+    ] {
+        sqlx::query(
+            "INSERT INTO documents (path, status, created_at, updated_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(path)
+        .bind(status)
+        .bind(old)
+        .bind(old)
+        .execute(&app.pool)
+        .await
+        .expect("insert a document");
+    }
+    bucket.put("documents/x.pdf", "x").await;
+    bucket.put("documents/ok.pdf", "ok").await;
+    bucket.put("documents/resume.pdf", "no accent").await;
+    let reconcile = Reconcile {
+        database_url: app.url(),
+        bucket: bucket.name.clone(),
+        endpoint: bucket.endpoint.clone(),
+        env: Vec::new(),
+    }
+    .set("database.table", "documents")
+    .set("database.key_column", "path")
+    .set("storage.prefix", "")
+    .set("sweep.orphan_grace", "0s");
+    let state = || async {
+        sqlx::query_as::<_, (u64, Option<String>, String)>(
+            "SELECT id, path, status FROM documents ORDER BY id",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .expect("read the documents")
+    };
+    let before = state().await;
+    let expected: Vec<(String, String, String)> = [
+        ("lost_notification", "documents/x.pdf", "adopt"),
+        ("missing_object", "documents/Résumé.pdf", "mark_missing"),
+        ("orphan_object", "documents/resume.pdf", "report"),
+        ("stale_pending", "id 2", "expire"),
+    ]
+    .into_iter()
+    .map(|(k, n, a)| (k.to_owned(), n.to_owned(), a.to_owned()))
+    .collect();
+
+    let audit = reconcile.run(&["--dry-run", "--format", "json"]).await;
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    assert_eq!(findings(&audit), expected, "{}", audit.stdout);
+    assert_eq!(state().await, before, "the dry run wrote");
+
+    let apply = reconcile.run(&["--format", "json"]).await;
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    assert_eq!(findings(&apply), expected, "{}", apply.stdout);
+    let statuses: Vec<(u64, String)> = state()
+        .await
+        .into_iter()
+        .map(|(id, _, status)| (id, status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (1, "processed".to_owned()),
+            (2, "expired".to_owned()),
+            (3, "processed".to_owned()),
+            (4, "missing".to_owned()),
+            (5, "processed".to_owned()),
+        ]
+    );
+    let mut audited: Vec<String> = app.audit().await.into_iter().map(|row| row.0).collect();
+    audited.sort();
+    assert_eq!(audited, ["1", "2", "4"]);
+
+    // Only the orphan, left to a person by orphan_action = "report", is still reported.
+    let again = reconcile.run(&["--dry-run", "--format", "json"]).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(findings(&again), expected[2..3], "{}", again.stdout);
 }
