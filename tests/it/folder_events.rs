@@ -339,3 +339,47 @@ async fn notifications_wait_collapsed_per_path_and_bounded_while_an_event_is_hel
     signal(&daemon, "TERM");
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(30)).await, 0);
 }
+
+/// A file put back (from a backup, say) under a `missing` record's key, in a watched folder:
+/// the watcher adopts the record again as `object_returned`, audited and counted so, never as
+/// an upload confirmed by its event or a lost notification.
+#[tokio::test]
+async fn a_file_put_back_under_a_missing_record_is_adopted_again_as_object_returned() {
+    let db = TestDb::with_docs(None).await;
+    let folder = TestFolder::new();
+    db.doc("restored-from-backup", "missing", HOUR).await;
+    let (_logs, mut daemon, addr) = watching(&daemon_on(&db, &folder, NO_SWEEP)).await;
+    folder.put("docs/restored-from-backup", "the file, back");
+    eventually(
+        Duration::from_secs(30),
+        "the doc processed again",
+        || async { db.status("restored-from-backup").await.as_deref() == Some("processed") },
+    )
+    .await;
+    let kinds: Vec<(String, String)> = db
+        .audit()
+        .await
+        .into_iter()
+        .filter(|a| a.0 == "restored-from-backup")
+        .map(|a| (a.1, a.2))
+        .collect();
+    assert_eq!(
+        kinds.first(),
+        Some(&("object_returned".to_owned(), "adopt".to_owned())),
+        "{kinds:?}"
+    );
+    let (_, body) = http_get(&addr, "/metrics").await;
+    let series = |kind: &str| {
+        format!("reconcile_actions_total{{action=\"adopt\",kind=\"{kind}\",result=\"applied\"}}")
+    };
+    assert_eq!(
+        metric_value(&body, &series("object_returned")),
+        Some(1.0),
+        "{body}"
+    );
+    for never in ["upload_confirmed", "lost_notification"] {
+        assert_eq!(metric_value(&body, &series(never)), None, "{never}: {body}");
+    }
+    signal(&daemon, "TERM");
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(30)).await, 0);
+}

@@ -297,6 +297,18 @@ async fn a_doc_deleted_in_a_versioned_bucket_is_restored_and_a_dry_run_only_repo
         assert_eq!(db.status(id).await.as_deref(), Some("processed"));
     }
 
+    // Restores count toward the breaker: over it, the apply stops before its first change.
+    let held = Reconcile::new(&db, &bucket)
+        .set("sweep.missing_action", "restore")
+        .set("sweep.max_action_ratio", "0.1")
+        .set("sweep.max_action_floor", "1")
+        .run(&["--format", "json"])
+        .await;
+    assert_eq!(held.code, 4, "{}{}", held.stdout, held.stderr);
+    for id in ["noted", "unnoted"] {
+        assert!(!bucket.exists(id).await, "{id} restored past the breaker");
+    }
+
     let apply = reconcile.run(&["--format", "json"]).await;
     assert_eq!(apply.code, 0, "{}", apply.stderr);
     assert_eq!(finding(&apply.json(), "noted")["applied"], true);
