@@ -86,7 +86,7 @@ const HARD_FAULT_AFTER_UNREADY: Duration = Duration::from_secs(1);
 /// itself within the second once it ends (backoffs grow with the outage: pollers probe every
 /// 1 to 30 s, receives retry every 0.5 to 60 s).
 const UNREADY_WITHIN: Duration = Duration::from_secs(30);
-const READY_WITHIN: Duration = Duration::from_secs(90);
+const READY_WITHIN: Duration = Duration::from_secs(120);
 
 fn rounds_from_env() -> usize {
     std::env::var("FAULT_ROUNDS")
@@ -225,7 +225,8 @@ async fn a_campaign_of_dependency_faults_loses_nothing_and_the_daemon_tells_and_
                 assert!(
                     started.elapsed() < UNREADY_WITHIN,
                     "{what}: /readyz did not name {words:?} within {UNREADY_WITHIN:?}: \
-                     {status} {body}"
+                     {status} {body}\nthe daemon's log ends:\n{}",
+                    log_tail(&log)
                 );
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -251,7 +252,9 @@ async fn a_campaign_of_dependency_faults_loses_nothing_and_the_daemon_tells_and_
             }
             assert!(
                 healed.elapsed() < READY_WITHIN,
-                "{what}: not ready {READY_WITHIN:?} after the fault ended: {status} {body}"
+                "{what}: not ready {READY_WITHIN:?} after the fault ended: {status} {body}\n\
+                 the daemon's log ends:\n{}",
+                log_tail(&log)
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -262,17 +265,31 @@ async fn a_campaign_of_dependency_faults_loses_nothing_and_the_daemon_tells_and_
 
     // Every doc ends as it would have without a fault: each upload processed, each abandoned
     // record expired, nothing dead-lettered, the queue drained.
-    eventually(
-        Duration::from_secs(120),
-        "every doc settled after the campaign",
-        || async {
-            assert_eq!(queue.dead_letter_depth().await, 0, "dead-lettered");
-            db.all_have_status(&uploaded, "processed").await
-                && db.all_have_status(&abandoned, "expired").await
-        },
-    )
-    .await;
-    eventually(Duration::from_secs(60), "the queue drained", || async {
+    // (The bounds below are generous: CI runs this beside other tests on two cores. On a
+    // timeout the docs not yet settled are named, with the daemon's log.)
+    let settle_by = Instant::now() + Duration::from_secs(240);
+    loop {
+        assert_eq!(queue.dead_letter_depth().await, 0, "dead-lettered");
+        let mut unsettled = Vec::new();
+        for (ids, status) in [(&uploaded, "processed"), (&abandoned, "expired")] {
+            for id in ids {
+                let now = db.status(id).await;
+                if now.as_deref() != Some(status) {
+                    unsettled.push(format!("{id}: {now:?}, not {status}"));
+                }
+            }
+        }
+        if unsettled.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < settle_by,
+            "docs not settled 240 s after the campaign: {unsettled:?}\nthe daemon's log ends:\n{}",
+            log_tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eventually(Duration::from_secs(120), "the queue drained", || async {
         queue.depth().await == 0
     })
     .await;
@@ -290,7 +307,7 @@ async fn a_campaign_of_dependency_faults_loses_nothing_and_the_daemon_tells_and_
     for id in &uploaded {
         let mut seen = actions.get(id).cloned().unwrap_or_default();
         seen.sort();
-        assert_eq!(seen, ["adopt", "process"], "{id}");
+        assert_eq!(seen, ["adopt", "process"], "{id}: {}", log_tail(&log));
         assert!(hook.calls_for(id) >= 1, "{id}: the hook was never called");
     }
     for id in &abandoned {
@@ -303,7 +320,7 @@ async fn a_campaign_of_dependency_faults_loses_nothing_and_the_daemon_tells_and_
     // A sweep that ran after the last fault closed any row a cut connection left `running`.
     let after = chrono::Utc::now();
     eventually(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         "a sweep after the campaign",
         || async {
             sqlx::query_scalar::<_, i64>(
@@ -455,4 +472,11 @@ async fn the_breaker_holds_under_listing_faults_and_after_them() {
     );
     // Not even the reconciler's schema: a safety stop leaves the database as it was.
     assert!(!db.reconciler_schema_exists().await);
+}
+
+/// The last 40 lines of the daemon's log, for a failure's message.
+fn log_tail(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }

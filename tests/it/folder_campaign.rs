@@ -7,9 +7,14 @@
 //! - (c) no record was adopted while its file was still being written (a partial size);
 //! - (d) every sweep finished (exit 0: no link or file state stopped it).
 //!
-//! Meanwhile an app writer INSERTs into the SQLite database every 20 ms and the campaign reports
-//! the longest wait (a timing on a shared machine, so reported, not asserted; the behaviour is
-//! asserted by `sqlite::the_apps_writes_never_wait_*`, whose app gives up after 100 ms).
+//! - (e) the app's own SQLite writes are never locked out: an app writer INSERTs every 20 ms
+//!   with a busy timeout of [`APP_BUSY_TIMEOUT`], so a longer wait is an INSERT that fails with
+//!   "database is locked" (SQLite's bound, not a timing of the test). The longest wait is
+//!   reported beside it. The bound is ten times the 100 ms the reconciler aims at: here the
+//!   app also waits on the campaign's own writes and reads of the database, on two cores shared
+//!   with CI's other tests (a run beside two CPU hogs saw 2 of 1 126 INSERTs past 100 ms). The
+//!   100 ms bound itself is asserted where the reconciler is the only other party:
+//!   `sqlite::the_apps_writes_never_wait_*`, whose app gives up after 100 ms.
 //!
 //! `FOLDER_CASES` steps (default [`DEFAULT_STEPS`], CI), `FOLDER_SEED` to replay; the long
 //! setting is in RELIABILITY.md. Unreadable files are not among the operations: the campaign
@@ -26,6 +31,8 @@ use std::time::{Duration, Instant, SystemTime};
 const DEFAULT_STEPS: usize = 12;
 const ORPHAN_GRACE: Duration = Duration::from_secs(2);
 const NO_SWEEP: &str = "0 0 0 1 1 * 2099";
+/// How long the app's INSERT waits for a lock before it fails (see (e)).
+const APP_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A file being written in chunks by a thread of its own.
 struct Writer {
@@ -219,8 +226,33 @@ impl World {
                     Some("pending"),
                     "step {step}: (c) {id} adopted while its file was still written: {report}"
                 );
+            } else if status.as_deref() != Some("pending") {
+                assert_eq!(
+                    self.noted_size(key).await,
+                    Some(8000),
+                    "step {step}: (c) {id} adopted with a size its file does not have: {report}"
+                );
             }
         }
+    }
+
+    /// The size the reconciler noted for `key` when it adopted it.
+    async fn noted_size(&self, key: &str) -> Option<i64> {
+        let mut side = self.db.path().into_os_string();
+        side.push(".reconciler.db");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(side)
+            .read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("open the side file");
+        let size = sqlx::query_scalar("SELECT size FROM objects WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&pool)
+            .await
+            .expect("read the noted objects");
+        pool.close().await;
+        size
     }
 }
 
@@ -253,9 +285,11 @@ async fn a_campaign_of_file_operations_racing_sweeps_and_the_watcher_loses_no_do
     .set("sweep.schedule", NO_SWEEP);
 
     // The app's own writes, timed.
+    let app_options: sqlx::sqlite::SqliteConnectOptions =
+        db.url().parse().expect("the database URL");
     let app = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
-        .connect(&db.url())
+        .connect_with(app_options.busy_timeout(APP_BUSY_TIMEOUT))
         .await
         .expect("the app's connection");
     sqlx::query("CREATE TABLE app_log (at TEXT)")
@@ -267,19 +301,21 @@ async fn a_campaign_of_file_operations_racing_sweeps_and_the_watcher_loses_no_do
     let app_task = {
         let (longest_wait, stop_app) = (longest_wait.clone(), stop_app.clone());
         tokio::spawn(async move {
-            let mut writes = 0u64;
+            let (mut writes, mut locked_out) = (0u64, Vec::new());
             while !stop_app.load(Ordering::SeqCst) {
                 let at = Instant::now();
-                sqlx::query("INSERT INTO app_log VALUES (CURRENT_TIMESTAMP)")
+                if let Err(e) = sqlx::query("INSERT INTO app_log VALUES (CURRENT_TIMESTAMP)")
                     .execute(&app)
                     .await
-                    .expect("the app's INSERT");
+                {
+                    locked_out.push(e.to_string());
+                }
                 let waited = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
                 longest_wait.fetch_max(waited, Ordering::SeqCst);
                 writes += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            writes
+            (writes, locked_out)
         })
     };
 
@@ -339,9 +375,15 @@ async fn a_campaign_of_file_operations_racing_sweeps_and_the_watcher_loses_no_do
     world.check(SystemTime::now(), steps, &run.stdout).await;
 
     stop_app.store(true, Ordering::SeqCst);
-    let writes = app_task.await.expect("the app task");
+    let (writes, locked_out) = app_task.await.expect("the app task");
     signal(&daemon, "TERM");
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(30)).await, 0);
+    assert!(
+        locked_out.is_empty(),
+        "(e) {} of {writes} app INSERTs waited past their {APP_BUSY_TIMEOUT:?} busy timeout: {:?}",
+        locked_out.len(),
+        locked_out.first()
+    );
     println!(
         "folder campaign: {steps} steps, operations {ops:?}, orphans deleted {deleted}, {} files \
          reached by records or links kept, {writes} app INSERTs, the longest waited {} ms, {:.1} s",
