@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// The binary with an empty environment: the demo must need nothing from it.
 async fn reconcile(args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_reconcile"))
+    tokio::process::Command::new(crate::helpers::reconcile_binary())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .args(args)

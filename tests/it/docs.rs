@@ -117,7 +117,7 @@ fn shell(dir: &Path, prelude: &str, block: &Block, bin_dir: &Path) -> std::proce
 
 async fn run_file(shown: &str) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let reconcile = PathBuf::from(env!("CARGO_BIN_EXE_reconcile"));
+    let reconcile = crate::helpers::reconcile_binary();
     let bin_dir = reconcile.parent().expect("the binary's folder").to_owned();
     let prelude = prelude(&reconcile, &crate::upload_api::example_binary());
     let dir = tempfile::tempdir().expect("a folder for the blocks");

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -21,6 +21,14 @@ pub fn moto_endpoint() -> String {
     std::env::var("MOTO_ENDPOINT").unwrap_or_else(|_| {
         panic!("MOTO_ENDPOINT is not set: run the tests with scripts/test, which starts moto")
     })
+}
+
+/// `$RECONCILE_BIN` if set (to run today's tests against an older build), else this build's.
+pub fn reconcile_binary() -> PathBuf {
+    std::env::var_os("RECONCILE_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_reconcile")),
+        PathBuf::from,
+    )
 }
 
 /// The S3 server the bucket tests use: moto, unless `S3_TEST_ENDPOINT` names another one
@@ -471,7 +479,7 @@ impl Reconcile {
     /// then runs the binary), e.g. `setpriv` to run it as another user.
     fn command_through(&self, wrapper: &[&str], args: &[&str]) -> tokio::process::Command {
         let target = s3_target();
-        let binary = env!("CARGO_BIN_EXE_reconcile");
+        let binary = reconcile_binary();
         let mut cmd = match wrapper {
             [] => tokio::process::Command::new(binary),
             [program, wrapper_args @ ..] => {
