@@ -579,6 +579,75 @@ async fn an_inventory_many_times_the_sort_memory_is_read_whole_and_leaves_no_fil
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// The sort's spilled runs are anonymous files: a sweep killed (SIGKILL, no clean-up code runs)
+/// while it holds some leaves nothing behind, for the next run to find or remove.
+#[tokio::test]
+async fn a_sweep_killed_while_its_sort_has_spilled_leaves_no_temporary_file() {
+    let db = TestDb::with_docs(None).await;
+    let bucket = TestBucket::new().await;
+    let now = Utc::now();
+    let lines: Vec<Line> = (0..80_000u64)
+        .map(|n| {
+            let scattered = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            object(
+                &format!("{PREFIX}bulk/{scattered:016x}/{}", "k".repeat(100)),
+                now,
+            )
+        })
+        .collect();
+    let destination = Destination::new(&bucket).await;
+    destination
+        .write(Kind::Csv, now - chrono::Duration::minutes(5), &lines, 4)
+        .await;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut reconcile = from_inventory(
+        Reconcile::new(&db, &bucket)
+            .set("storage.prefix", PREFIX)
+            .set("storage.inventory.memory", "1MiB"),
+        &destination,
+    );
+    reconcile
+        .env
+        .push(("TMPDIR".into(), tmp.path().display().to_string()));
+    let logs = tempfile::tempdir().expect("temp dir");
+    let mut sweep = reconcile.spawn(&["--dry-run", "--format", "json"], &logs.path().join("log"));
+    let pid = sweep.id().expect("the sweep's pid");
+    // The process's open files under TMPDIR: the spilled runs, already unlinked.
+    let spilled = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .map(|target| target.display().to_string())
+            .filter(|target| target.starts_with(&tmp.path().display().to_string()))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let held = loop {
+        let held = spilled();
+        if !held.is_empty() {
+            break held;
+        }
+        assert!(
+            sweep.try_wait().expect("the sweep's state").is_none(),
+            "the sweep ended before it was seen holding a spilled run"
+        );
+        assert!(std::time::Instant::now() < deadline, "no spilled run seen");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    crate::daemon::signal(&sweep, "KILL");
+    sweep.wait().await.expect("the killed sweep");
+    assert!(
+        held.iter().all(|target| target.ends_with(" (deleted)")),
+        "spilled runs with a name: {held:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("read temp dir")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[tokio::test]
 async fn check_config_names_the_newest_report_after_checking_it() {
     let db = TestDb::with_docs(None).await;
