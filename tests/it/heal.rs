@@ -638,3 +638,63 @@ async fn a_restore_whose_process_ended_before_its_audit_is_audited_by_the_next_s
     assert!(catalog.intents().await.expect("intents").is_empty());
     assert_eq!(db.status("restored").await.as_deref(), Some("processed"));
 }
+
+/// No database lock is held across a bucket change (issue 18, item 5, on Postgres): while the
+/// request that removes a delete marker hangs at the bucket, the app updates the doc's row with
+/// a lock timeout of 100 ms and gets it at once; once the bucket answers, the restore completes
+/// and is audited.
+#[tokio::test]
+async fn the_apps_row_is_never_locked_while_a_restore_waits_on_the_bucket() {
+    let (db, bucket) = versioned_with_adopted("doc", "the user's file").await;
+    bucket.delete("doc").await;
+    let proxy = FaultProxy::http(&bucket.endpoint).await;
+    // Only the removal of the marker (DeleteObject with its versionId) hangs.
+    proxy.set(Rule {
+        fault: Fault::Stall,
+        only: Some("versionId=".into()),
+        after: 0,
+    });
+    let mut reconcile = Reconcile::new(&db, &bucket)
+        .set("sweep.missing_action", "restore")
+        .set("storage.read_timeout", "60s");
+    reconcile.endpoint = proxy.endpoint.clone();
+    let logs = tempfile::tempdir().expect("temp dir");
+    let mut sweep = reconcile.spawn(&["--format", "json"], &logs.path().join("log"));
+    eventually(
+        Duration::from_secs(60),
+        "the marker's removal hanging at the bucket",
+        || async { proxy.injected().get("stall").copied().unwrap_or(0) >= 1 },
+    )
+    .await;
+    let mut app = db.pool.begin().await.expect("the app's transaction");
+    sqlx::query("SET LOCAL lock_timeout = '100ms'")
+        .execute(&mut *app)
+        .await
+        .expect("set the lock timeout");
+    sqlx::query("UPDATE docs SET title = 'edited by the app' WHERE id = 'doc'")
+        .execute(&mut *app)
+        .await
+        .expect("the app's UPDATE waited on a lock held across the bucket change");
+    app.commit().await.expect("the app's commit");
+    assert!(
+        !bucket.exists("doc").await,
+        "restored before the bucket answered"
+    );
+
+    proxy.set(Fault::Pass);
+    let status = tokio::time::timeout(Duration::from_secs(120), sweep.wait())
+        .await
+        .expect("the sweep ends once the bucket answers")
+        .expect("the sweep's exit");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(logs.path().join("log")).unwrap_or_default()
+    );
+    assert_eq!(bucket.get("doc").await, b"the user's file");
+    assert_eq!(
+        trail(&db, "restore").await,
+        ["doc missing_object restore processed -> -"]
+    );
+}
