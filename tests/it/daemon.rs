@@ -292,9 +292,7 @@ pub async fn assert_upload_confirmed_then_stop(
         .collect();
     assert_eq!(adopted, ["upload_confirmed"], "{id}'s adoption as audited");
     let (_, body) = http_get(addr, "/metrics").await;
-    let series = |kind: &str| {
-        format!("reconcile_actions_total{{action=\"adopt\",kind=\"{kind}\",result=\"applied\"}}")
-    };
+    let series = |kind: &str| applied_actions("adopt", kind);
     assert_eq!(
         metric_value(&body, &series("upload_confirmed")),
         Some(1.0),

@@ -238,14 +238,7 @@ impl World {
 
     /// The size the reconciler noted for `key` when it adopted it.
     async fn noted_size(&self, key: &str) -> Option<i64> {
-        let mut side = self.db.path().into_os_string();
-        side.push(".reconciler.db");
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(side)
-            .read_only(true);
-        let pool = sqlx::SqlitePool::connect_with(options)
-            .await
-            .expect("open the side file");
+        let pool = self.db.side_pool().await;
         let size = sqlx::query_scalar("SELECT size FROM objects WHERE key = ?1")
             .bind(key)
             .fetch_optional(&pool)

@@ -369,9 +369,7 @@ async fn a_file_put_back_under_a_missing_record_is_adopted_again_as_object_retur
         "{kinds:?}"
     );
     let (_, body) = http_get(&addr, "/metrics").await;
-    let series = |kind: &str| {
-        format!("reconcile_actions_total{{action=\"adopt\",kind=\"{kind}\",result=\"applied\"}}")
-    };
+    let series = |kind: &str| applied_actions("adopt", kind);
     assert_eq!(
         metric_value(&body, &series("object_returned")),
         Some(1.0),

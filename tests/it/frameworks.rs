@@ -178,14 +178,7 @@ impl App {
             App::Postgres(db) => db.audit().await,
             App::Maria(db) => db.audit().await,
             App::Sqlite(db) => {
-                let mut side = db.path().into_os_string();
-                side.push(".reconciler.db");
-                let options = sqlx::sqlite::SqliteConnectOptions::new()
-                    .filename(side)
-                    .read_only(true);
-                let pool = sqlx::SqlitePool::connect_with(options)
-                    .await
-                    .expect("open the side file");
+                let pool = db.side_pool().await;
                 sqlx::query_as(
                     "SELECT doc_id, finding, action, old_status, new_status FROM audit_log \
                      ORDER BY doc_id, seq",

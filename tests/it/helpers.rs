@@ -994,6 +994,11 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     }
 }
 
+/// The series of `reconcile_actions_total` for an applied action of a finding kind, as printed.
+pub fn applied_actions(action: &str, kind: &str) -> String {
+    format!("reconcile_actions_total{{action=\"{action}\",kind=\"{kind}\",result=\"applied\"}}")
+}
+
 /// The value of one series in a Prometheus text body, by its full name with labels as printed.
 pub fn metric_value(body: &str, series: &str) -> Option<f64> {
     body.lines()
@@ -1253,6 +1258,23 @@ impl TestSqlite {
 
     pub fn url(&self) -> String {
         format!("sqlite://{}", self.path().display())
+    }
+
+    /// The reconciler's own file beside the app's database.
+    pub fn side_path(&self) -> std::path::PathBuf {
+        let mut side = self.path().into_os_string();
+        side.push(".reconciler.db");
+        side.into()
+    }
+
+    /// A read-only pool on [`side_path`](Self::side_path).
+    pub async fn side_pool(&self) -> sqlx::SqlitePool {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(self.side_path())
+            .read_only(true);
+        sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("open the side file")
     }
 
     /// Insert a doc created `age` ago, its times as `CURRENT_TIMESTAMP` text.

@@ -535,15 +535,13 @@ async fn an_inventory_of_another_bucket_is_refused() {
     .await;
 }
 
-#[tokio::test]
-async fn an_inventory_many_times_the_sort_memory_is_read_whole_and_leaves_no_files() {
-    let db = TestDb::with_docs(None).await;
+/// A CSV inventory of `count` recent objects of about 200 bytes each (in grace, so they need no
+/// HEAD and none has to exist), in no order, and a sweep of it with a sort memory of 1 MiB and
+/// `TMPDIR` in a folder of its own (returned, to look into).
+async fn a_bulk_inventory(db: &TestDb, count: u64) -> (TestBucket, Reconcile, tempfile::TempDir) {
     let bucket = TestBucket::new().await;
-    db.doc("stale", "pending", 2 * HOUR).await;
-    // 40 000 objects of about 200 bytes each: 8 MB in memory, eight times the bound. Recent,
-    // so they are in grace and need no HEAD; none has to exist.
     let now = Utc::now();
-    let lines: Vec<Line> = (0..40_000u64)
+    let lines: Vec<Line> = (0..count)
         .map(|n| {
             let scattered = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             object(
@@ -558,7 +556,7 @@ async fn an_inventory_many_times_the_sort_memory_is_read_whole_and_leaves_no_fil
         .await;
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut reconcile = from_inventory(
-        Reconcile::new(&db, &bucket)
+        Reconcile::new(db, &bucket)
             .set("storage.prefix", PREFIX)
             .set("storage.inventory.memory", "1MiB"),
         &destination,
@@ -566,6 +564,15 @@ async fn an_inventory_many_times_the_sort_memory_is_read_whole_and_leaves_no_fil
     reconcile
         .env
         .push(("TMPDIR".into(), tmp.path().display().to_string()));
+    (bucket, reconcile, tmp)
+}
+
+#[tokio::test]
+async fn an_inventory_many_times_the_sort_memory_is_read_whole_and_leaves_no_files() {
+    let db = TestDb::with_docs(None).await;
+    db.doc("stale", "pending", 2 * HOUR).await;
+    // 40 000 objects: 8 MB in memory, eight times the bound.
+    let (_bucket, reconcile, tmp) = a_bulk_inventory(&db, 40_000).await;
     let run = reconcile.run(&["--dry-run", "--format", "json"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.json();
@@ -584,31 +591,7 @@ async fn an_inventory_many_times_the_sort_memory_is_read_whole_and_leaves_no_fil
 #[tokio::test]
 async fn a_sweep_killed_while_its_sort_has_spilled_leaves_no_temporary_file() {
     let db = TestDb::with_docs(None).await;
-    let bucket = TestBucket::new().await;
-    let now = Utc::now();
-    let lines: Vec<Line> = (0..80_000u64)
-        .map(|n| {
-            let scattered = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            object(
-                &format!("{PREFIX}bulk/{scattered:016x}/{}", "k".repeat(100)),
-                now,
-            )
-        })
-        .collect();
-    let destination = Destination::new(&bucket).await;
-    destination
-        .write(Kind::Csv, now - chrono::Duration::minutes(5), &lines, 4)
-        .await;
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let mut reconcile = from_inventory(
-        Reconcile::new(&db, &bucket)
-            .set("storage.prefix", PREFIX)
-            .set("storage.inventory.memory", "1MiB"),
-        &destination,
-    );
-    reconcile
-        .env
-        .push(("TMPDIR".into(), tmp.path().display().to_string()));
+    let (_bucket, reconcile, tmp) = a_bulk_inventory(&db, 80_000).await;
     let logs = tempfile::tempdir().expect("temp dir");
     let mut sweep = reconcile.spawn(&["--dry-run", "--format", "json"], &logs.path().join("log"));
     let pid = sweep.id().expect("the sweep's pid");

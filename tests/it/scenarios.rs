@@ -205,11 +205,7 @@ impl Pair {
     fn side_file(&self) -> Option<PathBuf> {
         match &self.catalog {
             Db::Postgres(_) | Db::Maria(_) => None,
-            Db::Sqlite(db) => {
-                let mut name = db.path().into_os_string();
-                name.push(".reconciler.db");
-                Some(name.into())
-            }
+            Db::Sqlite(db) => Some(db.side_path()),
         }
     }
 
