@@ -857,7 +857,20 @@ impl Config {
             Some(url) if url.starts_with("sqlite:") => {
                 sqlite_path(url).map_err(|message| Error::config("database.url", message))?;
             }
+            #[cfg(feature = "mysql")]
             Some(url) if is_mysql_url(url) => {}
+            #[cfg(not(feature = "mysql"))]
+            Some(url) if is_mysql_url(url) => {
+                return Err(Error::config(
+                    "database.url",
+                    format!(
+                        "{:?} is a MySQL/MariaDB database, and this reconcile was built without \
+                         MySQL support (cargo's `mysql` feature, on by default); use a default \
+                         build",
+                        crate::redact::url(url)
+                    ),
+                ));
+            }
             Some(url) => {
                 return Err(Error::config(
                     "database.url",
@@ -1491,7 +1504,11 @@ mod tests {
             assert!(with_url(url).is_ok(), "{url}");
         }
         for url in ["mysql://x/y", "mariadb://root@127.0.0.1:3306/app"] {
+            #[cfg(feature = "mysql")]
             assert!(with_url(url).is_ok(), "{url}");
+            // Without the driver, said when the config is read, naming the key.
+            #[cfg(not(feature = "mysql"))]
+            assert_eq!(key_of(with_url(url)), "database.url", "{url}");
         }
         for url in ["sqlite://app.db?mode=ro", "sqlite://", "oracle://x/y"] {
             assert_eq!(key_of(with_url(url)), "database.url", "{url}");
@@ -1624,6 +1641,9 @@ mod tests {
             "storage.settle_time"
         );
     }
+
+    /// An inventory is read from S3: a build without S3 refuses the section instead.
+    #[cfg(feature = "s3")]
     #[test]
     fn the_inventory_section_has_defaults_and_names_each_bad_key() {
         let url = "url = \"s3://inv/daily/uploads/all/\"";

@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::Postgres;
+#[cfg(feature = "mysql")]
 use sqlx::mysql::{MySql, MySqlPool};
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::{Sqlite, SqlitePool};
@@ -101,6 +102,7 @@ impl From<Option<Uuid>> for Value {
 pub enum Db {
     Postgres(PgPool),
     Sqlite(SqlitePool),
+    #[cfg(feature = "mysql")]
     MySql(MySqlPool),
 }
 
@@ -108,6 +110,7 @@ pub enum Db {
 pub enum Tx {
     Postgres(sqlx::Transaction<'static, Postgres>),
     Sqlite(sqlx::Transaction<'static, Sqlite>),
+    #[cfg(feature = "mysql")]
     MySql(sqlx::Transaction<'static, MySql>),
 }
 
@@ -117,6 +120,7 @@ impl Db {
         Ok(match self {
             Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
             Db::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+            #[cfg(feature = "mysql")]
             Db::MySql(pool) => Tx::MySql(pool.begin().await?),
         })
     }
@@ -281,6 +285,7 @@ macro_rules! on_db {
         match $target {
             $crate::catalog::sql::exec::Db::Postgres($conn) => $body,
             $crate::catalog::sql::exec::Db::Sqlite($conn) => $body,
+            #[cfg(feature = "mysql")]
             $crate::catalog::sql::exec::Db::MySql($conn) => $body,
         }
     };
@@ -291,6 +296,7 @@ macro_rules! on_tx {
         match $target {
             $crate::catalog::sql::exec::Tx::Postgres($conn) => $body,
             $crate::catalog::sql::exec::Tx::Sqlite($conn) => $body,
+            #[cfg(feature = "mysql")]
             $crate::catalog::sql::exec::Tx::MySql($conn) => $body,
         }
     };

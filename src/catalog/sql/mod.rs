@@ -8,6 +8,7 @@
 
 pub mod dialect;
 pub mod exec;
+#[cfg(feature = "mysql")]
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
@@ -66,7 +67,18 @@ impl SqlCatalog {
         let dialect: Box<dyn Dialect> = if url.starts_with("sqlite:") {
             Box::new(sqlite::SqliteDialect::connect(config).await?)
         } else if crate::config::is_mysql_url(url) {
-            Box::new(mysql::MySqlDialect::connect(config).await?)
+            #[cfg(feature = "mysql")]
+            {
+                Box::new(mysql::MySqlDialect::connect(config).await?)
+            }
+            // Refused by the config's validation before a connection is tried.
+            #[cfg(not(feature = "mysql"))]
+            {
+                return Err(Error::config(
+                    "database.url",
+                    "this reconcile was built without MySQL support (cargo's `mysql` feature)",
+                ));
+            }
         } else {
             Box::new(postgres::PgDialect::connect(config).await?)
         };
