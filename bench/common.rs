@@ -12,6 +12,9 @@ pub fn has_object(i: u64) -> bool {
     i % 10 != 3
 }
 
+/// [`has_object`] as an SQL condition on i, for [`seed_where`].
+pub const HAS_OBJECT: &str = "i % 10 <> 3";
+
 pub fn has_orphan(i: u64) -> bool {
     i % 50 == 7
 }
@@ -37,6 +40,11 @@ pub fn database_url(db: &str) -> String {
 /// A fresh database `db` whose table `docs` holds docs `{i:09}` for i in 0..rows, created two
 /// hours ago, each with the status `status` (an SQL expression of i) says.
 pub async fn seed(db: &str, rows: u64, status: &str) {
+    seed_where(db, rows, status, "true").await;
+}
+
+/// As [`seed`], only the rows for which `kept` (an SQL condition on i) holds.
+pub async fn seed_where(db: &str, rows: u64, status: &str, kept: &str) {
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .connect(ADMIN)
@@ -64,7 +72,7 @@ pub async fn seed(db: &str, rows: u64, status: &str) {
         format!(
             "INSERT INTO docs (id, status, created_at) \
              SELECT lpad(i::text, 9, '0'), {status}, now() - interval '2 hours' \
-             FROM generate_series(0, {}) AS i",
+             FROM generate_series(0, {}) AS i WHERE {kept}",
             rows - 1
         ),
         "CREATE INDEX ON docs (id COLLATE \"C\")".to_owned(),

@@ -6,18 +6,24 @@
 //!     scripts/bench                      # 10k and 100k objects, 3 rounds
 //!     scripts/bench 10000 100000 1000000 # the long setting (loading 1M objects: about 4 minutes)
 //!
-//! For each size, every round runs the three listings one after the other (alternated, so that a
-//! slower moment of the machine weighs on all three alike):
+//! For each size, every round runs these one after the other (alternated, so that a slower moment
+//! of the machine weighs on all alike):
 //! - `sweep`: `reconcile sweep --dry-run`, the release binary, Postgres and garage;
 //! - `rclone`: `rclone lsf -R` of the same prefix;
 //! - `floor`: the ListObjectsV2 pages of the prefix fetched by one curl, 4 at once (the pages'
-//!   start-after keys are known, since the harness generated the keys).
+//!   start-after keys are known, since the harness generated the keys);
+//! - the sweep from the bucket's S3 Inventory, once from a CSV report and once from a Parquet one,
+//!   written before the rounds in AWS's layout and formats (bench/inventory.rs) into the bucket
+//!   `bench-inventory`: each must find what the sweep from the listing found. The three sweeps
+//!   run on the table and again on a healthy one (no row without its object: no finding, so no
+//!   HEAD to confirm one).
 //!
 //! Then the apply: the table seeded afresh, `reconcile sweep --force` applies the expire and
 //! mark_missing actions (a tenth of the rows: 1k at 10k, 10k at 100k); its actions a second count
 //! the time beyond the dry run's median.
 //!
-//! `BENCH_SWEEP_ONLY=1` runs the dry-run sweeps alone (no rclone, floor or apply), and
+//! `BENCH_SWEEP_ONLY=1` runs the dry-run sweeps alone (from the listing and from the inventories:
+//! no rclone, floor or apply), `BENCH_INVENTORY=0` leaves out the inventories, and
 //! `BENCH_CALLGRIND=DIR` first runs one dry-run sweep under `valgrind --tool=callgrind`, printing
 //! the instructions it executed and leaving the profile in DIR.
 //!
@@ -27,6 +33,7 @@
 //! rounds, min and max beside it.
 
 mod common;
+mod inventory;
 
 use aws_sdk_s3::primitives::ByteStream;
 use common::{has_object, has_orphan, show};
@@ -148,25 +155,55 @@ fn database(rows: u64) -> String {
     format!("reconcile_bench_{rows}")
 }
 
+/// The table of a bucket with no drift: only the rows whose object is there (for the sweeps from
+/// an inventory, whose findings each cost a HEAD).
+fn healthy_database(rows: u64) -> String {
+    format!("reconcile_bench_{rows}_healthy")
+}
+
 /// A fresh table of `rows` docs: the rows without objects were created two hours ago (past the
 /// pending TTL), the orphans' objects are young for an orphan grace of years.
 async fn seed(rows: u64) {
     common::seed(&database(rows), rows, common::STATUS_OF_ROW).await;
 }
 
+/// The same table without the rows whose object is missing: nothing to find but the orphans,
+/// in their grace.
+async fn seed_healthy(rows: u64) {
+    common::seed_where(
+        &healthy_database(rows),
+        rows,
+        "'processed'",
+        common::HAS_OBJECT,
+    )
+    .await;
+}
+
 /// Postgres on localhost, without TLS: its handshake is a fixed cost of each process (about
-/// 0.2 s here, BENCHMARKS.md), nothing to do with the bucket's size.
-fn write_config(dir: &Path, garage: &Garage, rows: u64) -> PathBuf {
-    let path = dir.join(format!("reconcile-{rows}.toml"));
-    let toml = format!(
+/// 0.2 s here, BENCHMARKS.md), nothing to do with the bucket's size. With `inventory` (its
+/// `s3://` URL), the sweep reads that S3 Inventory instead of listing the bucket; `name` names
+/// the file beside the database's.
+fn write_config(
+    dir: &Path,
+    garage: &Garage,
+    rows: u64,
+    db: &str,
+    name: &str,
+    inventory: Option<&str>,
+) -> PathBuf {
+    let path = dir.join(format!("{db}-{name}.toml"));
+    let mut toml = format!(
         "[database]\nurl = \"{}?sslmode=disable\"\n\
          [storage]\nbucket = \"{}\"\nprefix = \"{PREFIX}\"\nregion = \"garage\"\n\
          endpoint_url = \"{}\"\nforce_path_style = true\n\
          [sweep]\norphan_grace = \"10years\"\n",
-        common::database_url(&database(rows)),
+        common::database_url(db),
         bucket_name(rows),
         garage.endpoint
     );
+    if let Some(url) = inventory {
+        toml.push_str(&format!("[storage.inventory]\nurl = \"{url}\"\n"));
+    }
     std::fs::write(&path, toml).expect("write bench config");
     path
 }
@@ -350,10 +387,11 @@ fn show_runs(label: &str, runs: &[Run]) -> f64 {
         "s",
     );
     println!(
-        "  {:<40} {:>9.3} s CPU, garage {:.3} s CPU",
+        "  {:<40} {:>9.3} s CPU, garage {:.3} s CPU, peak RSS {:.1} MiB",
         "",
         median(|r| r.cpu),
-        median(|r| r.server_cpu)
+        median(|r| r.server_cpu),
+        median(|r| r.rss_mib)
     );
     wall
 }
@@ -362,42 +400,206 @@ fn actions(summary: &serde_json::Value, outcome: &str) -> u64 {
     summary["actions"][outcome].as_u64().unwrap_or(0)
 }
 
+/// The bucket's S3 Inventory, written afresh (dated now) in AWS's layout, once as CSV and once
+/// as Parquet, into the bucket `bench-inventory`: each report's format and `s3://` URL. Every
+/// object of the bucket has the body [`load`] put: one HEAD gives the size, ETag and date the
+/// inventory lists for all of them.
+async fn inventories(
+    garage: &Garage,
+    rows: u64,
+    keys: &[String],
+) -> Vec<(inventory::Format, String)> {
+    let destination = "bench-inventory";
+    let client = upload_reconciler::bucket::s3::client(&garage.storage(destination)).await;
+    let _ = client.create_bucket().bucket(destination).send().await;
+    let bucket = bucket_name(rows);
+    let head = client
+        .head_object()
+        .bucket(&bucket)
+        .key(&keys[0])
+        .send()
+        .await
+        .expect("HEAD an object of the bench bucket");
+    let etag = head.e_tag().expect("an ETag").trim_matches('"').to_owned();
+    let modified = head.last_modified().expect("a date");
+    let objects = inventory::Objects {
+        bucket: &bucket,
+        keys,
+        size: head.content_length().expect("a size"),
+        etag: &etag,
+        modified: chrono::DateTime::from_timestamp_millis(
+            modified.to_millis().expect("a date in range"),
+        )
+        .expect("a date in range"),
+    };
+    let mut reports = Vec::new();
+    for format in [inventory::Format::Csv, inventory::Format::Parquet] {
+        let started = Instant::now();
+        // destination-prefix/source-bucket/config-ID, as AWS lays it out.
+        let folder = format!("inventory/{bucket}/daily-{}", format.name());
+        let (url, bytes) = inventory::write(
+            &client,
+            destination,
+            &folder,
+            format,
+            &objects,
+            chrono::Utc::now(),
+        )
+        .await;
+        eprintln!(
+            "  {} inventory of {} objects written to {url}: {:.1} MiB of data files, {:.1} s",
+            format.name(),
+            keys.len(),
+            bytes as f64 / 1048576.0,
+            started.elapsed().as_secs_f64()
+        );
+        reports.push((format, url));
+    }
+    reports
+}
+
+/// The dry-run sweeps of one table: from the listing first, then from each inventory.
+struct Sweeps {
+    table: &'static str,
+    sources: Vec<(String, PathBuf)>,
+    runs: Vec<Vec<Run>>,
+}
+
+impl Sweeps {
+    fn new(
+        table: &'static str,
+        dir: &Path,
+        garage: &Garage,
+        rows: u64,
+        db: &str,
+        inventories: &[(inventory::Format, String)],
+    ) -> Sweeps {
+        let mut sources = vec![(
+            "dry-run sweep".to_owned(),
+            write_config(dir, garage, rows, db, "listing", None),
+        )];
+        for (format, url) in inventories {
+            sources.push((
+                format!("  from the {} inventory", format.name()),
+                write_config(dir, garage, rows, db, format.name(), Some(url)),
+            ));
+        }
+        Sweeps {
+            table,
+            runs: vec![vec![]; sources.len()],
+            sources,
+        }
+    }
+
+    fn listing(&self) -> &Path {
+        &self.sources[0].1
+    }
+
+    /// One round: each sweep once. Those from an inventory must list the objects and find what
+    /// the listing's found (each of their findings confirmed by a HEAD).
+    fn round(&mut self, tools: &Tools, objects: usize) {
+        let mut listing = serde_json::Value::Null;
+        for (i, (label, config)) in self.sources.iter().enumerate() {
+            let (run, summary) = tools.sweep(config, true);
+            if i == 0 {
+                assert_eq!(summary["objects_listed"].as_u64(), Some(objects as u64));
+                listing = summary;
+            } else {
+                assert!(summary["inventory"].is_string(), "{label}: not from it");
+                for field in ["objects_listed", "counts"] {
+                    assert_eq!(summary[field], listing[field], "{label}: {field}");
+                }
+            }
+            self.runs[i].push(run);
+        }
+    }
+
+    /// Each sweep's medians; returns the listing's wall time.
+    fn show(&self) -> f64 {
+        println!("  {}", self.table);
+        let mut listing_s = 0.0;
+        for (i, ((label, _), runs)) in self.sources.iter().zip(&self.runs).enumerate() {
+            let wall = show_runs(label, runs);
+            show(
+                "  CPU (user+sys)",
+                &runs.iter().map(|r| r.cpu).collect::<Vec<_>>(),
+                "s",
+            );
+            if i == 0 {
+                listing_s = wall;
+            } else {
+                println!(
+                    "  wall from the inventory / from the listing {:.2}",
+                    wall / listing_s
+                );
+            }
+        }
+        listing_s
+    }
+}
+
 async fn size(garage: &Garage, tools: &Tools, rows: u64, rounds: usize) {
     load(garage, rows).await;
     seed(rows).await;
-    let config = write_config(&tools.dir, garage, rows);
     let keys = keys(rows);
     println!(
         "\n{rows} rows, {} objects under {PREFIX}, {rounds} rounds",
         keys.len()
     );
+    // BENCH_INVENTORY=0 leaves out the sweeps from an inventory (and the healthy table).
+    let inventories = if std::env::var("BENCH_INVENTORY").is_ok_and(|v| v == "0") {
+        vec![]
+    } else {
+        seed_healthy(rows).await;
+        inventories(garage, rows, &keys).await
+    };
+    let (dir, db) = (&tools.dir, &database(rows));
+    let mut tables = vec![Sweeps::new(
+        "the table: every 10th row without its object",
+        dir,
+        garage,
+        rows,
+        db,
+        &inventories,
+    )];
+    if !inventories.is_empty() {
+        let db = &healthy_database(rows);
+        let table = "the healthy table: only the rows whose object is there";
+        tables.push(Sweeps::new(table, dir, garage, rows, db, &inventories));
+    }
+    let config = tables[0].listing().to_owned();
 
     if let Some(dir) = std::env::var_os("BENCH_CALLGRIND") {
         callgrind(tools, &config, rows, Path::new(&dir));
     }
     if std::env::var("BENCH_SWEEP_ONLY").is_ok_and(|v| v == "1") {
-        let sweeps: Vec<Run> = (0..rounds).map(|_| tools.sweep(&config, true).0).collect();
-        show_runs("dry-run sweep", &sweeps);
-        show(
-            "sweep CPU (user+sys)",
-            &sweeps.iter().map(|r| r.cpu).collect::<Vec<_>>(),
-            "s",
-        );
+        for _ in 0..rounds {
+            for table in &mut tables {
+                table.round(tools, keys.len());
+            }
+        }
+        for table in &tables {
+            table.show();
+        }
         return;
     }
 
-    let (mut sweep, mut rclone, mut floor) = (vec![], vec![], vec![]);
+    let (mut rclone, mut floor) = (vec![], vec![]);
     for _ in 0..rounds {
-        let (run, summary) = tools.sweep(&config, true);
-        assert_eq!(summary["objects_listed"].as_u64(), Some(keys.len() as u64));
-        sweep.push(run);
+        for table in &mut tables {
+            table.round(tools, keys.len());
+        }
         let (run, listed) = tools.rclone(rows);
         assert_eq!(listed, keys.len(), "rclone listed another bucket");
         rclone.push(run);
         let (run, _) = tools.floor(garage, rows, &keys);
         floor.push(run);
     }
-    let sweep_s = show_runs("dry-run sweep", &sweep);
+    let sweep_s = tables[0].show();
+    for table in &tables[1..] {
+        table.show();
+    }
+    let sweep = &tables[0].runs[0];
     let rclone_s = show_runs("rclone lsf -R", &rclone);
     let floor_s = show_runs("listing floor (curl, 4 at once)", &floor);
     show(
