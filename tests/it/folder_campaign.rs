@@ -12,7 +12,7 @@
 //!   "database is locked" (SQLite's bound, not a timing of the test). The longest wait is
 //!   reported beside it. The bound is ten times the 100 ms the reconciler aims at: here the
 //!   app also waits on the campaign's own writes and reads of the database, on two cores shared
-//!   with CI's other tests (a run beside two CPU hogs saw 2 of 1 126 INSERTs past 100 ms). The
+//!   with CI's other tests (a run at load average 7 saw 2 of 1 126 INSERTs past 100 ms). The
 //!   100 ms bound itself is asserted where the reconciler is the only other party:
 //!   `sqlite::the_apps_writes_never_wait_*`, whose app gives up after 100 ms.
 //!
