@@ -216,6 +216,7 @@ impl World {
                 );
             }
         }
+        let mut adopted = Vec::new();
         for (key, done) in &self.growing {
             let finished = done.load(Ordering::SeqCst);
             let id = key.trim_start_matches("docs/");
@@ -227,25 +228,27 @@ impl World {
                     "step {step}: (c) {id} adopted while its file was still written: {report}"
                 );
             } else if status.as_deref() != Some("pending") {
-                assert_eq!(
-                    self.noted_size(key).await,
-                    Some(8000),
-                    "step {step}: (c) {id} adopted with a size its file does not have: {report}"
-                );
+                adopted.push(key);
             }
         }
-    }
-
-    /// The size the reconciler noted for `key` when it adopted it.
-    async fn noted_size(&self, key: &str) -> Option<i64> {
-        let pool = self.db.side_pool().await;
-        let size = sqlx::query_scalar("SELECT size FROM objects WHERE key = ?1")
-            .bind(key)
-            .fetch_optional(&pool)
-            .await
-            .expect("read the noted objects");
-        pool.close().await;
-        size
+        if adopted.is_empty() {
+            return;
+        }
+        // The sizes the reconciler noted when it adopted them, read through one connection.
+        let side = self.db.side_pool().await;
+        for key in adopted {
+            let noted: Option<i64> = sqlx::query_scalar("SELECT size FROM objects WHERE key = ?1")
+                .bind(key)
+                .fetch_optional(&side)
+                .await
+                .expect("read the noted objects");
+            assert_eq!(
+                noted,
+                Some(8000),
+                "step {step}: (c) {key} adopted with a size its file does not have: {report}"
+            );
+        }
+        side.close().await;
     }
 }
 

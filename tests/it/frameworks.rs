@@ -220,27 +220,22 @@ fn findings(run: &Run) -> Vec<(String, String, String)> {
 
 /// The `[database]` mapping of the Django table, as README's Django section gives it.
 fn django(app: &App, bucket: &TestBucket) -> Reconcile {
-    Reconcile {
-        database_url: app.url(),
-        bucket: bucket.name.clone(),
-        endpoint: bucket.endpoint.clone(),
-        env: Vec::new(),
-    }
-    .set("database.table", "documents_document")
-    .set("database.id_column", "id")
-    .set("database.key_column", "file")
-    .set("database.status_column", "state")
-    .set("database.created_at_column", "uploaded_at")
-    .set("database.updated_at_column", "modified_at")
-    .set("database.statuses.pending", "new")
-    .set("database.statuses.uploaded", "stored")
-    .set("database.statuses.processed", "ready")
-    .set("database.statuses.failed", "error")
-    .set("database.statuses.expired", "abandoned")
-    .set("database.statuses.missing", "lost")
-    .set("storage.prefix", "media/")
-    .set("sweep.orphan_action", "adopt")
-    .set("sweep.orphan_grace", "0s")
+    Reconcile::with_url(app.url(), bucket)
+        .set("database.table", "documents_document")
+        .set("database.id_column", "id")
+        .set("database.key_column", "file")
+        .set("database.status_column", "state")
+        .set("database.created_at_column", "uploaded_at")
+        .set("database.updated_at_column", "modified_at")
+        .set("database.statuses.pending", "new")
+        .set("database.statuses.uploaded", "stored")
+        .set("database.statuses.processed", "ready")
+        .set("database.statuses.failed", "error")
+        .set("database.statuses.expired", "abandoned")
+        .set("database.statuses.missing", "lost")
+        .set("storage.prefix", "media/")
+        .set("sweep.orphan_action", "adopt")
+        .set("sweep.orphan_grace", "0s")
 }
 
 async fn a_django_table_is_audited_healed_and_clean(app: App) {
@@ -512,16 +507,11 @@ async fn a_laravel_table_with_null_paths_is_audited_and_healed_on_mariadb() {
     bucket.put("documents/x.pdf", "x").await;
     bucket.put("documents/ok.pdf", "ok").await;
     bucket.put("documents/resume.pdf", "no accent").await;
-    let reconcile = Reconcile {
-        database_url: app.url(),
-        bucket: bucket.name.clone(),
-        endpoint: bucket.endpoint.clone(),
-        env: Vec::new(),
-    }
-    .set("database.table", "documents")
-    .set("database.key_column", "path")
-    .set("storage.prefix", "")
-    .set("sweep.orphan_grace", "0s");
+    let reconcile = Reconcile::with_url(app.url(), &bucket)
+        .set("database.table", "documents")
+        .set("database.key_column", "path")
+        .set("storage.prefix", "")
+        .set("sweep.orphan_grace", "0s");
     let state = || async {
         sqlx::query_as::<_, (u64, Option<String>, String)>(
             "SELECT id, path, status FROM documents ORDER BY id",
@@ -531,15 +521,12 @@ async fn a_laravel_table_with_null_paths_is_audited_and_healed_on_mariadb() {
         .expect("read the documents")
     };
     let before = state().await;
-    let expected: Vec<(String, String, String)> = [
+    let expected = triples(&[
         ("lost_notification", "documents/x.pdf", "adopt"),
         ("missing_object", "documents/Résumé.pdf", "mark_missing"),
         ("orphan_object", "documents/resume.pdf", "report"),
         ("stale_pending", "id 2", "expire"),
-    ]
-    .into_iter()
-    .map(|(k, n, a)| (k.to_owned(), n.to_owned(), a.to_owned()))
-    .collect();
+    ]);
 
     let audit = reconcile.run(&["--dry-run", "--format", "json"]).await;
     assert_eq!(audit.code, 0, "{}", audit.stderr);

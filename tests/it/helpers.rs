@@ -454,8 +454,13 @@ pub struct Reconcile {
 
 impl Reconcile {
     pub fn new(db: &TestDb, bucket: &TestBucket) -> Self {
+        Self::with_url(db.url(), bucket)
+    }
+
+    /// Against the database at `database_url` (any of the three) and `bucket`.
+    pub fn with_url(database_url: String, bucket: &TestBucket) -> Self {
         Reconcile {
-            database_url: db.url(),
+            database_url,
             bucket: bucket.name.clone(),
             endpoint: bucket.endpoint.clone(),
             env: Vec::new(),
@@ -1261,7 +1266,7 @@ impl TestSqlite {
     }
 
     /// The reconciler's own file beside the app's database.
-    pub fn side_path(&self) -> std::path::PathBuf {
+    pub fn side_path(&self) -> PathBuf {
         let mut side = self.path().into_os_string();
         side.push(".reconciler.db");
         side.into()
